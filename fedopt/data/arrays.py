@@ -27,13 +27,19 @@ def to_numpy(a: ArrayLike, field: str) -> np.ndarray:
 
 
 def check_features(x: ArrayLike, field: str) -> np.ndarray:
-    """Numeric ``[rows, *feature_shape]`` features without NaN/inf, as a float32 copy."""
+    """Numeric ``[rows, *feature_shape]`` features without NaN/inf, as a float32 copy.
+
+    Raises ValueError naming ``field`` for a non-numeric dtype (object, string, complex), fewer
+    than 2 dimensions, a feature dimension of size 0, NaN/inf, or values beyond float32's range.
+    """
     x = to_numpy(x, field)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{field} must be numeric (bool, integer or float), got dtype {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"{field} must have shape [rows, *feature_shape] (at least 2 dims), "
                          f"got shape {x.shape}")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{field}: feature shape {x.shape[1:]} has a dimension of size 0")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ValueError(f"{field} contains NaN or inf values")
     out = x.astype(np.float32)
@@ -45,7 +51,10 @@ def check_features(x: ArrayLike, field: str) -> np.ndarray:
 def check_index(a: ArrayLike, field: str, rows: int, rows_field: str, what: str) -> np.ndarray:
     """A 1-D array of non-negative integers (whole floats allowed) with ``rows`` entries, as int64.
 
-    ``what`` names the content in messages ("labels", "client indices").
+    ``what`` names the content in messages ("labels", "client indices"). Raises ValueError naming
+    ``field`` for another shape or length, a non-integer dtype or value (NaN, inf, 0.5), a
+    negative entry, or an entry that does not fit in int64 (checked before casting, so a
+    ``uint64`` or a float such as 1e300 cannot wrap around).
     """
     a = to_numpy(a, field)
     if a.ndim != 1:
@@ -60,18 +69,40 @@ def check_index(a: ArrayLike, field: str, rows: int, rows_field: str, what: str)
         raise ValueError(f"{field}: {what} must be integers, got dtype {a.dtype}")
     if a.size and a.min() < 0:
         raise ValueError(f"{field}: {what} must be non-negative, found {a.min()!r}")
+    if a.size and a.dtype.kind in "uf" and a.max() >= 2.0 ** 63:
+        raise ValueError(f"{field}: {what} must be below 2**63, found {a.max()!r}")
     return a.astype(np.int64)
 
 
+#: the largest number of classes fedopt infers from labels (``max label + 1``); a data set with
+#: more classes must say so with ``data.num_classes`` (a stray label such as 10**9 would
+#: otherwise size the model's output layer for a billion classes).
+MAX_INFERRED_CLASSES = 100_000
+
+
 def infer_num_classes(num_classes: int | None, labels: dict[str, np.ndarray]) -> int:
-    """``num_classes`` if given (checked against the labels), else ``max label + 1``."""
-    top = max((int(v.max()) for v in labels.values() if v.size), default=-1)
+    """``num_classes`` if given (checked against the labels), else ``max label + 1``.
+
+    ``labels`` maps an array's name to its checked int64 labels. Raises ValueError naming the
+    array and ``data.num_classes`` when a label is ``>= num_classes``, or, when ``num_classes``
+    is not given, when ``max label + 1`` exceeds :data:`MAX_INFERRED_CLASSES` (then the
+    number of classes must be given explicitly).
+    """
     if num_classes is None:
+        top, where = -1, ""
+        for field, v in labels.items():
+            if v.size and int(v.max()) > top:
+                top, where = int(v.max()), field
+        if top + 1 > MAX_INFERRED_CLASSES:
+            raise ValueError(f"{where}: label {top} would make {top + 1} classes (max label + 1); "
+                             f"more than {MAX_INFERRED_CLASSES:,} classes are only accepted when "
+                             f"data.num_classes gives the number of classes")
         return max(top + 1, 1)
     num_classes = positive_int(num_classes, "data.num_classes")
     for field, v in labels.items():
         if v.size and int(v.max()) >= num_classes:
-            raise ValueError(f"{field}: label {int(v.max())} >= data.num_classes={num_classes}")
+            raise ValueError(f"{field}: label {int(v.max())} >= data.num_classes={num_classes} "
+                             f"(labels must lie in 0..{num_classes - 1})")
     return num_classes
 
 

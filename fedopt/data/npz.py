@@ -12,14 +12,24 @@ Accepted layouts (array names inside the file):
 
 Features must be numeric and finite; labels non-negative integers (whole-number floats are
 accepted). The file is read with ``allow_pickle=False``: object arrays are rejected.
+
+Sizes taken from the file are bounded before anything is allocated for them: the arrays'
+headers are read first and the file is refused if loading it would not fit in free memory;
+client indices must be below the number of train rows (each client owns one); the number of
+classes inferred from the labels (``max label + 1``) must not exceed
+:data:`~fedopt.data.arrays.MAX_INFERRED_CLASSES` (100,000) unless ``data.num_classes`` is given.
+Every error is one ValueError naming ``data.path``, ``data.<key>`` or the array.
 """
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedopt.data.arrays import (build_from_arrays, check_features, check_index,
                                 infer_num_classes)
@@ -31,30 +41,108 @@ DEFAULT_PLAIN_CLIENTS = 100
 FEDERATED_ARRAYS = ("x_train", "y_train", "client_train", "x_test", "y_test", "client_test")
 
 
-def load_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of the file, read eagerly (errors name ``data.path`` or the array)."""
+def _layouts_hint() -> str:
+    return (f"a .npz file (numpy.savez) holding the arrays {', '.join(FEDERATED_ARRAYS)}, "
+            f"or x, y, or x_train, y_train, x_test, y_test")
+
+
+def _read_header(fh: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], np.dtype]:
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:  # (3, 0): utf-8 field names; numpy has no public reader for it
+        shape, _, dtype = np.lib.format._read_array_header(fh, version)  # noqa: SLF001
+    return tuple(int(d) for d in shape), np.dtype(dtype)
+
+
+def inspect_npz(path: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{array name: (shape, dtype)}`` of the ``.npz`` file at ``path``, read from the arrays'
+    headers only (cheap: nothing is decompressed), so a run can be refused before it allocates.
+
+    Raises ValueError naming ``data.path`` when ``path`` is missing, not a string/path, does
+    not exist, is a directory or another non-file, cannot be read (permissions), is not a zip
+    archive (e.g. a ``.npy`` file or text) or holds a member that is not a ``.npy`` array; and
+    naming the array when it is an object array (those need pickle, which fedopt never loads)
+    or of a non-numeric dtype (strings, structured, complex, dates). ``fedopt validate`` can
+    call this to check ``data.path`` without loading the data.
+    """
     if path is None:
-        raise ValueError("data.path is required for data set 'npz' (path to a .npz file)")
-    if not isinstance(path, (str, Path)):
+        raise ValueError(f"data.path is required for data set 'npz': the path to {_layouts_hint()}")
+    if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"data.path must be a file path, got {type(path).__name__}")
     p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"data.path: no such file: {p} (expected {_layouts_hint()})")
+    if p.is_dir():
+        raise ValueError(f"data.path: {p} is a directory; expected {_layouts_hint()}")
     if not p.is_file():
-        raise FileNotFoundError(f"data.path: no such file: {p}")
+        raise ValueError(f"data.path: {p} is not a regular file; expected {_layouts_hint()}")
     try:
-        f = np.load(p, allow_pickle=False)
+        with open(p, "rb") as raw:
+            magic = raw.read(6)
+            if magic == np.lib.format.MAGIC_PREFIX:
+                raise ValueError(f"data.path: {p} holds a single array (.npy), not an .npz "
+                                 f"archive; expected {_layouts_hint()}")
+            raw.seek(0)
+            if not zipfile.is_zipfile(raw):
+                raise ValueError(f"data.path: {p} is not an .npz (zip) archive; "
+                                 f"expected {_layouts_hint()}")
+            out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+            with zipfile.ZipFile(raw) as z:
+                for info in z.infolist():
+                    name = info.filename[:-4] if info.filename.endswith(".npy") else None
+                    if name is None:
+                        raise ValueError(f"data.path: {p} holds {info.filename!r}, which is not "
+                                         f"a .npy array; expected {_layouts_hint()}")
+                    with z.open(info) as fh:
+                        version = np.lib.format.read_magic(fh)
+                        shape, dtype = _read_header(fh, version)
+                    out[name] = (shape, dtype)
+    except PermissionError as e:
+        raise ValueError(f"data.path: {p} cannot be read ({e.strerror})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith("data.path"):
+            raise
+        raise ValueError(f"data.path: {p} is not a readable .npz file ({e})") from e
+    for name, (shape, dtype) in out.items():
+        if dtype.hasobject:
+            raise ValueError(f"{name}: object array in {p}; fedopt loads .npz files without "
+                             f"pickle, store numeric arrays")
+        if dtype.kind not in "biuf":
+            raise ValueError(f"{name}: dtype {dtype} in {p} is not numeric (bool, integer or "
+                             f"float)")
+    return out
+
+
+def npz_nbytes(arrays: dict[str, tuple[tuple[int, ...], np.dtype]]) -> int:
+    """Bytes the arrays described by :func:`inspect_npz` take once loaded."""
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in arrays.values())
+
+
+def load_npz_arrays(path: Any) -> dict[str, np.ndarray]:
+    """All arrays of the file, read eagerly with ``allow_pickle=False``.
+
+    First checks the file with :func:`inspect_npz` (same errors), then that loading it, plus
+    the float32 copies made of its features, fits: ``2 × (bytes of the arrays)`` must not
+    exceed the free memory, else ValueError naming ``data.path`` and the largest array (a
+    compressed file can expand far beyond its own size).
+    """
+    from fedopt.engine.executor import available_memory_bytes  # data is imported by engine
+
+    meta = inspect_npz(path)
+    p = Path(path).expanduser()
+    need, free = 2 * npz_nbytes(meta), available_memory_bytes(torch.device("cpu"))
+    if need > free:
+        big = max(meta, key=lambda k: math.prod(meta[k][0]) * meta[k][1].itemsize)
+        raise ValueError(f"data.path: loading {p} needs about {need / 2**30:.1f} GiB "
+                         f"({big}: shape {list(meta[big][0])}, {meta[big][1]}), more than the "
+                         f"{free / 2**30:.1f} GiB of free memory")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            return {key: f[key] for key in f.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise ValueError(f"data.path: {p} is not a readable .npz file ({e})") from e
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"data.path: {p} holds a single array (.npy), not an .npz archive")
-    out: dict[str, np.ndarray] = {}
-    with f:
-        for key in f.files:
-            try:
-                out[key] = f[key]
-            except ValueError as e:  # object arrays need pickle
-                raise ValueError(f"{key}: cannot be loaded without pickle ({e}); "
-                                 f"store numeric arrays") from e
-    return out
 
 
 def build_npz(path: str | Path, seed: int, *, num_clients: int | None = None,
@@ -106,6 +194,15 @@ def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
                      "client indices")
     if c.size == 0:
         raise ValueError("client_train is empty: the data set needs train rows")
+    # every client 0..K-1 owns a train row, so K <= rows: bound before bincount allocates K
+    rows = c.shape[0]
+    if int(c.max()) >= rows:
+        raise ValueError(f"client_train: client index {int(c.max())} is not below the number "
+                         f"of train rows ({rows}); clients are numbered 0..K-1 and each needs "
+                         f"a train row")
+    if num_clients is not None and num_clients > rows:
+        raise ValueError(f"data.num_clients: {num_clients} clients cannot each own a train row "
+                         f"of the {rows} in x_train")
     k = int(c.max()) + 1 if num_clients is None else num_clients
     if int(c.max()) >= k:
         raise ValueError(f"client_train: client index {int(c.max())} out of range for "

@@ -122,7 +122,7 @@ def test_object_arrays_file_and_path_errors(tmp_path):
     np.savez(path, x=np.array([[1, "a"]], dtype=object), y=np.array([0]))
     with pytest.raises(ValueError, match="x"):
         build_dataset({"name": "npz", "path": str(path)}, seed=0)
-    with pytest.raises(FileNotFoundError, match="data.path"):
+    with pytest.raises(ValueError, match="data.path"):
         build_dataset({"name": "npz", "path": str(tmp_path / "nope.npz")}, seed=0)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="data.path"):
@@ -137,3 +137,127 @@ def test_federated_layout_checks_num_clients(tmp_path):
         build_dataset({"name": "npz", "path": path, "num_clients": 3}, seed=0)
     with pytest.raises(ValueError, match="client_train: client 4 has no train rows"):
         build_dataset({"name": "npz", "path": path, "num_clients": 6}, seed=0)
+
+
+# --- sizes derived from user data are bounded before anything is allocated for them ----------
+
+def test_inferred_classes_are_capped_unless_num_classes_is_given(tmp_path):
+    from fedopt.data.arrays import MAX_INFERRED_CLASSES
+
+    a = federated_arrays()
+    a["y_train"][0] = 10**9
+    with pytest.raises(ValueError, match=r"y_train: label 1000000000 .*data\.num_classes"):
+        build_dataset({"name": "npz", "path": save(tmp_path, a)}, seed=0)
+    with pytest.raises(ValueError, match=r"y_train: label 1000000000 >= data\.num_classes=5"):
+        build_dataset({"name": "npz", "path": save(tmp_path, a), "num_classes": 5}, seed=0)
+    # the cap is on max label + 1: the largest accepted label is MAX_INFERRED_CLASSES - 1
+    a["y_train"][0] = MAX_INFERRED_CLASSES - 1
+    d = build_dataset({"name": "npz", "path": save(tmp_path, a)}, seed=0)
+    assert d.num_classes == 100_000
+    a["y_test"][0] = MAX_INFERRED_CLASSES
+    with pytest.raises(ValueError, match="y_test: label 100000 would make 100001 classes"):
+        build_dataset({"name": "npz", "path": save(tmp_path, a)}, seed=0)
+    # given explicitly, more classes than the cap are accepted
+    d = build_dataset({"name": "npz", "path": save(tmp_path, a), "num_classes": 100_001}, seed=0)
+    assert d.num_classes == 100_001
+    with pytest.raises(ValueError, match=r"y: label .* data\.num_classes"):
+        build_from_arrays(np.zeros((4, 2)), [0, 1, 2, 10**6], 2, "iid", seed=0)
+
+
+@pytest.mark.parametrize("dtype,value,match", [
+    (np.uint64, 2**64 - 1, r"below 2\*\*63"),           # would wrap to -1 in int64
+    (np.float64, 1e300, r"below 2\*\*63"),              # a whole float beyond int64
+    (np.float64, -1.0, "non-negative"),
+    (np.float64, 0.5, "integers"),
+    (np.float64, np.nan, "integers"),
+])
+def test_labels_that_do_not_fit_int64_are_refused(tmp_path, dtype, value, match):
+    a = federated_arrays()
+    y = a["y_train"].astype(dtype)
+    y[3] = value
+    a["y_train"] = y
+    with pytest.raises(ValueError, match="y_train: labels .*" + match):
+        build_dataset({"name": "npz", "path": save(tmp_path, a)}, seed=0)
+
+
+def test_client_ids_are_bounded_by_train_rows(tmp_path):
+    a = federated_arrays()                              # 40 train rows
+    a["client_train"][0] = 10**9                        # bincount would allocate 8 GB
+    with pytest.raises(ValueError, match="client_train: client index 1000000000 is not below "
+                                         "the number of train rows .40."):
+        build_dataset({"name": "npz", "path": save(tmp_path, a)}, seed=0)
+    a = federated_arrays()
+    a["client_train"][0] = 40                           # = rows: 41 clients cannot own 40 rows
+    with pytest.raises(ValueError, match="client_train: client index 40"):
+        build_dataset({"name": "npz", "path": save(tmp_path, a)}, seed=0)
+    a = federated_arrays()
+    a["client_train"][0] = -1
+    with pytest.raises(ValueError, match="client_train: client indices must be non-negative"):
+        build_dataset({"name": "npz", "path": save(tmp_path, a)}, seed=0)
+    with pytest.raises(ValueError, match="data.num_clients: 10000000000 clients"):
+        build_dataset({"name": "npz", "path": save(tmp_path, federated_arrays()),
+                       "num_clients": 10**10}, seed=0)
+    with pytest.raises(ValueError, match="data.num_clients"):
+        build_from_arrays(np.zeros((4, 2)), [0, 1, 0, 1], 10**12, "iid", seed=0)
+
+
+def test_zero_sized_feature_dimension_is_refused():
+    with pytest.raises(ValueError, match=r"x: feature shape \(0,\)"):
+        build_from_arrays(np.zeros((4, 0)), [0, 1, 0, 1], 2, "iid", seed=0)
+
+
+def test_path_that_is_not_an_npz_file_names_data_path_and_the_arrays(tmp_path):
+    cfg = {"name": "npz"}
+    with pytest.raises(ValueError, match="data.path: .* is a directory; expected a .npz file .*"
+                                         "x_train, y_train, client_train"):
+        build_dataset({**cfg, "path": str(tmp_path)}, seed=0)
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"data.path: .* single array \(.npy\)"):
+        build_dataset({**cfg, "path": str(tmp_path / "one.npy")}, seed=0)
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match=r"data.path: .* not an .npz \(zip\) archive"):
+        build_dataset({**cfg, "path": str(tmp_path / "text.npz")}, seed=0)
+    path = save(tmp_path, {"x": np.array(["a", "b"]), "y": np.array([0, 1])})
+    with pytest.raises(ValueError, match="x: dtype <U1 .* is not numeric"):
+        build_dataset({**cfg, "path": path}, seed=0)
+
+
+def test_unreadable_file_names_data_path(tmp_path):
+    import os
+
+    path = save(tmp_path, federated_arrays())
+    os.chmod(path, 0)
+    try:
+        if os.access(path, os.R_OK):                    # root reads anything
+            pytest.skip("running as a user who can read a mode-000 file")
+        with pytest.raises(ValueError, match="data.path: .* cannot be read"):
+            build_dataset({"name": "npz", "path": path}, seed=0)
+    finally:
+        os.chmod(path, 0o600)
+
+
+def _npz_with_header_only(path, name, shape, dtype="<f8"):
+    """An .npz whose member claims ``shape`` but holds no data (like a zip bomb, costs nothing)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}.npy", buf.getvalue())
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(3, dtype=np.int64))
+        z.writestr("y.npy", buf.getvalue())
+
+
+def test_file_that_would_not_fit_in_memory_is_refused_before_loading(tmp_path):
+    from fedopt.data.npz import inspect_npz
+
+    path = tmp_path / "big.npz"
+    _npz_with_header_only(path, "x", (10**12, 3))      # 24 TB of float64 once loaded
+    meta = inspect_npz(str(path))                     # headers only: cheap
+    assert meta["x"] == ((10**12, 3), np.dtype("<f8"))
+    with pytest.raises(ValueError, match=r"data.path: loading .* needs about 44703.5 GiB "
+                                         r"\(x: shape \[1000000000000, 3\], float64\)"):
+        build_dataset({"name": "npz", "path": str(path)}, seed=0)
