@@ -1,7 +1,7 @@
 """``torch.optim``-style optimizer classes: drop-in replacements with torch keyword names.
 
 Each class is a thin shell over :class:`~fedopt.optim.adapter.FunctionalAdapter`; the update
-rules live once in :mod:`fedopt.optim.functional` (see shared/algorithms/optimizers.md).
+rules live once in :mod:`fedopt.optim.functional` (their exact rules: docs/optimizers.md).
 """
 from __future__ import annotations
 
