@@ -44,6 +44,35 @@ class BatchPlan:
         return int(self.weight.sum().item())
 
 
+def capped_batch_size(batch_size: int, counts: np.ndarray) -> int:
+    """``min(B, max_i n_i)``: a batch larger than every client's data only adds padding slots.
+
+    With ``B >= n_i`` every client takes its whole data set as one minibatch per step
+    (``s_i = 1``), so for any ``B >= max_i n_i`` the plan's real slots are the same; capping at
+    ``max_i n_i`` removes only padding and makes the plan identical to that of ``B = max_i n_i``.
+    ``counts`` must be those of the whole federation (a shard's would give another width, and
+    so other floating-point sums, than the in-process run). ValueError for a non-positive B
+    (naming ``client.batch_size``) or an empty ``counts``.
+    """
+    b = int(batch_size)
+    if b < 1:
+        raise ValueError(f"client.batch_size must be a positive integer, got {batch_size!r}")
+    counts = np.asarray(counts)
+    if counts.size == 0:
+        raise ValueError("capped_batch_size: counts is empty (no clients)")
+    return min(b, max(int(counts.max()), 1))
+
+
+#: bytes per ``(step, client, slot)`` entry while :func:`plan_batches` builds a plan (int64
+#: positions, indices and rows, float64 and float32 weights, boolean masks, with temporaries)
+PLAN_BYTES_PER_SLOT = 48
+
+
+def plan_bytes(max_steps: int, clients: int, batch_size: int) -> int:
+    """Peak bytes :func:`plan_batches` needs for ``[max_steps, clients, batch_size]`` slots."""
+    return PLAN_BYTES_PER_SLOT * int(max_steps) * int(clients) * int(batch_size)
+
+
 def local_step_counts(counts: np.ndarray, batch_size: int, local_steps: int | None,
                       local_epochs: int | None) -> np.ndarray:
     """u_i = K (steps mode) or E·⌈n_i/B⌉ (epochs mode)."""
@@ -62,7 +91,8 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
 
     ``round_idx`` is the key of the minibatch permutations: one int for every client, or an
     array of one key per client (client i's batches are then those of ``plan_batches`` with
-    ``round_idx = round_idx[i]``, bit for bit).
+    ``round_idx = round_idx[i]``, bit for bit). Raises ValueError naming ``client.batch_size``
+    when the plan (:func:`plan_bytes`) would not fit in free memory, before allocating it.
     """
     client_ids = np.asarray(client_ids, dtype=np.int64)
     per_client_key = np.ndim(round_idx) > 0
@@ -76,6 +106,12 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
         raise ValueError(f"clients without training rows: {client_ids[n <= 0].tolist()[:10]}")
     C, B = len(client_ids), int(batch_size)
     K = int(steps.max()) if C else 0
+    need = plan_bytes(K, C, B)
+    if need > _free_memory():
+        raise ValueError(f"client.batch_size: a minibatch plan of {K} local steps x {C} clients "
+                         f"x batch {B} needs {need / 2**30:.1f} GiB, more than the free memory; "
+                         f"lower client.batch_size (above the largest client's rows it only "
+                         f"pads, see capped_batch_size), the local steps or executor.chunk_size")
     per_epoch = -(-n // B)                                     # s_i
     epochs = np.maximum(-(-steps // per_epoch), 1)             # epochs each client starts
 
@@ -113,3 +149,9 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
         active=torch.from_numpy(active).to(device),
         steps=torch.from_numpy(steps.astype(np.int64)).to(device),
     )
+
+
+def _free_memory() -> int:
+    from fedopt.engine.executor import available_memory_bytes  # executor imports this module
+
+    return available_memory_bytes(torch.device("cpu"))

@@ -54,6 +54,33 @@ def resolve_model_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
+#: a model's parameters may take at most this fraction of the free memory of its device (the
+#: engine stacks several copies per client: parameters, gradients, optimizer state)
+MAX_MODEL_MEMORY_FRACTION = 0.25
+
+
+def check_model_size(factory: Callable[[], nn.Module], name: str, input_shape: tuple[int, ...],
+                     num_classes: int, dtype: torch.dtype,
+                     device: torch.device | str | None = None) -> int:
+    """Number of parameters of ``factory()``, counted on the ``meta`` device (nothing is
+    allocated); ValueError naming ``model.name`` and ``data.num_classes`` if they would take
+    more than :data:`MAX_MODEL_MEMORY_FRACTION` of the free memory of ``device`` (CPU if None).
+    """
+    from fedopt.engine.executor import available_memory_bytes  # imported on use
+
+    with torch.device("meta"):
+        probe = factory()
+    n = sum(p.numel() for p in probe.parameters())
+    need = n * dtype.itemsize
+    free = available_memory_bytes(torch.device(device if device is not None else "cpu"))
+    if need > MAX_MODEL_MEMORY_FRACTION * free:
+        raise ValueError(f"model.name: {name} for input shape {list(input_shape)} and "
+                         f"{num_classes} classes (data.num_classes) has {n:,} parameters "
+                         f"({need / 2**30:.1f} GiB), more than {MAX_MODEL_MEMORY_FRACTION:g} of "
+                         f"the {free / 2**30:.1f} GiB of free memory")
+    return n
+
+
 def build_model(spec: dict[str, Any] | nn.Module | ModelFactory, input_shape: tuple[int, ...],
                 num_classes: int, seed: int = 0, *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None) -> nn.Module:
@@ -63,7 +90,9 @@ def build_model(spec: dict[str, Any] | nn.Module | ModelFactory, input_shape: tu
     ``spec`` may be a config dict (``{"name": "mlp", "hidden": [200, 200]}``), a user's
     ``nn.Module`` (returned as given, moved in place if ``device``/``dtype`` are given) or a
     factory ``(input_shape, num_classes) -> nn.Module``; the latter two are checked with
-    :func:`~fedopt.models.check.check_model`.
+    :func:`~fedopt.models.check.check_model` after the move (ValueError naming ``model``).
+    A built-in model is first sized on the ``meta`` device by :func:`check_model_size`
+    (ValueError naming ``model.name``/``data.num_classes`` when it would not fit).
     """
     shape = normalize_input_shape(input_shape)
     num_classes = positive_int(num_classes, "num_classes")
@@ -79,6 +108,8 @@ def build_model(spec: dict[str, Any] | nn.Module | ModelFactory, input_shape: tu
         full = resolve_model_spec(spec)
         kwargs = {k: v for k, v in full.items() if k != "name"}
         cls = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN}[full["name"]]
+        check_model_size(lambda: cls(shape, num_classes, **kwargs), full["name"], shape,
+                         num_classes, dtype or torch.float32, device)
         model = seeded_build(lambda: cls(shape, num_classes, **kwargs), seed)
         user = False
     if device is not None or dtype is not None:

@@ -61,3 +61,33 @@ def test_step_count_arguments_are_checked():
         local_step_counts(np.array([3]), 2, 5, 1)
     with pytest.raises(ValueError, match="without training rows"):
         plan_batches(0, 0, np.array([0]), np.array([0, 0]), 2, np.array([1]))
+
+
+def test_batch_above_every_client_is_capped_at_the_largest_client():
+    from fedopt.engine.batches import capped_batch_size
+
+    sizes = np.array([3, 10, 7])
+    assert capped_batch_size(10**8, sizes) == 10            # max n_i, by hand
+    assert capped_batch_size(4, sizes) == 4                 # below it: untouched
+    assert capped_batch_size(10, sizes) == 10
+    with pytest.raises(ValueError, match="client.batch_size"):
+        capped_batch_size(0, sizes)
+    # B >= n_i for all i: one minibatch = the whole client per step, E steps per E epochs
+    assert local_step_counts(sizes, 10, None, 3).tolist() == [3, 3, 3]
+    assert local_step_counts(sizes, 10**8, None, 3).tolist() == [3, 3, 3]
+    off = _offsets(sizes)
+    steps = np.array([2, 2, 2])
+    plan = plan_batches(5, 1, np.arange(3), off, 10, steps)
+    for c, n in enumerate(sizes):                           # each step: all n_i rows, once
+        for k in range(2):
+            real = plan.rows[k, c][plan.weight[k, c] > 0].tolist()
+            assert sorted(real) == list(range(off[c], off[c + 1]))
+
+
+def test_plan_that_would_not_fit_in_memory_is_refused_before_allocating():
+    from fedopt.engine.batches import plan_bytes
+
+    assert plan_bytes(5, 2, 10**12) == 48 * 5 * 2 * 10**12
+    with pytest.raises(ValueError, match=r"client.batch_size: a minibatch plan of 5 local steps "
+                                         r"x 2 clients x batch 1000000000000"):
+        plan_batches(0, 0, np.arange(2), _offsets([3, 4]), 10**12, np.array([5, 5]))

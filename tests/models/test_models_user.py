@@ -99,3 +99,73 @@ def test_unfriendly_modules_are_rejected(module, match):
 def test_check_model_on_builtin_cnn():
     check_model(build_model({"name": "cnn", "channels": [2, 2], "hidden": 4}, (1, 8, 8), 3),
                 (1, 8, 8), 3)
+
+
+class _Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class WritesBufferWhenTraining(_Base):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("steps", torch.zeros(()))
+
+    def forward(self, x):
+        if torch.is_grad_enabled():        # invisible to a no-grad forward
+            self.steps += 1
+        return self.fc(x)
+
+
+class IntParam(_Base):
+    def __init__(self):
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(3, dtype=torch.int32), requires_grad=False)
+
+    def forward(self, x):
+        return self.fc(x) + self.offset
+
+
+class BadBatched(_Base):
+    def batched_forward(self, params, x):
+        return torch.bmm(x, params["fc.weight"].transpose(1, 2))   # bias forgotten
+
+
+class IntLogits(_Base):
+    def forward(self, x):
+        return self.fc(x).round().long()
+
+
+def _frozen():
+    m = _Base()
+    m.requires_grad_(False)
+    return m
+
+
+@pytest.mark.parametrize("model,match", [
+    (WritesBufferWhenTraining(), r"would mutate a captured Tensor"),   # a buffer write
+    (IntParam(), r"parameter 'offset' has dtype torch.int32"),
+    (BadBatched(), r"batched_forward\(params, x\) does not match"),
+    (IntLogits(), r"output dtype torch.int64"),
+    (_frozen(), "no trainable parameters"),
+])
+def test_more_models_the_engine_cannot_train_are_refused(model, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(model, (4,), 3)
+
+
+def test_builtin_model_sized_on_meta_before_it_is_allocated():
+    from fedopt.models.registry import check_model_size
+    from fedopt.models import MLP
+
+    # MLP [784 -> 200 -> 200 -> C]: 784*200+200 + 200*200+200 + 200*C+C = 197,200 + 201*C
+    n = check_model_size(lambda: MLP((784,), 10), "mlp", (784,), 10, torch.float32)
+    assert n == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10
+    with pytest.raises(ValueError, match=r"model.name: mlp for input shape \[784\] and "
+                                         r"1000000000000 classes \(data.num_classes\) has "
+                                         r"201,000,000,197,200 parameters"):
+        build_model({"name": "mlp"}, (784,), 10**12)
