@@ -114,7 +114,7 @@ class ShardWorker:
         return VectorizedExecutor(shard, self.trainer, batch_size=client["batch_size"],
                                   local_steps=client["local_steps"],
                                   local_epochs=client["local_epochs"], seed=self.seed,
-                                  chunk_size=chunk_size)
+                                  chunk_size=chunk_size, on_nonfinite="report")
 
     def ensure_clients(self, client_ids: np.ndarray) -> int:
         """Load the rows of any of ``client_ids`` this worker does not hold yet (rebuilds the
@@ -159,6 +159,8 @@ class ShardWorker:
                   delay_s: float = 0.0) -> ShardResult:
         """Local training of ``client_ids`` from ``params``; Σ_i w_i Δ_i over them.
 
+        Clients with non-finite results are checked here, on the worker, left out of the sums
+        and listed in ``ShardResult.nonfinite`` (the coordinator applies the run's policy).
         ``correction`` is stacked [len(client_ids), ...] in the order of ``client_ids``;
         ``delay_s`` > 0 holds the answer until ``delay_s`` seconds after the call started (an
         injected compute time for straggler studies; real time counts towards it).
@@ -177,6 +179,7 @@ class ShardWorker:
                                  weight_sum=out.weight_sum, loss_sum=out.loss_sum,
                                  samples=out.samples, updates=out.updates, steps=out.steps,
                                  local_loss=out.local_loss,
+                                 nonfinite=out.nonfinite,
                                  local_params=to_arrays(out.local_params) if keep_local else None,
                                  compute_s=time.perf_counter() - t0,
                                  worker={"slot": self.slot, "pid": os.getpid(),

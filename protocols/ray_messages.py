@@ -42,7 +42,7 @@ def to_tensors(arrays: Arrays | None, device: torch.device | str = "cpu",
 class ShardResult:
     """One worker's answer for the clients it was given (fields as :class:`RoundOutput`).
 
-    ``delta_sum`` = Σ_i w_i (y_{i,K} − x) over the shard; ``local_params`` (when asked for) are
+    ``delta_sum`` = Σ_i w_i (y_{i,K} − x) over the shard's finite clients; ``local_params`` (when asked for) are
     the stacked y_{i,K} in the order of the ``client_ids`` the worker was sent.
     """
 
@@ -55,6 +55,9 @@ class ShardResult:
     local_params: Arrays | None = None
     steps: np.ndarray | None = None  # u_i, in the order of client_ids
     local_loss: np.ndarray | None = None  # per-client mean local loss (with local_params)
+    #: ids of the shard's clients with non-finite results, left out of the sums above (not
+    #: renormalised: the coordinator applies the run's ``on_nonfinite`` policy to the round)
+    nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     compute_s: float = 0.0           # time spent in local training on the worker
     finished_at: float = 0.0         # worker's time.time() when it returned (after any delay)
     worker: dict = field(default_factory=dict)   # slot, node, pid, device

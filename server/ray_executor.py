@@ -31,6 +31,13 @@ Faults (counters in :attr:`RayExecutor.faults`, incidents in :attr:`RayExecutor.
 
   With ``keep_local=True`` (per-client results are needed) stragglers are always retried, and a
   round is never left without any client: if everything was dropped, it is re-sent.
+
+Non-finite clients (NaN/±inf results) are found on the workers, by the in-process executor's own
+check, left out of each shard's sums and their ids sent back (``ShardResult.nonfinite``); the
+coordinator applies the run's ``on_nonfinite`` to the whole round: ``"error"`` raises one
+:class:`~fedopt.engine.nonfinite.NonFiniteError` naming them, ``"drop"`` renormalises over the
+clients that returned finite results, with the same :func:`~fedopt.engine.executor.drop_scale`
+as for stragglers (``RoundOutput.nonfinite`` lists them).
 """
 from __future__ import annotations
 
@@ -47,8 +54,9 @@ from protocols.ray_messages import Params, ShardResult, to_arrays, to_tensors
 from client.ray_worker import WorkerSpec
 from client.shard import data_fingerprint
 from fedopt.data import FederatedDataset
-from fedopt.engine.executor import RoundOutput
+from fedopt.engine.executor import RoundOutput, drop_scale
 from fedopt.engine.local import LocalTrainer
+from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from server.ray_async import AsyncDispatcher, ClientUpdate, DelayFn, RayJob
 from server.ray_connect import RaySession, connect_ray
 from server.ray_faults import FaultLog
@@ -113,11 +121,15 @@ class RayExecutor:
                  batch_size: int, local_steps: int | None, local_epochs: int | None,
                  round_timeout_s: float | None = None, max_retries: int = 2,
                  on_timeout: str = "drop", chunk_size: int | None = None,
-                 delay_s: DelayFn | None = None):
+                 delay_s: DelayFn | None = None, on_nonfinite: str = "error"):
         import ray
 
         if on_timeout not in TIMEOUT_POLICIES:
             raise ValueError(f"on_timeout: one of {TIMEOUT_POLICIES}, got {on_timeout!r}")
+        if on_nonfinite not in POLICIES:
+            raise ValueError(f"on_nonfinite: one of {POLICIES}, got {on_nonfinite!r}")
+        #: the run's policy for clients with non-finite results (applied here, per round)
+        self.on_nonfinite = on_nonfinite
         self.ray = ray
         self.pool = pool
         self.session = session
@@ -181,7 +193,9 @@ class RayExecutor:
                    local_steps=client["local_steps"], local_epochs=client["local_epochs"],
                    round_timeout_s=ex["round_timeout_s"],
                    max_retries=ex["max_retries"], chunk_size=ex["chunk_size"],
-                   **{"on_timeout": ex["on_timeout"], **options})
+                   **{"on_timeout": ex["on_timeout"],
+                      "on_nonfinite": check_policy(config.get("on_nonfinite", "error")),
+                      **options})
 
     # -- reporting --------------------------------------------------------------------------------
     @property
@@ -340,13 +354,17 @@ class RayExecutor:
 
     def _combine(self, results: list[tuple[_Task, ShardResult]], ids: np.ndarray, w: np.ndarray,
                  ref_t: torch.Tensor, keep_local: bool, report: RoundReport) -> RoundOutput:
-        """Σ of the shards' partial sums (in client order), renormalized if clients were dropped."""
+        """Σ of the shards' partial sums (in client order), renormalized if clients were dropped
+        (stragglers, or non-finite clients under ``on_nonfinite="drop"``); raises
+        :class:`~fedopt.engine.nonfinite.NonFiniteError` for non-finite clients under
+        ``"error"``."""
         dev, dt = ref_t.device, ref_t.dtype
         delta_sum: Params | None = None
         local: Params | None = None
         loss_sum, samples, updates, w_returned = 0.0, 0, 0, 0.0
         steps = np.zeros(len(ids), dtype=np.int64)
         local_loss = np.zeros(len(ids)) if keep_local else None
+        nonfinite: list[np.ndarray] = []
         for task, res in results:
             d = to_tensors(res.delta_sum, dev, dt)
             delta_sum = d if delta_sum is None else {k: delta_sum[k] + d[k] for k in d}
@@ -354,6 +372,10 @@ class RayExecutor:
             samples += res.samples
             updates += res.updates
             w_returned += float(np.sum(w[task.positions]))
+            bad = np.asarray(getattr(res, "nonfinite", ()), dtype=np.int64)
+            if len(bad):
+                nonfinite.append(bad)
+                w_returned -= float(np.sum(w[task.positions][np.isin(ids[task.positions], bad)]))
             steps[task.positions] = res.steps
             if keep_local:
                 local_loss[task.positions] = res.local_loss
@@ -369,13 +391,17 @@ class RayExecutor:
                 for k, v in y.items():
                     local[k][pos] = v
         weight_sum = float(np.sum(w))
-        if report.dropped and w_returned > 0:
-            scale = weight_sum / w_returned
-            delta_sum = {k: v * scale for k, v in delta_sum.items()}
-            loss_sum *= scale
+        bad_ids = np.sort(np.concatenate(nonfinite)) if nonfinite else np.zeros(0, np.int64)
+        if len(bad_ids) and self.on_nonfinite == "error":
+            raise client_error(bad_ids, report.round_idx)
+        if report.dropped or len(bad_ids):
+            scale = drop_scale(weight_sum, w_returned)
+            if scale != 1.0:
+                delta_sum = {k: v * scale for k, v in delta_sum.items()}
+                loss_sum *= scale
         return RoundOutput(delta_sum=delta_sum, weight_sum=weight_sum, loss_sum=loss_sum,
                            samples=samples, updates=updates, local_params=local, steps=steps,
-                           local_loss=local_loss)
+                           local_loss=local_loss, nonfinite=bad_ids)
 
     # -- asynchronous, real time ------------------------------------------------------------------
     def submit(self, params: Params, client_ids, round_idx: int, *, optimizer=None,

@@ -13,15 +13,25 @@ lives in the local trainer (``prox_mu``).
 
 Server state — global params, server-optimizer state, round — is one :class:`ServerState`;
 client sampling is a pure function of (seed, round), so the state needs no RNG object to resume.
+
+Non-finite values (:mod:`fedopt.engine.nonfinite`): clients whose result — or whose per-client
+state (SCAFFOLD's c_i⁺, FedDyn's H_i) — is NaN/±inf stop the run (``on_nonfinite: error``) or are
+left out as if they had not returned (``drop``: weights renormalised over the others, their state
+not stored, ``nonfinite_dropped`` counted); a round that keeps no client leaves the model and the
+server-optimizer state unchanged. A server step whose new parameters or optimizer state are not
+finite raises :class:`~fedopt.engine.nonfinite.NonFiniteError` under either policy.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.server_opt import ServerOptimizer
+from fedopt.engine.executor import drop_scale
+from fedopt.engine.nonfinite import (DROPPED_KEY, check_server_state, client_error, count_dropped,
+                                     finite_rows)
 from fedopt.rng import STREAM_SAMPLING, round_generator
 AGGREGATION_WEIGHTS = ("num_samples", "uniform", "unbiased")
 
@@ -69,24 +79,103 @@ class FedAvg:
             return np.full(len(client_ids), 1.0 / len(client_ids))
         return (self.num_clients / len(client_ids)) * n / self.counts.sum()
 
-    def apply(self, state: ServerState, delta: Params) -> ServerState:
-        """x_{t+1} = ServerOpt(x_t, Δ_t); the round counter advances."""
-        params, opt_state = self.server_optimizer.step(state.params, delta, state.opt_state)
+    def apply(self, state: ServerState, delta: Params | None) -> ServerState:
+        """x_{t+1} = ServerOpt(x_t, Δ_t); the round counter advances. ``delta`` None (no client
+        kept) leaves the model and the server-optimizer state as they are.
+
+        Raises :class:`~fedopt.engine.nonfinite.NonFiniteError` (and installs nothing) when the
+        new parameters or server-optimizer state are not finite."""
+        if delta is None:
+            params, opt_state = state.params, state.opt_state
+        else:
+            params, opt_state = self.server_optimizer.step(state.params, delta, state.opt_state)
+            check_server_state(state.round, params, opt_state)
         return ServerState(params=params, opt_state=opt_state, round=state.round + 1,
                            client_state=state.client_state)
 
     def local_options(self) -> dict[str, float]:
         return {"prox_mu": self.prox_mu}
 
+    def run_clients(self, state: ServerState, executor: Any, ids: np.ndarray,
+                    weights: np.ndarray, optimizer: Any = None, *, keep_local: bool = False,
+                    correction: Params | None = None,
+                    client_state: Callable[[Any, np.ndarray], Params] | None = None,
+                    what: str = "its per-client state") -> tuple[Any, np.ndarray, Params | None]:
+        """``executor.run_round`` from the global model with the ``on_nonfinite`` policy applied
+        to the clients' results *and* to their new per-client state.
+
+        ``client_state(out, pos)`` gives the new state of clients ``ids[pos]`` (stacked, in that
+        order) from the round output ``out`` of exactly those clients. Returns ``(out, pos, new)``:
+        the output over the kept clients ``ids[pos]`` (pos: positions into ``ids``) and their new
+        state (None without ``client_state``). A client whose state is non-finite although its
+        model is finite raises (``error``) or is dropped (``drop``): the round is re-run without
+        it, weights renormalised (:func:`~fedopt.engine.executor.drop_scale`) — local results do
+        not depend on the other clients of a call, so this is the round it would have been.
+        The drops are counted in ``state.client_state`` (``nonfinite_dropped``).
+        Raises :class:`~fedopt.engine.nonfinite.NonFiniteError` under ``on_nonfinite: error``.
+        """
+        policy = getattr(executor, "on_nonfinite", "error")
+        ids = np.asarray(ids, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float64)
+        pos = np.arange(len(ids))
+        w_run = weights
+        while True:
+            corr = (None if correction is None else
+                    correction if len(pos) == len(ids) else
+                    {k: v[_index(pos, v)] for k, v in correction.items()})
+            out = executor.run_round(state.params, ids[pos], w_run, state.round,
+                                     optimizer=optimizer, keep_local=keep_local, correction=corr)
+            kept = out.kept(ids[pos])
+            new = None
+            if client_state is not None and kept.any():
+                new = client_state(out, pos)
+                bad = kept & ~finite_rows(new).cpu().numpy()
+                if bad.any():
+                    if policy != "drop":
+                        raise client_error(ids[pos][bad], state.round, what)
+                    pos = pos[kept & ~bad]
+                    w_run = weights[pos] * drop_scale(float(weights.sum()),
+                                                      float(weights[pos].sum()))
+                    continue
+            if not kept.all():
+                if new is not None:
+                    new = {k: v[_index(np.flatnonzero(kept), v)] for k, v in new.items()}
+                pos = pos[kept]
+            break
+        count_dropped(state.client_state, len(ids) - len(pos))
+        return out, pos, new
+
     def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
         """Sample S_t, run its clients, aggregate Σ w_i Δ_i, apply the server optimizer."""
         ids = self.sample_clients(state.round)
         weights = self.weights(ids)
-        out = executor.run_round(state.params, ids, weights, state.round, optimizer=optimizer)
-        stats = {"local_loss": out.loss_sum / max(out.weight_sum, 1e-300),
-                 "updates": out.updates, "samples": out.samples}
-        return self.apply(state, out.delta_sum), stats
+        out, _, _ = self.run_clients(state, executor, ids, weights, optimizer)
+        stats = {"local_loss": local_loss(out), "updates": out.updates, "samples": out.samples,
+                 **dropped_stats(state, executor)}
+        return self.apply(state, out.delta_sum if out.updates else None), stats
+
+
+def _index(pos: np.ndarray, like: Any) -> Any:
+    """``pos`` as an index for the stacked tensor ``like`` (on its device)."""
+    import torch
+
+    return torch.as_tensor(pos, dtype=torch.int64, device=like.device)
+
+
+def local_loss(out: Any) -> float:
+    """Σ_i w_i L_i / Σ_i w_i of a round output; NaN when no client was kept."""
+    if not out.updates:
+        return float("nan")
+    return out.loss_sum / max(out.weight_sum, 1e-300)
+
+
+def dropped_stats(state: ServerState, executor: Any) -> dict[str, int]:
+    """``{"nonfinite_dropped": n}`` (clients dropped for non-finite values so far, cumulative)
+    under ``on_nonfinite: drop``; empty under ``error``."""
+    if getattr(executor, "on_nonfinite", "error") != "drop":
+        return {}
+    return {DROPPED_KEY: int(state.client_state.get(DROPPED_KEY, 0))}
 
 
 def _build(prox: bool):
@@ -99,16 +188,25 @@ def _build(prox: bool):
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
+    from fedopt.algorithms.base import Requirement
     from fedopt.config import FLOAT, Field, non_negative
 
+    def rule(name: str) -> Requirement:
+        return Requirement("name", lambda v: v == name, f"= {name!r}")
+
+    momentum = Requirement("momentum", lambda v: isinstance(v, (int, float)) and v > 0, "> 0")
     plain = _build(False)
     return {
-        "fedavg": AlgorithmSpec({}, {"name": "sgd", "lr": 1.0}, plain, "FedAvg"),
+        "fedavg": AlgorithmSpec({}, {"name": "sgd", "lr": 1.0}, plain,
+                                "FedAvg (any server optimizer: the FedOpt family)"),
         "fedavgm": AlgorithmSpec({}, {"name": "sgd", "lr": 1.0, "momentum": 0.9}, plain,
-                                 "FedAvg with server momentum"),
-        "fedadam": AlgorithmSpec({}, {"name": "adam", "lr": 0.1}, plain, "FedAdam"),
-        "fedyogi": AlgorithmSpec({}, {"name": "yogi", "lr": 0.1}, plain, "FedYogi"),
-        "fedadagrad": AlgorithmSpec({}, {"name": "adagrad", "lr": 0.1}, plain, "FedAdagrad"),
+                                 "FedAvg with server momentum", (rule("sgd"), momentum)),
+        "fedadam": AlgorithmSpec({}, {"name": "adam", "lr": 0.1}, plain, "FedAdam",
+                                 (rule("adam"),)),
+        "fedyogi": AlgorithmSpec({}, {"name": "yogi", "lr": 0.1}, plain, "FedYogi",
+                                 (rule("yogi"),)),
+        "fedadagrad": AlgorithmSpec({}, {"name": "adagrad", "lr": 0.1}, plain, "FedAdagrad",
+                                    (rule("adagrad"),)),
         "fedprox": AlgorithmSpec({"mu": Field(FLOAT, 0.01, non_negative, "proximal coefficient μ")},
                                  {"name": "sgd", "lr": 1.0}, _build(True), "FedProx"),
     }

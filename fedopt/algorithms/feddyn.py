@@ -32,7 +32,8 @@ import torch
 
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import ClientTable, population_weights
-from fedopt.algorithms.fedavg import FedAvg
+from fedopt.algorithms.fedavg import FedAvg, dropped_stats, local_loss
+from fedopt.engine.executor import drop_scale
 from fedopt.algorithms.server_opt import ServerOptimizer
 
 CORRECTION_AVERAGES = ("all", "sampled")
@@ -84,31 +85,48 @@ class FedDyn(FedAvg):
         ids = self.sample_clients(state.round)
         weights = self.weights(ids)
         if not self.correction:
-            out = executor.run_round(state.params, ids, weights, state.round,
-                                     optimizer=optimizer)
-            return self.apply(state, out.delta_sum), _stats(out, 0.0)
+            out, _, _ = self.run_clients(state, executor, ids, weights, optimizer)
+            return (self.apply(state, out.delta_sum if out.updates else None),
+                    _stats(out, 0.0, state, executor))
         table = ClientTable(state.client_state[TABLE_KEY])
         h_old = table.gather(ids)
         corr = {k: self.coef * v for k, v in h_old.items()} if self.coef > 0 else None
-        out = executor.run_round(state.params, ids, weights, state.round, optimizer=optimizer,
-                                 keep_local=True, correction=corr)
         x = state.params
-        h_new = {k: h_old[k] + (y - x[k].unsqueeze(0)) for k, y in out.local_params.items()}
-        table.put(ids, h_new, old=h_old)
+
+        def new_h(out: Any, pos: np.ndarray) -> Params:
+            """H_i + (θ_i − θ) of clients ids[pos] (rows of ``out`` in that order)."""
+            return {k: _take(h_old[k], pos, len(ids)) + (y - x[k].unsqueeze(0))
+                    for k, y in out.local_params.items()}
+
+        out, pos, h_new = self.run_clients(state, executor, ids, weights, optimizer,
+                                           keep_local=True, correction=corr,
+                                           client_state=new_h, what="its drift state H_i")
+        if not len(pos):           # no client kept: nothing stored, no server step
+            return self.apply(state, None), _stats(out, 0.0, state, executor)
+        h_kept_old = {k: _take(v, pos, len(ids)) for k, v in h_old.items()}
+        table.put(ids[pos], h_new, old=h_kept_old)
         if self.correction_average == "all":
             add_back = table.mean
-        else:
-            w = torch.as_tensor(weights)
+        else:   # Σ w_i H_i over the kept clients, weights renormalised as in the aggregate
+            wk = weights[pos] * drop_scale(float(np.sum(weights)), float(np.sum(weights[pos])))
+            w = torch.as_tensor(wk)
             add_back = {k: torch.tensordot(w.to(device=v.device, dtype=v.dtype), v, dims=1)
                         for k, v in h_new.items()}
         delta = {k: out.delta_sum[k] + add_back[k] for k in x}
         norm = sum(float(v.pow(2).sum()) for v in add_back.values()) ** 0.5
-        return self.apply(state, delta), _stats(out, norm)
+        return self.apply(state, delta), _stats(out, norm, state, executor)
 
 
-def _stats(out: Any, add_back_norm: float) -> dict[str, Any]:
-    return {"local_loss": out.loss_sum / max(out.weight_sum, 1e-300),
-            "correction_norm": add_back_norm, "updates": out.updates, "samples": out.samples}
+def _take(v: torch.Tensor, pos: np.ndarray, n: int) -> torch.Tensor:
+    """Rows ``pos`` of the stacked [n, ...] ``v`` (``v`` itself when ``pos`` is all of them)."""
+    if len(pos) == n:
+        return v
+    return v.index_select(0, torch.as_tensor(pos, dtype=torch.int64, device=v.device))
+
+
+def _stats(out: Any, add_back_norm: float, state: ServerState, executor: Any) -> dict[str, Any]:
+    return {"local_loss": local_loss(out), "correction_norm": add_back_norm,
+            "updates": out.updates, "samples": out.samples, **dropped_stats(state, executor)}
 
 
 def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,

@@ -29,7 +29,7 @@ import torch
 
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import ClientTable, population_weights
-from fedopt.algorithms.fedavg import FedAvg
+from fedopt.algorithms.fedavg import FedAvg, dropped_stats, local_loss
 from fedopt.algorithms.server_opt import ServerOptimizer
 
 OPTIONS = ("I", "II")
@@ -67,25 +67,38 @@ class Scaffold(FedAvg):
         c = table.mean
         c_i = table.gather(ids)
         correction = {k: c[k].unsqueeze(0) - c_i[k] for k in c_i}
-        out = executor.run_round(state.params, ids, weights, state.round, optimizer=optimizer,
-                                 keep_local=self.option == "II", correction=correction)
-        if self.option == "II":
-            steps = out.steps
-            lr = client_lr(executor, optimizer)
-            x = state.params
-            scale = 1.0 / (torch.as_tensor(steps, dtype=torch.float64) * lr)
-            new_c = {}
+        x = state.params
+        lr = client_lr(executor, optimizer) if self.option == "II" else None
+
+        def new_control(out: Any, pos: np.ndarray) -> Params:
+            """c_i⁺ of clients ids[pos] (rows of ``out`` in that order)."""
+            if self.option == "I":
+                return full_gradients(executor, x, ids[pos])
+            scale = 1.0 / (torch.as_tensor(out.steps, dtype=torch.float64) * lr)
+            new = {}
             for k, y in out.local_params.items():
                 s = scale.to(device=y.device, dtype=y.dtype).view((-1,) + (1,) * (y.ndim - 1))
-                new_c[k] = c_i[k] - c[k].unsqueeze(0) + (x[k].unsqueeze(0) - y) * s
-        else:
-            new_c = full_gradients(executor, state.params, ids)
-        drift = sum(float((new_c[k] - c_i[k]).pow(2).sum()) for k in new_c)
-        table.put(ids, new_c, old=c_i)
-        stats = {"local_loss": out.loss_sum / max(out.weight_sum, 1e-300),
-                 "control_update_norm": (drift / len(ids)) ** 0.5,
-                 "updates": out.updates, "samples": out.samples}
-        return self.apply(state, out.delta_sum), stats
+                old = c_i[k] if len(pos) == len(ids) else c_i[k][_rows(pos, y)]
+                new[k] = old - c[k].unsqueeze(0) + (x[k].unsqueeze(0) - y) * s
+            return new
+
+        out, pos, new_c = self.run_clients(state, executor, ids, weights, optimizer,
+                                           keep_local=self.option == "II", correction=correction,
+                                           client_state=new_control, what="its control variate")
+        drift = 0.0
+        if len(pos):
+            old_c = c_i if len(pos) == len(ids) else {k: v[_rows(pos, v)] for k, v in c_i.items()}
+            drift = sum(float((new_c[k] - old_c[k]).pow(2).sum()) for k in new_c)
+            table.put(ids[pos], new_c, old=old_c)
+        stats = {"local_loss": local_loss(out),
+                 "control_update_norm": (drift / max(len(pos), 1)) ** 0.5,
+                 "updates": out.updates, "samples": out.samples,
+                 **dropped_stats(state, executor)}
+        return self.apply(state, out.delta_sum if out.updates else None), stats
+
+
+def _rows(pos: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(pos, dtype=torch.int64, device=like.device)
 
 
 # -- what SCAFFOLD needs from the executor ---------------------------------------------------

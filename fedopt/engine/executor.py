@@ -2,11 +2,18 @@
 
 It returns the round's weighted sum Σ_i w_i Δ_i (plus statistics) — the same quantity a Ray
 worker returns for its shard, so the server logic does not care where clients ran.
+
+Non-finite clients (NaN/±inf final parameters or mean local loss, see
+:mod:`fedopt.engine.nonfinite`) are found with one vectorized reduction per chunk and never
+enter the sums; the executor's ``on_nonfinite`` policy then raises
+:class:`~fedopt.engine.nonfinite.NonFiniteError` (``"error"``), renormalises the sums over the
+other clients (``"drop"``, :func:`drop_scale`) or, on a Ray worker (``"report"``), leaves the
+raw sums for the coordinator, which applies the run's policy to the whole round.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,7 +22,12 @@ from torch import Tensor
 from fedopt.data import FederatedDataset
 from fedopt.engine.batches import local_step_counts, plan_batches
 from fedopt.engine.local import LocalTrainer, Params
+from fedopt.engine.nonfinite import POLICIES, check_policy, client_error, finite_rows
 from fedopt.optim.core import FunctionalOptimizer
+
+#: executor policies: the run's ``on_nonfinite`` values, plus a worker's "report" (sums over the
+#: finite clients, not renormalised, never raises: the coordinator decides)
+EXECUTOR_POLICIES = (*POLICIES, "report")
 
 
 @dataclass
@@ -28,6 +40,23 @@ class RoundOutput:
     local_params: Params | None = None  # stacked y_{i,K} (only when asked for)
     steps: np.ndarray | None = None     # u_i, each client's number of local steps
     local_loss: np.ndarray | None = None  # each client's mean local loss (with keep_local)
+    #: ids of the clients left out for non-finite values (their rows of ``local_params`` /
+    #: ``local_loss`` are kept as computed); the sums above are over the other clients
+    nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def kept(self, client_ids: np.ndarray) -> np.ndarray:
+        """Bool mask over ``client_ids``: True for the clients in the sums (not non-finite)."""
+        return ~np.isin(np.asarray(client_ids, dtype=np.int64), self.nonfinite)
+
+
+def drop_scale(weight_sum: float, kept_weight: float) -> float:
+    """The factor Σ_{all} w / Σ_{kept} w that turns a weighted sum over the kept clients into
+    the sum the aggregation rule gives when its weights are renormalised over them — the rule
+    for clients that did not return (Ray stragglers, non-finite clients under ``drop``).
+    1.0 when nothing was left out or nothing was kept (then the sum is empty)."""
+    if kept_weight <= 0 or kept_weight == weight_sum:
+        return 1.0
+    return weight_sum / kept_weight
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -64,7 +93,10 @@ class VectorizedExecutor:
 
     def __init__(self, dataset: FederatedDataset, trainer: LocalTrainer, *, batch_size: int,
                  local_steps: int | None, local_epochs: int | None, seed: int,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, on_nonfinite: str = "error"):
+        if on_nonfinite not in EXECUTOR_POLICIES:
+            raise ValueError(f"on_nonfinite: one of {POLICIES}, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
         self.data = dataset
         self.trainer = trainer
         self.batch_size = batch_size
@@ -81,7 +113,8 @@ class VectorizedExecutor:
         client = config["client"]
         return cls(dataset, trainer, batch_size=client["batch_size"],
                    local_steps=client["local_steps"], local_epochs=client["local_epochs"],
-                   seed=config["seed"], chunk_size=config["executor"]["chunk_size"])
+                   seed=config["seed"], chunk_size=config["executor"]["chunk_size"],
+                   on_nonfinite=check_policy(config.get("on_nonfinite", "error")))
 
     def close(self) -> None:
         """Nothing to release in-process (Ray executors stop their actors here)."""
@@ -101,7 +134,8 @@ class VectorizedExecutor:
 
         ``correction`` (stacked [m, ...], aligned with ``client_ids``) is added to every local
         gradient of the matching client; ``keep_local`` also returns the stacked y_{i,K} and
-        each client's mean local loss.
+        each client's mean local loss. Raises :class:`~fedopt.engine.nonfinite.NonFiniteError`
+        naming the non-finite clients under ``on_nonfinite="error"`` (module docstring).
         """
         return self._run(params, False, np.asarray(client_ids, dtype=np.int64), round_idx,
                          weights, optimizer, keep_local, correction)
@@ -138,6 +172,9 @@ class VectorizedExecutor:
         loss_sum, samples = 0.0, 0
         w_all = torch.as_tensor(weights, dtype=next(iter(delta_sum.values())).dtype,
                                 device=self.device)
+        bad_ids: list[np.ndarray] = []
+        bad_keys: list[np.ndarray] = []
+        bad_weight = 0.0
         for lo in range(0, len(client_ids), chunk):
             ids = client_ids[lo:lo + chunk]
             key_c = key[lo:lo + chunk] if stacked else key
@@ -151,10 +188,27 @@ class VectorizedExecutor:
                                      client_ids=ids, optimizer=optimizer, correction=corr,
                                      stacked_start=stacked)
             w = w_all[lo:lo + chunk]
-            for k, y in res.params.items():
-                base = start_c[k] if stacked else start_c[k].unsqueeze(0)
-                delta_sum[k] += torch.tensordot(w, y - base, dims=1)
-            loss_sum += float((w.double() * res.mean_loss.double()).sum())
+            ok = finite_rows(res.params, res.mean_loss)       # one reduction over the chunk
+            wl = w.double() * res.mean_loss.double()
+            loss_c, n_ok = torch.stack([wl.sum(), ok.sum().double()]).tolist()  # one sync
+            if n_ok == len(ids):
+                for k, y in res.params.items():
+                    base = start_c[k] if stacked else start_c[k].unsqueeze(0)
+                    delta_sum[k] += torch.tensordot(w, y - base, dims=1)
+            else:   # leave the non-finite clients out (NaN · 0 is NaN: select, not weight)
+                bad = (~ok).nonzero().flatten().cpu().numpy()
+                bad_ids.append(ids[bad])
+                bad_keys.append(np.asarray(key_c)[bad] if stacked
+                                else np.full(len(bad), key_c, dtype=np.int64))
+                bad_weight += float(np.sum(np.asarray(weights, dtype=np.float64)[lo + bad]))
+                loss_c = float(torch.where(ok, wl, torch.zeros_like(wl)).sum())
+                for k, y in res.params.items():
+                    base = start_c[k] if stacked else start_c[k].unsqueeze(0)
+                    mask = ok.view((-1,) + (1,) * (y.ndim - 1))
+                    d = torch.where(mask, y - base, torch.zeros((), dtype=y.dtype,
+                                                                device=y.device))
+                    delta_sum[k] += torch.tensordot(w, d, dims=1)
+            loss_sum += loss_c
             samples += res.samples
             if keep_local:
                 locals_.append(res.params)
@@ -162,6 +216,16 @@ class VectorizedExecutor:
         local_params = ({k: torch.cat([p[k] for p in locals_]) for k in delta_sum}
                         if keep_local else None)
         local_loss = torch.cat(local_losses).double().cpu().numpy() if keep_local else None
-        return RoundOutput(delta_sum=delta_sum, weight_sum=float(np.sum(weights)),
-                           loss_sum=loss_sum, samples=samples, updates=len(client_ids),
-                           local_params=local_params, steps=steps_all, local_loss=local_loss)
+        nonfinite = (np.concatenate(bad_ids) if bad_ids else np.zeros(0, dtype=np.int64))
+        weight_sum = float(np.sum(weights))
+        if len(nonfinite) and self.on_nonfinite == "error":
+            raise client_error(nonfinite, np.concatenate(bad_keys))
+        if len(nonfinite) and self.on_nonfinite == "drop":
+            scale = drop_scale(weight_sum, weight_sum - bad_weight)
+            delta_sum = {k: v * scale for k, v in delta_sum.items()}
+            loss_sum *= scale
+        return RoundOutput(delta_sum=delta_sum, weight_sum=weight_sum,
+                           loss_sum=loss_sum, samples=samples,
+                           updates=len(client_ids) - len(nonfinite),
+                           local_params=local_params, steps=steps_all, local_loss=local_loss,
+                           nonfinite=nonfinite)
