@@ -59,7 +59,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         pass
     from fedopt.records import ResumeMismatchError, RunExistsError
 
-    return (*errors, RunExistsError, ResumeMismatchError)
+    errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
+    from fedopt.engine.nonfinite import NonFiniteError
+
+    return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError)
 
 
 def package_version() -> str:
