@@ -114,6 +114,9 @@ TOP_FIELDS = {
     "eval_every": Field(INT, 1, positive),
     "eval_train": Field(BOOL, True),
     "checkpoint_every": Field(INT, 10, non_negative),
+    "on_nonfinite": Field(STR, "error", one_of("error", "drop"),
+                          doc="a client whose update is NaN/inf: 'error' stops the run naming it; "
+                              "'drop' leaves it out of the aggregate and counts it"),
     "clock": Field((dict, type(None)), None, doc="virtual-clock models of client compute/communication time"),
 }
 
@@ -139,9 +142,6 @@ def validate_section(values: Mapping[str, Any] | None, fields: Mapping[str, Fiel
     unknown = [k for k in values if k not in fields]
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}: unknown key (valid keys: {', '.join(fields)})")
-    "on_nonfinite": Field(STR, "error", one_of("error", "drop"),
-                          doc="a client whose update is NaN/inf: 'error' stops the run naming it; "
-                              "'drop' leaves it out of the aggregate and counts it"),
     out: dict[str, Any] = {}
     for key, f in fields.items():
         where = f"{path}.{key}" if path else key

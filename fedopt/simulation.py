@@ -19,6 +19,7 @@ from torch import nn
 from fedopt.algorithms import ServerOptimizer, ServerState, algorithm_specs
 from fedopt.config import ConfigError
 from fedopt.data import FederatedDataset, build_dataset
+from fedopt.engine.batches import capped_batch_size
 from fedopt.engine.evaluate import evaluate
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
 from fedopt.models import build_model
@@ -66,17 +67,30 @@ class Simulation:
         if ex["num_threads"]:
             torch.set_num_threads(ex["num_threads"])
 
+        # Every user model and data set enters here, whichever executor runs it: the checks
+        # below run once, before any executor (in-process or Ray) is built.
+        if dataset is not None and not isinstance(dataset, FederatedDataset):
+            raise ValueError(f"dataset must be a fedopt.data.FederatedDataset (see "
+                             f"fedopt.data.build_from_arrays), got {type(dataset).__name__}")
         data = dataset if dataset is not None else build_dataset(config["data"], seed=seed)
         alg = config["algorithm"]
         if alg["clients_per_round"] > data.num_clients:
             raise ValueError(f"algorithm.clients_per_round: {alg['clients_per_round']} exceeds "
                              f"the data set's number of clients ({data.num_clients})")
         self.data = data.to(self.device, dtype=self.dtype)
-        if model is None:
-            model = build_model(config["model"], tuple(self.data.feature_shape),
-                                self.data.num_classes, seed=seed)
-        self.model = model.to(device=self.device, dtype=self.dtype)
+        # a user's module (checked by check_model: no running statistics, vmap-able, float
+        # parameters, [B, num_classes] logits) or the config's built-in model (sized first)
+        self.model = build_model(config["model"] if model is None else model,
+                                 tuple(self.data.feature_shape), self.data.num_classes,
+                                 seed=seed, device=self.device, dtype=self.dtype)
         self.fmodel = FunctionalModel(self.model)
+        # client.batch_size above the largest client's rows only pads every minibatch: cap it
+        # there (the plan is then that of B = n_max, bit for bit); self.config keeps the user's
+        # value, the algorithm and executors get the capped one
+        self.batch_size = capped_batch_size(config["client"]["batch_size"],
+                                            self.data.counts.cpu().numpy())
+        if self.batch_size != config["client"]["batch_size"]:
+            config = {**config, "client": {**config["client"], "batch_size": self.batch_size}}
 
         client = config["client"]
         self.client_optimizer = optimizer_from_config(client["optimizer"])

@@ -59,7 +59,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         pass
     from fedopt.records import ResumeMismatchError, RunExistsError
 
-    errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
 
     return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError)
