@@ -15,7 +15,13 @@ aggregated at step ``n`` has staleness ``s = n − ρ`` (in server steps, not in
 
 Dispatch: ``on_aggregation`` (Fraboni et al.: free slots are refilled right after each
 aggregation, with the new model) or ``on_arrival`` (Nguyen et al.'s FedBuff: refilled at every
-arrival, with the current model). Free slots go to idle clients that have not yet received the
+arrival or timeout, with the current model). Either way a client is dispatched with the newest
+model of the instant it is freed: an on-arrival refill waits until every event at that same
+virtual time has been handled, so an arrival that fills the buffer (or that a tick or deadline
+at the same time aggregates) is aggregated *before* its client is re-dispatched, with
+``θ^{n+1}`` — which is what makes FedBuff with ``c = 1`` equal asynchronous FedAvg. Events are
+still handled one at a time: with ``c = 1`` each of two simultaneous arrivals is its own step.
+Free slots go to idle clients that have not yet received the
 current version (so a job is identified by (client, start version)); when fewer slots than such
 clients are free, the clients are drawn uniformly without replacement, keyed by
 (seed, version) exactly like FedAvg's client sampling (and by (seed, version, k) for the k-th
@@ -25,7 +31,11 @@ dispatch. Dropped jobs are counted.
 
 Never hangs: if no further update can ever arrive (the queue is empty, every job in flight never
 completes), a partly filled buffer is aggregated as it is ("flushed"); with nothing buffered
-either, :class:`ClockStall` says which clients never return and to set ``clock.timeout``.
+either, free slots are refilled with the current model (under ``on_aggregation`` too: every job
+in flight was dropped, so no aggregation would ever refill them), and when no client is left to
+dispatch :class:`ClockStall` (a :class:`~fedopt.config.ConfigError`) names the clock setting
+that stops the run: ``clock.failure_prob`` of 1, jobs that never complete without a
+``clock.timeout``, or a ``clock.timeout`` shorter than every job (with the shortest job time).
 
 Events at equal times resolve arrivals first, then timeouts, then ticks/deadlines, and among
 arrivals the lowest client id first (:mod:`fedopt.clock.queue`).
@@ -42,6 +52,7 @@ import numpy as np
 import torch
 
 from fedopt.clock import DONE, TIMEOUT, TIMER, EventQueue, VirtualClock
+from fedopt.config import ConfigError
 from fedopt.rng import STREAM_SAMPLING, round_generator
 
 DISPATCH_MODES = ("on_aggregation", "on_arrival")
@@ -49,8 +60,9 @@ TICK, DEADLINE = -2, -1     # client field of TIMER events
 _ARRAYS = ("busy", "job_version", "job_count", "job_dispatch", "job_finish", "participations")
 
 
-class ClockStall(RuntimeError):
-    """No client update can ever arrive again and nothing is buffered."""
+class ClockStall(ConfigError, RuntimeError):
+    """No client update can ever arrive again, nothing is buffered and no client is left to
+    dispatch: the clock's settings stop the run (the message names the field)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,8 @@ class Step:
 class VirtualEvents:
     """The event source of :meth:`Scheduler.advance`: ``next(queue)`` gives the next event
     ``(time, kind, client, serial, ...)`` (extra fields are passed on to the hooks) or None
-    when nothing can happen any more; ``label`` names the clock in :class:`ClockStall`."""
+    when nothing can happen any more; ``peek(queue)`` the time of the next event already known
+    (+inf if none; never blocks); ``label`` names the clock in :class:`ClockStall`."""
 
     label = "virtual clock"
 
@@ -104,11 +117,16 @@ class VirtualEvents:
     def next(queue: EventQueue) -> tuple | None:
         return queue.pop()
 
+    @staticmethod
+    def peek(queue: EventQueue) -> float:
+        return queue.peek_time()
+
 
 class LoopHooks:
     """Side effects of :meth:`Scheduler.advance` (here: none). ``on_dispatch`` gets the step's
-    dispatch list after an on-arrival dispatch; a hook that starts those jobs itself empties
-    it, so that the step reports only the dispatch made when it fires."""
+    dispatch list after a dispatch made before the trigger fires (on arrival, or a refill when
+    the loop would stall); a hook that starts those jobs itself empties it, so that the step
+    reports only the dispatch made when it fires."""
 
     @staticmethod
     def on_arrival(client: int, serial: int, event: tuple) -> None:
@@ -192,18 +210,20 @@ class Scheduler:
         dispatched: list[tuple[np.ndarray, int]] = []
         dropped: list[tuple[int, int]] = []
         ready: list[list] = st["ready"]
+        owed = False          # an on-arrival refill waiting for the end of the current instant
         while True:
             if p.buffer_size is not None and len(ready) >= p.buffer_size:
                 return self.fire(st, queue, p.buffer_size, dispatched, dropped)
+            if owed and events.peek(queue) > st["now"]:
+                owed = False
+                self._dispatch_now(st, queue, dispatched, hooks)
             ev = events.next(queue)
             if ev is None:
                 if ready:
                     return self.fire(st, queue, len(ready), dispatched, dropped, flushed=True)
-                stuck = np.flatnonzero(busy).tolist()
-                raise ClockStall(
-                    f"{events.label}: no client update can ever arrive at step {st['version']} "
-                    f"(the jobs of clients {stuck[:10]} never complete: infinite compute time, "
-                    f"offline forever or failed); set clock.timeout so that the server drops them")
+                if self._dispatch_now(st, queue, dispatched, hooks):
+                    continue              # every job was dropped: refill rather than stall
+                raise ClockStall(self.stall_message(st, events.label))
             t, kind, i, serial = ev[:4]
             if kind == TIMER:
                 if i == TICK and serial == st["tick"]:
@@ -228,9 +248,47 @@ class Scheduler:
                 dropped.append((i, int(job_version[i])))
                 st["dropped"] += 1
                 hooks.on_timeout(i)
-            if p.dispatch == "on_arrival":
-                self.dispatch(st, queue, dispatched)
-                hooks.on_dispatch(dispatched)
+            # refill once this instant is over: a trigger it sets off (a full buffer, a tick or
+            # deadline at the same time) aggregates first and fire() then refills with θ^{n+1}
+            owed = owed or p.dispatch == "on_arrival"
+
+    def _dispatch_now(self, st: dict[str, Any], queue: EventQueue, dispatched: list,
+                      hooks: Any) -> bool:
+        """Refill free slots at the current version before the trigger fires; True if any
+        client was dispatched."""
+        before = st["dispatched"]
+        self.dispatch(st, queue, dispatched)
+        hooks.on_dispatch(dispatched)
+        return st["dispatched"] > before
+
+    def stall_message(self, st: dict[str, Any], label: str) -> str:
+        """Why no update can ever arrive at step ``st["version"]``, naming the clock field to
+        change (every client is then either stuck in a job that never completes or was dropped
+        at this version, since otherwise a free slot would have been refilled)."""
+        version = st["version"]
+        where = f"no client update can ever arrive at step {version} ({label})"
+        busy = st["busy"].numpy()
+        stuck = np.flatnonzero(busy).tolist()
+        if getattr(self.clock, "failure_prob", 0.0) >= 1.0:
+            return (f"clock.failure_prob: 1.0 makes every client job fail, so {where}; "
+                    f"lower clock.failure_prob")
+        if stuck:           # only without a timeout: a finite one would drop them
+            return (f"clock.timeout: {where}: the jobs of clients {_ids(stuck)} never complete "
+                    f"(infinite compute time, offline forever or failed) and clock.timeout is "
+                    f"not set; set clock.timeout so that the server drops them")
+        gone = np.flatnonzero(~busy & (st["job_version"].numpy() == version))
+        took = (st["job_finish"].numpy() - st["job_dispatch"].numpy())[gone]
+        timeout = getattr(self.clock, "timeout", math.inf)
+        msg = (f"clock.timeout: {where}: every client that can train on model version {version} "
+               f"(clients {_ids(gone.tolist())}) was dropped after clock.timeout = {timeout:g} "
+               f"time units without returning an update, so the model can never change; ")
+        if np.isfinite(took).any():
+            return msg + (f"raise clock.timeout above {took[np.isfinite(took)].min():.6g} "
+                          f"(the shortest of those jobs)")
+        if getattr(self.clock, "simulated", True):
+            return msg + ("their jobs never complete (infinite compute time, offline forever "
+                          "or failed)")
+        return msg + "raise clock.timeout (in seconds: no delays are injected)"
 
     def fire(self, st: dict[str, Any], queue: EventQueue, count: int,
               dispatched: list, dropped: list, flushed: bool = False) -> Step:
@@ -314,3 +372,10 @@ class Scheduler:
                 break
             count += 1
         return count
+
+
+def _ids(ids: list[int], limit: int = 10) -> str:
+    """``[0, 1, 2]``, or the first ``limit`` and how many more."""
+    if len(ids) <= limit:
+        return str(ids)
+    return f"{ids[:limit]} and {len(ids) - limit} more"
