@@ -68,7 +68,7 @@ def test_algorithm_aliases_pick_their_server_optimizer(quickstart):
     ("model.name=resnet", "model.name: unknown 'resnet'"),
     ("executor.name=spark", "executor.name: must be one of"),
     ("eval_every=0", "eval_every: must be > 0"),
-    ("seed=-1", "seed: must be >= 0"),
+    ("seed=-1", "seed: must be an integer in [0, 2**64 - 1]"),
     ("data.partition={name: bogus}", "data.partition"),
     ("executor.device=gpu", "executor.device"),
     ("algorithm.server_optimizer.lr=.inf", "algorithm.server_optimizer.lr: must be finite"),

@@ -58,15 +58,45 @@ class Algorithm(Protocol):
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """A server-optimizer setting that an algorithm's name fixes: ``ok(value)`` must hold for
+    ``algorithm.server_optimizer.<key>``; ``what`` says what the name needs (for messages)."""
+
+    key: str
+    ok: Callable[[Any], bool]
+    what: str
+
+
+@dataclass(frozen=True)
 class AlgorithmSpec:
     """Config keys of an algorithm (``fedopt.config.Field`` objects), the server optimizer it
     defaults to, and ``build(alg_cfg, counts, seed, server_optimizer, config) -> Algorithm``
-    (``config``: the whole validated run config)."""
+    (``config``: the whole validated run config).
+
+    ``requires``: server-optimizer settings the name itself stands for (``fedadam`` is FedAvg
+    with the adam server optimizer, ``fedavgm`` needs momentum > 0); a config whose
+    ``algorithm.server_optimizer`` contradicts one is refused by :meth:`check_server_optimizer`.
+    ``build`` must be cheap before ``init`` (no per-parameter work): ``fedopt validate`` calls it
+    with unit client counts to run the same checks as a run.
+    """
 
     fields: dict[str, Any]
     server_optimizer: dict[str, Any]
     build: Callable[[dict[str, Any], np.ndarray, int, Any, dict[str, Any]], Any]
     doc: str = ""
+    requires: tuple[Requirement, ...] = ()
+
+    def check_server_optimizer(self, name: str, server_optimizer: dict[str, Any]) -> None:
+        """Raise ValueError naming ``algorithm.server_optimizer.<key>`` and ``algorithm.name``
+        when the (merged) server-optimizer section contradicts what ``name`` stands for."""
+        for req in self.requires:
+            value = server_optimizer.get(req.key)
+            if not req.ok(value):
+                raise ValueError(
+                    f"algorithm.server_optimizer.{req.key}: {value!r} conflicts with "
+                    f"algorithm.name: {name}, which needs {req.key} {req.what}; remove "
+                    f"algorithm.server_optimizer.{req.key}, or use algorithm.name: fedavg to "
+                    f"choose the server optimizer freely")
 
 
 def algorithm_specs() -> dict[str, AlgorithmSpec]:

@@ -31,63 +31,127 @@ from fedopt.optim import make as make_optimizer
 Params = dict[str, Tensor]
 
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+STYLES = ("paper", "tff")
+
+#: the keys (besides ``name`` and ``lr``) each rule reads; any other key given is an error,
+#: never silently ignored. FedAdagrad reads ``betas`` only in the ``paper`` style, and then
+#: only β1 (``betas: [β1]``): its v_t = v_{t−1} + Δ_t² has no β2.
+RULE_KEYS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum", "nesterov"),
+    "adam": ("betas", "tau", "style"),
+    "yogi": ("betas", "tau", "style"),
+    "adagrad": ("betas", "tau", "style"),
+}
+
+#: what a key means when it is not given (None in the dataclass)
+DEFAULTS: dict[str, Any] = {"momentum": 0.0, "nesterov": False, "tau": 1e-3, "style": "paper"}
+
+
+def _real(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 @dataclass(frozen=True)
 class ServerOptimizer:
+    """One server rule and its hyperparameters. ``None`` means "not given": the rule's default
+    (``momentum`` 0, ``nesterov`` False, ``tau`` 1e-3, ``style`` "paper", ``betas`` (0.9, 0.99)
+    in the paper style, (0.9, 0.999) in the tff style, ``(0.9,)`` for paper-style adagrad).
+
+    Raises ValueError naming ``server_optimizer.<key>`` for a bad value, and for a key the rule
+    does not read (:data:`RULE_KEYS`): e.g. ``betas`` with ``sgd``, ``momentum`` with ``adam``,
+    ``betas`` with tff-style ``adagrad``; a key given is never silently ignored.
+    """
+
     name: str = "sgd"
     lr: float = 1.0
-    momentum: float = 0.0
-    nesterov: bool = False
-    betas: tuple[float, float] | None = None
-    tau: float = 1e-3
-    style: str = "paper"
+    momentum: float | None = None
+    nesterov: bool | None = None
+    betas: tuple[float, ...] | None = None
+    tau: float | None = None
+    style: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SERVER_OPTIMIZERS:
             raise ValueError(f"server_optimizer.name: unknown {self.name!r}; "
                              f"choose one of {', '.join(SERVER_OPTIMIZERS)}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"server_optimizer.lr: must be a finite number > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"server_optimizer.momentum: must be in [0, 1), got {self.momentum}")
-        if not self.tau > 0:
-            raise ValueError(f"server_optimizer.tau: must be > 0, got {self.tau}")
-        if self.style not in ("paper", "tff"):
+        if not (_real(self.lr) and self.lr > 0):
+            raise ValueError(f"server_optimizer.lr: must be a finite number > 0, got {self.lr!r}")
+        used = RULE_KEYS[self.name]
+        for key in ("momentum", "nesterov", "betas", "tau", "style"):
+            if getattr(self, key) is not None and key not in used:
+                raise ValueError(
+                    f"server_optimizer.{key}: the {self.name} server optimizer does not use "
+                    f"{key} (it reads {', '.join(('lr', *used))}); remove {key}")
+        if self.momentum is not None and not (_real(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"server_optimizer.momentum: must be in [0, 1), got {self.momentum!r}")
+        if self.nesterov is not None and not isinstance(self.nesterov, bool):
+            raise ValueError(f"server_optimizer.nesterov: must be true or false, got {self.nesterov!r}")
+        if self.tau is not None and not (_real(self.tau) and self.tau > 0):
+            raise ValueError(f"server_optimizer.tau: must be a finite number > 0, got {self.tau!r}")
+        if self.style is not None and self.style not in STYLES:
             raise ValueError(f"server_optimizer.style: 'paper' or 'tff', got {self.style!r}")
-        b1, b2 = self.resolved_betas
-        for i, b in enumerate((b1, b2)):
-            if not 0 <= b < 1:
-                raise ValueError(f"server_optimizer.betas[{i}]: must be in [0, 1), got {b}")
-        if self.name == "sgd" and self.nesterov and self.momentum == 0:
-            raise ValueError("server_optimizer.nesterov: needs momentum > 0")
-        if self.name != "sgd" and (self.momentum or self.nesterov):
-            raise ValueError(f"server_optimizer.momentum: only the sgd server optimizer uses "
-                             f"momentum/nesterov ({self.name} has betas)")
+        if self.betas is not None:
+            self._check_betas()
+        if self.name == "sgd" and self.nesterov and not self.momentum:
+            raise ValueError("server_optimizer.nesterov: needs server_optimizer.momentum > 0")
+
+    def _check_betas(self) -> None:
+        betas = self.betas
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, (list, tuple)):
+            raise ValueError(f"server_optimizer.betas: must be a list of numbers, got {betas!r}")
+        if self.name == "adagrad":
+            if self.resolved_style == "tff":
+                raise ValueError("server_optimizer.betas: tff-style adagrad has no first moment "
+                                 "and uses no betas; remove betas (or use style: paper)")
+            if len(betas) != 1:
+                raise ValueError(f"server_optimizer.betas: adagrad uses only β1 (its "
+                                 f"v_t = v_(t-1) + Δ_t² has no β2); give [β1], got {list(betas)}")
+        elif len(betas) != 2:
+            raise ValueError(f"server_optimizer.betas: {self.name} needs two values [β1, β2], "
+                             f"got {list(betas)}")
+        for i, b in enumerate(betas):
+            if not (_real(b) and 0 <= b < 1):
+                raise ValueError(f"server_optimizer.betas[{i}]: must be a number in [0, 1), got {b!r}")
 
     @property
-    def resolved_betas(self) -> tuple[float, float]:
+    def resolved_style(self) -> str:
+        return DEFAULTS["style"] if self.style is None else self.style
+
+    @property
+    def resolved_tau(self) -> float:
+        return DEFAULTS["tau"] if self.tau is None else float(self.tau)
+
+    @property
+    def resolved_betas(self) -> tuple[float, float | None]:
+        """(β1, β2) of the adaptive rules; β2 is None for adagrad (which has none)."""
         if self.betas is not None:
-            return float(self.betas[0]), float(self.betas[1])
-        return (0.9, 0.99) if self.style == "paper" else (0.9, 0.999)
+            b1 = float(self.betas[0])
+            return (b1, None) if self.name == "adagrad" else (b1, float(self.betas[1]))
+        if self.name == "adagrad":
+            return 0.9, None
+        return (0.9, 0.99) if self.resolved_style == "paper" else (0.9, 0.999)
 
     # -- pure state machine ------------------------------------------------------------------
     def init(self, params: Params) -> dict[str, Any]:
         if self.name == "sgd":
             return self._sgd().init(params)
-        v0 = self.tau ** 2 if self.style == "paper" else 0.0
+        v0 = self.resolved_tau ** 2 if self.resolved_style == "paper" else 0.0
         return {"t": 0,
                 "m": {k: torch.zeros_like(p) for k, p in params.items()},
                 "v": {k: torch.full_like(p, v0) for k, p in params.items()}}
 
     def _sgd(self):
-        return make_optimizer("sgd", lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
+        return make_optimizer("sgd", lr=self.lr,
+                              momentum=DEFAULTS["momentum"] if self.momentum is None else self.momentum,
+                              nesterov=bool(self.nesterov))
 
     def step(self, params: Params, delta: Params, state: dict[str, Any]) -> tuple[Params, dict]:
         """x_{t+1} from x_t and the aggregated update Δ_t (pure)."""
         if self.name == "sgd":
             return self._sgd().update(params, {k: -d for k, d in delta.items()}, state)
         b1, b2 = self.resolved_betas
+        style, tau = self.resolved_style, self.resolved_tau
         t = state["t"] + 1
         new_p, new_m, new_v = {}, {}, {}
         for k, x in params.items():
@@ -99,13 +163,13 @@ class ServerOptimizer:
                 v = b2 * v + (1 - b2) * d2
             else:  # yogi
                 v = v - (1 - b2) * d2 * torch.sign(v - d2)
-            if self.name == "adagrad" and self.style == "tff":
+            if self.name == "adagrad" and style == "tff":
                 m, step_size = d, self.lr
             else:
                 m = b1 * m + (1 - b1) * d
                 step_size = self.lr
-                if self.style == "tff":
+                if style == "tff":
                     step_size = self.lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-            new_p[k] = x + step_size * m / (v.sqrt() + self.tau)
+            new_p[k] = x + step_size * m / (v.sqrt() + tau)
             new_m[k], new_v[k] = m, v
         return new_p, {"t": t, "m": new_m, "v": new_v}

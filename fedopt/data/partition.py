@@ -44,11 +44,14 @@ def _check_sizes(labels: np.ndarray, num_clients: int, needed: int | None = None
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
     num_clients = positive_int(num_clients, "data.num_clients")
-    needed = num_clients if needed is None else needed
-    if labels.shape[0] < needed:
-        raise ValueError(f"data.num_clients: cannot give {num_clients} clients at least one row each "
-                         f"from {labels.shape[0]} rows (need at least {needed} rows)")
+    _require_rows(labels.shape[0], num_clients, num_clients if needed is None else needed)
     return labels
+
+
+def _require_rows(num_rows: int, num_clients: int, needed: int) -> None:
+    if num_rows < needed:
+        raise ValueError(f"data.num_clients: cannot give {num_clients} clients at least one row "
+                         f"each from {num_rows} rows (need at least {needed} rows)")
 
 
 def _deal(order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -163,7 +166,10 @@ PARTITIONS: dict[str, Partition] = {
 
 def resolve_partition(spec: str | dict | None, prefix: str = "data.partition") -> dict[str, Any]:
     """Normalise a partition spec (``None``, a name, or ``{name: ..., key: value}``) to a full
-    dict with defaults filled; unknown names/keys raise ValueError naming ``<prefix>.<key>``."""
+    dict with defaults filled and values checked (``alpha`` a finite number > 0, ``sigma`` a
+    finite number >= 0, ``shards_per_client`` a positive integer); unknown names/keys and bad
+    values raise ValueError naming ``<prefix>.<key>``. Needs no data: the config validator
+    calls it."""
     if spec is None:
         spec = {"name": "iid"}
     elif isinstance(spec, str):
@@ -171,7 +177,28 @@ def resolve_partition(spec: str | dict | None, prefix: str = "data.partition") -
     elif not isinstance(spec, dict):
         raise ValueError(f"{prefix} must be a partition name or a mapping with a 'name', "
                          f"got {type(spec).__name__}")
-    return resolve_named({"name": "iid", **spec}, PARTITION_KEYS, prefix, "partition")
+    full = resolve_named({"name": "iid", **spec}, PARTITION_KEYS, prefix, "partition")
+    if full["name"] == "dirichlet":
+        full["alpha"] = real(full["alpha"], f"{prefix}.alpha", low=0.0, low_open=True)
+    elif full["name"] == "power_law":
+        full["sigma"] = real(full["sigma"], f"{prefix}.sigma", low=0.0)
+    elif full["name"] == "shards":
+        full["shards_per_client"] = positive_int(full["shards_per_client"],
+                                                 f"{prefix}.shards_per_client")
+    return full
+
+
+def required_rows(spec: dict[str, Any], num_clients: int) -> int:
+    """Rows a resolved partition spec needs so that no client is empty: ``K``, or
+    ``K · shards_per_client`` for ``shards``."""
+    return num_clients * (spec["shards_per_client"] if spec["name"] == "shards" else 1)
+
+
+def check_partition_rows(spec: dict[str, Any], num_rows: int, num_clients: int) -> None:
+    """ValueError naming ``data.num_clients`` when ``num_rows`` rows cannot give every one of
+    ``num_clients`` clients a row under the resolved partition ``spec`` (the check the
+    partition functions make, without the labels)."""
+    _require_rows(num_rows, num_clients, required_rows(spec, num_clients))
 
 
 def partition(labels: np.ndarray, num_clients: int, spec: str | dict | None,

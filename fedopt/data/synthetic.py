@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedopt.data.assemble import assemble
-from fedopt.data.checks import boolean, positive_int, real, seed_streams
+from fedopt.data.checks import boolean, fraction, positive_int, real, seed_streams
 from fedopt.data.dataset import FederatedDataset
 
 
@@ -73,27 +73,44 @@ def draw_sizes(rng: np.random.Generator, num_clients: int, min_samples: int,
     return r if max_samples is None else np.minimum(r, max_samples)
 
 
-def synthetic_with_model(seed: int, *, alpha: float = 1.0, beta: float = 1.0,
-                         num_clients: int = 100, iid: bool = False, num_features: int = 60,
-                         num_classes: int = 10, test_fraction: float = 0.2,
-                         min_samples: int = 50, max_samples: int | None = 1000,
-                         lognormal_mean: float = 4.0, lognormal_sigma: float = 2.0,
-                         ) -> tuple[FederatedDataset, SyntheticModel]:
-    """Synthetic(α, β) and the parameters that generated it (for tests and oracles)."""
-    alpha = real(alpha, "data.alpha", low=0.0)
-    beta = real(beta, "data.beta", low=0.0)
-    num_clients = positive_int(num_clients, "data.num_clients")
-    iid = boolean(iid, "data.iid")
-    num_features = positive_int(num_features, "data.num_features")
-    num_classes = positive_int(num_classes, "data.num_classes")
-    min_samples = positive_int(min_samples, "data.min_samples")
+def check_synthetic(*, alpha: float = 1.0, beta: float = 1.0, num_clients: int = 100,
+                    iid: bool = False, num_features: int = 60, num_classes: int = 10,
+                    test_fraction: float = 0.2, min_samples: int = 50,
+                    max_samples: int | None = 1000, lognormal_mean: float = 4.0,
+                    lognormal_sigma: float = 2.0) -> dict:
+    """The keys of :func:`synthetic_with_model`, checked and normalised without drawing any
+    data (the config validator calls it). ValueError naming ``data.<key>``: α, β and the
+    log-normal σ must be finite and >= 0, counts positive integers, ``test_fraction`` in
+    [0, 1), ``max_samples >= min_samples``."""
+    out = {
+        "alpha": real(alpha, "data.alpha", low=0.0),
+        "beta": real(beta, "data.beta", low=0.0),
+        "num_clients": positive_int(num_clients, "data.num_clients"),
+        "iid": boolean(iid, "data.iid"),
+        "num_features": positive_int(num_features, "data.num_features"),
+        "num_classes": positive_int(num_classes, "data.num_classes"),
+        "test_fraction": fraction(test_fraction, "data.test_fraction"),
+        "min_samples": positive_int(min_samples, "data.min_samples"),
+        "max_samples": None,
+        "lognormal_mean": real(lognormal_mean, "data.lognormal_mean"),
+        "lognormal_sigma": real(lognormal_sigma, "data.lognormal_sigma", low=0.0),
+    }
     if max_samples is not None:
-        max_samples = positive_int(max_samples, "data.max_samples")
-        if max_samples < min_samples:
+        out["max_samples"] = positive_int(max_samples, "data.max_samples")
+        if out["max_samples"] < out["min_samples"]:
             raise ValueError(f"data.max_samples ({max_samples}) must be >= data.min_samples "
                              f"({min_samples})")
-    lognormal_mean = real(lognormal_mean, "data.lognormal_mean")
-    lognormal_sigma = real(lognormal_sigma, "data.lognormal_sigma", low=0.0)
+    return out
+
+
+def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, SyntheticModel]:
+    """Synthetic(α, β) and the parameters that generated it (for tests and oracles); keys and
+    defaults as in :func:`check_synthetic` (which raises ValueError naming a bad key)."""
+    k = check_synthetic(**keys)
+    alpha, beta, num_clients, iid = k["alpha"], k["beta"], k["num_clients"], k["iid"]
+    num_features, num_classes, test_fraction = k["num_features"], k["num_classes"], k["test_fraction"]
+    min_samples, max_samples = k["min_samples"], k["max_samples"]
+    lognormal_mean, lognormal_sigma = k["lognormal_mean"], k["lognormal_sigma"]
 
     rng_model, rng_sizes, rng_x, rng_split = seed_streams(seed, 4)
     model = draw_model(rng_model, num_clients, alpha, beta, iid, num_features, num_classes)
