@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fedopt.data import FederatedDataset
-from fedopt.engine.batches import local_step_counts, plan_batches
+from fedopt.engine.batches import local_step_counts, plan_batches, plan_bytes
 from fedopt.engine.local import LocalTrainer, Params
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error, finite_rows
 from fedopt.optim.core import FunctionalOptimizer
@@ -75,16 +75,17 @@ def available_memory_bytes(device: torch.device) -> int:
 
 def auto_chunk_size(params: Params, optimizer: FunctionalOptimizer, batch_size: int,
                     row_numel: int, device: torch.device, fraction: float = 0.25,
-                    cap: int = 4096) -> int:
+                    cap: int = 4096, plan_bytes_per_client: int = 0) -> int:
     """Clients per chunk so that their stacked state fits in ``fraction`` of free memory.
 
     Per client: parameters, gradient, SAM/prox temporaries and optimizer buffers (~6 copies
-    plus the buffers), and a minibatch with a generous activation factor.
+    plus the buffers), a minibatch with a generous activation factor, and its share of the
+    minibatch plan (``plan_bytes_per_client``, see :func:`~fedopt.engine.batches.plan_bytes`).
     """
     elem = next(iter(params.values())).element_size()
     n_params = sum(p.numel() for p in params.values())
     copies = 6 + len(optimizer.buffer_names()) + (optimizer.m if hasattr(optimizer, "m") else 0)
-    per_client = elem * (n_params * copies + batch_size * row_numel * 8)
+    per_client = elem * (n_params * copies + batch_size * row_numel * 8) + plan_bytes_per_client
     return int(max(1, min(cap, fraction * available_memory_bytes(device) // per_client)))
 
 
@@ -123,8 +124,13 @@ class VectorizedExecutor:
         if self.chunk_size:
             return int(self.chunk_size)
         row_numel = int(np.prod(self.data.x.shape[1:])) if self.data.x.ndim > 1 else 1
+        held = self.counts[self.counts > 0]     # a Ray shard's other clients have no rows
+        max_steps = int(local_step_counts(held, self.batch_size, self.local_steps,
+                                          self.local_epochs).max()) if held.size else 0
         self.chunk_size = auto_chunk_size(params, self.trainer.optimizer, self.batch_size,
-                                          row_numel, self.device)
+                                          row_numel, self.device,
+                                          plan_bytes_per_client=plan_bytes(max_steps, 1,
+                                                                           self.batch_size))
         return self.chunk_size
 
     def run_round(self, params: Params, client_ids: np.ndarray, weights: np.ndarray,

@@ -91,3 +91,26 @@ def test_plan_that_would_not_fit_in_memory_is_refused_before_allocating():
     with pytest.raises(ValueError, match=r"client.batch_size: a minibatch plan of 5 local steps "
                                          r"x 2 clients x batch 1000000000000"):
         plan_batches(0, 0, np.arange(2), _offsets([3, 4]), 10**12, np.array([5, 5]))
+
+
+def test_auto_chunk_counts_the_plan_of_each_client(monkeypatch):
+    import fedopt.engine.executor as executor_mod
+    from fedopt.data import build_from_arrays
+    from fedopt.engine.local import FunctionalModel, LocalTrainer
+    from fedopt.models import build_model
+    from fedopt.optim import from_config
+
+    data = build_from_arrays(np.zeros((400, 5), np.float32), np.arange(400) % 3, 4, "iid",
+                             seed=0, test_fraction=0.0)
+    trainer = LocalTrainer(FunctionalModel(build_model({"name": "logreg"}, (5,), 3)),
+                           from_config({"name": "sgd", "lr": 0.1}), seed=0)
+    monkeypatch.setattr(executor_mod, "available_memory_bytes", lambda device: 4 * 10**9)
+    params = {k: v.detach() for k, v in trainer.fmodel.module.named_parameters()}
+    ex = executor_mod.VectorizedExecutor(data, trainer, batch_size=100, local_steps=10**4,
+                                         local_epochs=None, seed=0)
+    # plan: 48 B x 10^4 steps x 100 slots = 48 MB per client, the model state ~16 KB, so a
+    # quarter of 4 GB holds floor(10^9 / (48e6 + ~16e3)) = 20 clients (4096 without the plan)
+    assert ex._chunk(params) == 20
+    ex = executor_mod.VectorizedExecutor(data, trainer, batch_size=100, local_steps=1,
+                                         local_epochs=None, seed=0)
+    assert ex._chunk(params) == 4096
