@@ -114,3 +114,33 @@ def test_auto_chunk_counts_the_plan_of_each_client(monkeypatch):
     ex = executor_mod.VectorizedExecutor(data, trainer, batch_size=100, local_steps=1,
                                          local_epochs=None, seed=0)
     assert ex._chunk(params) == 4096
+
+
+def test_evaluation_chunks_hold_a_bounded_number_of_logits(monkeypatch):
+    import torch
+
+    import fedopt.engine.evaluate as evaluate_mod
+    from fedopt.engine.local import FunctionalModel
+
+    seen = []
+
+    class Logits(torch.nn.Module):
+        def __init__(self, classes):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, classes))
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return x[:, :1] * self.w
+
+    monkeypatch.setattr(evaluate_mod, "MAX_LOGITS", 1000)
+    fm = FunctionalModel(Logits(300))
+    params = dict(fm.module.named_parameters())
+    x, y = torch.ones(10, 2), torch.zeros(10, dtype=torch.long)
+    loss, acc = evaluate_mod.evaluate(fm, params, x, y, chunk_rows=8)
+    # 1000 // 300 = 3 rows per chunk (after a 1-row probe): 3 + 3 + 3 + 1 rows
+    assert seen == [1, 3, 3, 3, 1]
+    # all logits 0: loss log(300) on every row, argmax picks class 0 = every label
+    assert abs(loss - np.log(300)) < 1e-6 and acc == 1.0
+    with pytest.raises(ValueError, match="chunk_rows"):
+        evaluate_mod.evaluate(fm, params, x, y, chunk_rows=0)
