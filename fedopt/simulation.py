@@ -19,6 +19,7 @@ from torch import nn
 from fedopt.algorithms import ServerOptimizer, ServerState, algorithm_specs
 from fedopt.config import ConfigError
 from fedopt.data import FederatedDataset, build_dataset
+from fedopt.data.dataset import check_values
 from fedopt.engine.batches import capped_batch_size
 from fedopt.engine.evaluate import evaluate
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
@@ -72,6 +73,8 @@ class Simulation:
         if dataset is not None and not isinstance(dataset, FederatedDataset):
             raise ValueError(f"dataset must be a fedopt.data.FederatedDataset (see "
                              f"fedopt.data.build_from_arrays), got {type(dataset).__name__}")
+        if dataset is not None:
+            check_values(dataset)       # what fedopt's own loaders check (finite features)
         data = dataset if dataset is not None else build_dataset(config["data"], seed=seed)
         alg = config["algorithm"]
         if alg["clients_per_round"] > data.num_clients:

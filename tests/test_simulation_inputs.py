@@ -130,3 +130,23 @@ def test_batch_size_above_every_client_gives_the_trajectory_of_the_largest_clien
     # and training moved the model (the comparison is not between two untouched models)
     start = Simulation(_config()).state.params
     assert not all(torch.equal(start[k], trajectories[0][0][k]) for k in start)
+
+
+@pytest.mark.parametrize("field", ["x", "x_test"])
+def test_user_dataset_with_non_finite_features_is_refused(field):
+    import dataclasses
+
+    data = build_from_arrays(np.ones((40, 60), np.float32), np.arange(40) % 10, 4, "iid", seed=0)
+    bad = getattr(data, field).clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ConfigError, match=f"FederatedDataset.{field} contains NaN or inf"):
+        fedopt.run(_config(), dataset=dataclasses.replace(data, **{field: bad}), progress=False)
+
+
+def test_label_counts_refuses_a_histogram_too_large_to_allocate():
+    data = build_from_arrays(np.ones((40, 2), np.float32), np.arange(40) % 10, 4, "iid", seed=0,
+                             num_classes=2**27)
+    with pytest.raises(ValueError, match=r"label_counts: 4 clients x 134217728 classes"):
+        data.label_counts()
+    small = build_from_arrays(np.ones((40, 2), np.float32), np.arange(40) % 10, 4, "iid", seed=0)
+    assert small.label_counts().sum().item() == small.x.shape[0]   # every train row counted once

@@ -19,6 +19,10 @@ import torch
 from torch import Tensor
 
 
+#: the largest ``[K, C]`` histogram :meth:`FederatedDataset.label_counts` builds (2 GiB of int64)
+MAX_LABEL_COUNTS = 2**28
+
+
 @dataclass(frozen=True)
 class FederatedDataset:
     """All clients' train rows (grouped by client) plus the union of their test rows.
@@ -88,7 +92,10 @@ class FederatedDataset:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
     def label_counts(self, split: str = "train") -> Tensor:
-        """``[K, C]`` int64 histogram: entry ``(i, c)`` counts client ``i``'s rows of class ``c``."""
+        """``[K, C]`` int64 histogram: entry ``(i, c)`` counts client ``i``'s rows of class ``c``.
+
+        ValueError when ``K · C`` exceeds :data:`MAX_LABEL_COUNTS` (2^28 entries, 2 GiB), before
+        allocating it."""
         if split == "train":
             client, y = self.client_index, self.y
         elif split == "test":
@@ -96,6 +103,10 @@ class FederatedDataset:
         else:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         k, c = self.num_clients, self.num_classes
+        if k * c > MAX_LABEL_COUNTS:
+            raise ValueError(f"label_counts: {k} clients x {c} classes (num_classes) is more "
+                             f"than {MAX_LABEL_COUNTS:,} entries; count the classes per client "
+                             f"another way (e.g. np.unique over (client, label) pairs)")
         return torch.bincount(client * c + y, minlength=k * c).reshape(k, c)
 
     def to(self, device: torch.device | str | None = None,
@@ -169,3 +180,14 @@ def _check_layout(d: FederatedDataset) -> None:
         t = getattr(d, field)
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= d.num_classes):
             raise ValueError(f"FederatedDataset.{field} must lie in 0..{d.num_classes - 1}")
+
+
+def check_values(d: FederatedDataset) -> None:
+    """The value checks a data set built by fedopt's own loaders has passed, for one a user
+    built directly: ValueError naming ``FederatedDataset.x`` or ``x_test`` when a feature is
+    NaN or infinite. (Shapes, dtypes, offsets and label ranges are checked on construction.)
+    One pass over the features; :class:`~fedopt.simulation.Simulation` runs it once."""
+    for field in ("x", "x_test"):
+        t = getattr(d, field)
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"FederatedDataset.{field} contains NaN or inf values")
