@@ -17,28 +17,58 @@ def run(config: Mapping[str, Any] | str | os.PathLike, out_dir: str | os.PathLik
     """Validate ``config`` (a dict or a YAML path), run the simulation, record it.
 
     With ``out_dir`` the run directory gets config.json, versions.json, metrics.jsonl,
-    summary.json and checkpoints/; ``resume=True`` continues from its latest checkpoint.
-    ``dataset``/``model`` let notebook users pass their own FederatedDataset / nn.Module.
+    summary.json and checkpoints/; ``resume=True`` continues from its newest checkpoint that
+    loads (a damaged newer one is skipped with a warning) and keeps a longer recorded
+    ``algorithm.rounds``/``time_budget``. ``dataset``/``model`` let notebook users pass their
+    own FederatedDataset / nn.Module.
+
+    The folder is checked (and locked) before anything expensive is built, and whatever was
+    built (executor, Ray workers) is closed on every exit, errors included. Raises
+    ``ConfigError`` for a bad config, and from :mod:`fedopt.records`: ``RunExistsError`` (a
+    started run without ``resume``), ``ResumeMismatchError``, ``CheckpointError`` (no
+    checkpoint loads), ``MetricsError`` (rows missing from metrics.jsonl), ``RunLockedError``
+    (another process writes the folder) and ``RunDirError`` (an OS error, naming the path).
     """
     from fedopt.progress import Progress
-    from fedopt.records import RunRecorder, latest_checkpoint, load_checkpoint, read_metrics
+    from fedopt.records import RunRecorder
 
     cfg = load_config(config, overrides)
-    sim = Simulation(cfg, dataset=dataset, model=model)
     recorder = None
     metrics_before: list[dict[str, Any]] = []
+    ckpt = None
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
-        ckpt_path = latest_checkpoint(out_dir) if resume else None
         recorder = RunRecorder(out_dir, cfg, cfg["seed"], resume=resume)
-        if ckpt_path is not None:
-            sim.restore(load_checkpoint(ckpt_path))
-        if resume:
-            recorder.truncate_after(sim.state.round)
-            metrics_before = read_metrics(out_dir)
+    try:
+        if recorder is not None:
+            cfg = recorder.apply_kept_values(cfg)
+            if resume:   # read and verify before building anything (a Ray cluster, data)
+                ckpt = recorder.load_resume_checkpoint()
+        sim = Simulation(cfg, dataset=dataset, model=model)
+        try:
+            if recorder is not None and resume:
+                if ckpt is not None:
+                    sim.restore(ckpt)
+                metrics_before = recorder.resume_metrics(
+                    sim.state.round, None if ckpt is None else ckpt.get("metrics_rows"))
+            metrics = _loop(sim, recorder, cfg, progress, Progress)
+            metrics = metrics_before + metrics
+            summary = summarize(metrics, sim)
+            if recorder is not None:
+                recorder.write_summary(summary)
+        finally:
+            sim.close()
+    finally:
+        if recorder is not None:
+            recorder.close()
+    return RunResult(metrics=metrics, summary=summary, out_dir=out_dir,
+                     final_params=sim.state.params, model=sim.model, config=cfg)
 
+
+def _loop(sim: Simulation, recorder: Any, cfg: dict[str, Any], progress: bool | None,
+          progress_cls: Any) -> list[dict[str, Any]]:
     rounds = cfg["algorithm"]["rounds"]
-    with Progress(rounds, desc="round", enabled=progress, initial=sim.state.round) as bar:
+    with progress_cls(rounds, desc="round", enabled=progress, initial=sim.state.round) as bar:
 
         def on_eval(row: dict[str, Any]) -> None:
             if recorder is not None:
@@ -55,13 +85,4 @@ def run(config: Mapping[str, Any] | str | os.PathLike, out_dir: str | os.PathLik
             if recorder is not None:
                 recorder.save_checkpoint(sim.checkpoint(), r)
 
-        try:
-            metrics = sim.run(on_eval=on_eval, on_round=on_round, on_checkpoint=on_checkpoint)
-        finally:
-            sim.close()
-    metrics = metrics_before + metrics
-    summary = summarize(metrics, sim)
-    if recorder is not None:
-        recorder.write_summary(summary)
-    return RunResult(metrics=metrics, summary=summary, out_dir=out_dir,
-                     final_params=sim.state.params, model=sim.model, config=cfg)
+        return sim.run(on_eval=on_eval, on_round=on_round, on_checkpoint=on_checkpoint)

@@ -8,6 +8,7 @@ all randomness is keyed by (seed, round, client), a resumed run reproduces the u
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -113,6 +114,7 @@ class Simulation:
         self.client_updates = 0
         self.samples = 0
         self.train_time_s = 0.0
+        self.wall_time_s = 0.0
 
     # -- one round ---------------------------------------------------------------------------
     def client_optimizer_at(self, round_idx: int):
@@ -155,19 +157,29 @@ class Simulation:
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
+        """The whole run state as tensors and plain values (what ``fedopt.records`` stores
+        without pickle): server state, counters, train and wall time, seed and config."""
         return {"server": self.state.state_dict(), "client_updates": self.client_updates,
                 "samples": self.samples, "train_time_s": self.train_time_s,
-                "seed": self.config["seed"], "config": self.config}
+                "wall_time_s": self.wall_time_s, "seed": self.config["seed"],
+                "config": self.config}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a :meth:`checkpoint` dict. Raises ``ValueError`` when it was written
+        with another seed or lacks one of its entries (naming it)."""
         if ckpt.get("seed") != self.config["seed"]:
             raise ValueError(f"seed: checkpoint was written with seed {ckpt.get('seed')}, "
                              f"this run has {self.config['seed']}")
+        for key in ("server", "client_updates", "samples"):
+            if key not in ckpt:
+                raise ValueError(f"checkpoint: no {key!r} entry (not a fedopt run checkpoint)")
         server = ckpt["server"]
         self.state = ServerState.from_state_dict(_to_device(server, self.device))
         self.client_updates = int(ckpt["client_updates"])
         self.samples = int(ckpt["samples"])
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
+        # wall time continues from the checkpoint (older checkpoints: at least the train time)
+        self.wall_time_s = float(ckpt.get("wall_time_s", self.train_time_s))
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, on_eval: Callable[[dict[str, Any]], None] | None = None,
@@ -175,18 +187,19 @@ class Simulation:
             on_checkpoint: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         cfg = self.config
         metrics = []
-        wall_start = time.perf_counter() - self.train_time_s
+        wall_start = time.perf_counter() - self.wall_time_s   # continues after a resume
         last = self.finished()
         while not last:
             stats = self.step()
             r = self.state.round
             last = self.finished()
+            self.wall_time_s = time.perf_counter() - wall_start
             row = None
             if r % cfg["eval_every"] == 0 or last:
                 row = {"round": r, **self.evaluate(), **stats,
                        "client_updates": self.client_updates, "samples": self.samples,
                        "train_time_s": self.train_time_s,
-                       "wall_time_s": time.perf_counter() - wall_start,
+                       "wall_time_s": self.wall_time_s,
                        "client_updates_per_s": self.client_updates / max(self.train_time_s, 1e-9)}
                 metrics.append(row)
                 if on_eval is not None:
@@ -246,18 +259,33 @@ def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
+    """``obj`` with every tensor in its dicts, lists and tuples moved to ``device`` (a tensor
+    met twice stays one tensor, as in the checkpoint)."""
+    moved: dict[int, torch.Tensor] = {}
+
+    def go(o: Any) -> Any:
+        if isinstance(o, torch.Tensor):
+            if id(o) not in moved:
+                moved[id(o)] = o.to(device)
+            return moved[id(o)]
+        if isinstance(o, dict):
+            return {k: go(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [go(v) for v in o]
+        if isinstance(o, tuple):
+            return tuple(go(v) for v in o)
+        return o
+
+    return go(obj)
 
 
 def summarize(metrics: list[dict[str, Any]], sim: Simulation) -> dict[str, Any]:
+    """The run's ``summary.json``: final metrics, the best finite test accuracy (``None`` when
+    no row measured one), counters, throughput and the setting."""
     last = metrics[-1] if metrics else {}
-    best = max((m["test_accuracy"] for m in metrics), default=float("nan"))
+    accs = [m.get("test_accuracy") for m in metrics]
+    best = max((a for a in accs if isinstance(a, (int, float)) and not isinstance(a, bool)
+                and math.isfinite(a)), default=None)
     return {
         "rounds": sim.state.round,
         "final_test_accuracy": last.get("test_accuracy"),

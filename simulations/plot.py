@@ -193,7 +193,8 @@ def plot_runs(dirs: Sequence[PathLike], labels: Sequence[str] | None = None,
 # ----------------------------------------------------------------------------- tables
 
 def format_cell(value: Any) -> str:
-    """A compact text form for a table cell: ``-`` for missing/NaN, floats to 4 decimals
+    """A compact text form for a table cell: ``-`` for missing (None), ``nan``/``inf`` for
+    non-finite values (measured, not missing), floats to 4 decimals
     (scientific when very large or small), ints as they are."""
     if value is None:
         return "-"
@@ -208,7 +209,7 @@ def format_cell(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            return "-" if math.isnan(value) else str(value)
+            return "nan" if math.isnan(value) else str(value)
         a = abs(value)
         if value == 0:
             return "0"

@@ -139,7 +139,7 @@ def test_results_table_rejects_bad_column_spec():
 
 @pytest.mark.parametrize("value, text", [(None, "-"), (3, "3"), (0.0, "0"), (0.51234, "0.5123"),
                                          (1234.56, "1234.6"),
-                                         (999.99999999, "1000.0"), (999.9994, "999.9994"), (math.nan, "-"), (True, "true"),
+                                         (999.99999999, "1000.0"), (999.9994, "999.9994"), (math.nan, "nan"), (True, "true"),
                                          (np.float32(0.25), "0.2500"), (3.2e8, "3.200e+08")])
 def test_format_cell(value, text):
     assert format_cell(value) == text
