@@ -57,8 +57,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         errors.append(ConfigError)
     except ImportError:
         pass
-    from fedopt.records import ResumeMismatchError, RunExistsError
+    from fedopt.records import (CheckpointError, MetricsError, ResumeMismatchError, RunDirError,
+                                RunExistsError)
 
+    errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
 
     return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError)
@@ -158,6 +160,8 @@ def _load(args: argparse.Namespace) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from fedopt.records import holds_run
 
+    from fedopt.records import RunDirError, RunExistsError
+
     config = _load(args)
     out_dir = args.out or default_out_dir(args.config)
     if holds_run(out_dir) and not args.resume:
@@ -166,6 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run_experiment(config, out_dir=out_dir, progress=not args.no_progress,
                                 resume=args.resume)
+    except (RunExistsError, RunDirError) as e:   # the run directory: name the option
+        message = str(e)
+        raise CLIError("--out: " + message[len("out_dir: "):] if message.startswith("out_dir: ")
+                       else message) from None
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: fedopt run {args.config} --out {out_dir} --resume"
               + "".join(f" --set {s}" for s in args.set), file=sys.stderr)
@@ -199,7 +207,7 @@ def _require_run_dir(run_dir: str) -> Path:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from fedopt.records import (CONFIG_FILE, SUMMARY_FILE, latest_checkpoint, read_json,
-                                read_metrics)
+                                read_metrics, read_summary)
 
     path = _require_run_dir(args.run_dir)
     print(f"run: {path}")
@@ -214,7 +222,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             r.update({k: v for k, v in final_row([r]).items() if k not in r})
         _print_table(shown)
     if (path / SUMMARY_FILE).is_file():
-        summary = read_json(path / SUMMARY_FILE)
+        summary = read_summary(path / SUMMARY_FILE)
         if isinstance(summary, Mapping) and summary:
             print("\nsummary:")
             for k, v in _flatten(summary):
@@ -337,16 +345,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    import warnings
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning   # one "warning:" line, no source location
+            return args.func(args)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError) as e:
         if args.command == "run":  # raised inside the run itself: keep the traceback
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_os_message(e)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _os_message(e: BaseException) -> str:
+    """``path: reason`` for an ``OSError`` that names a file, else its text."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{os.fspath(e.filename)}: {e.strerror}"
+    return str(e)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,24 @@ Runs, on the default (embedded) data and CPU:
      the vectorized engine at scale;
   3. FedAvg, FedProx and FedAdam on the real digits data split by Dirichlet(0.5) label skew,
      3 seeds each, compared in one plot (mean and min/max band over seeds).
-Each run writes its own run directory under OUT (default runs/demo).
+Each run writes its own run directory under OUT (default runs/demo), and the plots go to
+OUT/comparison; nothing else in OUT is touched. When those folders exist already (an earlier
+demo), the demo stops before running anything unless ``--replace`` is given; ``--replace``
+removes them only if they hold nothing but files fedopt writes (else it names the first other
+entry and stops, deleting nothing).
 
-    python -m simulations.demo [--out runs/demo] [--rounds-scale 1.0]
+    python -m simulations.demo [--out runs/demo] [--rounds-scale 1.0] [--replace]
 """
 from __future__ import annotations
 
 import argparse
-import shutil
+import sys
 import time
 from pathlib import Path
 
 import fedopt
 from fedopt.config import load_config
+from fedopt.records import RunDirError, remove_run_dir
 from simulations.plot import plot_runs, results_table
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -46,18 +51,69 @@ def _runs(rounds_scale: float) -> list[tuple[str, str, list[str]]]:
     return runs
 
 
-def main(argv=None) -> None:
+COMPARISON = "comparison"
+
+
+class DemoError(Exception):
+    """A problem with --out, printed as one ``error:`` line (exit code 2)."""
+
+
+def prepare_out(out: Path, names: list[str], replace: bool) -> None:
+    """Check (and with ``replace``, clear) the demo's own folders under ``out`` before any run.
+
+    Every check runs before anything is deleted. Raises :class:`DemoError` when ``out`` is not
+    a directory, when one of the demo's folders exists and ``replace`` is false, or when one of
+    them holds anything fedopt does not write (naming it).
+    """
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out: {out} exists and is not a directory")
+    runs = [out / n for n in names if (out / n).exists()]
+    comparison = out / COMPARISON
+    if (runs or comparison.exists()) and not replace:
+        first = (runs or [comparison])[0]
+        raise DemoError(f"--out: {first} exists (an earlier demo?); pass --replace to replace "
+                        f"the demo's own folders in {out}, or choose another --out")
+    pngs: list[Path] = []
+    try:
+        for d in runs:
+            remove_run_dir(d, dry_run=True)
+        if comparison.exists():
+            if not comparison.is_dir():
+                raise DemoError(f"--out: {comparison} is not a folder of demo plots; left alone")
+            for p in comparison.iterdir():
+                if not (p.is_file() and p.suffix == ".png"):
+                    raise DemoError(f"--out: {p} was not written by the demo; {comparison} is "
+                                    f"left alone")
+                pngs.append(p)
+        for d in runs:
+            remove_run_dir(d)
+        for p in pngs:
+            p.unlink()
+        if comparison.exists():
+            comparison.rmdir()
+    except (RunDirError, OSError) as e:
+        raise DemoError(f"--out: {e}") from None
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/demo", help="parent directory of the run directories")
     ap.add_argument("--rounds-scale", type=float, default=1.0,
                     help="multiply every run's number of rounds (e.g. 0.2 for a smoke test)")
+    ap.add_argument("--replace", action="store_true",
+                    help="replace the run folders of an earlier demo in --out (only files "
+                         "fedopt wrote are deleted)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    runs = _runs(args.rounds_scale)
+    try:
+        prepare_out(out, [name for name, _, _ in runs], args.replace)
+    except DemoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rows, digits_dirs, digits_labels = [], [], []
     start = time.perf_counter()
-    for name, config, overrides in _runs(args.rounds_scale):
+    for name, config, overrides in runs:
         cfg = load_config(CONFIGS / config, overrides)
         print(f"== {name}: {cfg['algorithm']['name']} on {cfg['data']['name']}, "
               f"{cfg['algorithm']['clients_per_round']} of {cfg['data']['num_clients']} clients "
@@ -75,12 +131,13 @@ def main(argv=None) -> None:
             digits_labels.append(name.split("-")[1])
     print()
     print(results_table(rows))
-    plots = plot_runs(digits_dirs, digits_labels, out=out / "comparison")
+    plots = plot_runs(digits_dirs, digits_labels, out=out / COMPARISON)
     print(f"\nall runs took {time.perf_counter() - start:.1f} s; run directories in {out}/")
     print("comparison plots (mean and min/max over 3 seeds):")
     for p in plots:
         print(f"  {p}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

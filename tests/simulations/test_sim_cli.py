@@ -299,3 +299,130 @@ def test_example_configs_validate(capsys, name):
     code, out, err = run_cli(capsys, "validate", str(CONFIGS / f"{name}.yaml"))
     assert code == 0, err
     assert yaml.safe_load(out)["seed"] == 0
+
+
+# ----------------------------------------------------------------------------- run directory errors
+
+def one_error_line(err: str) -> str:
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err[len("error: "):-1]
+
+
+def test_out_that_is_a_file_is_one_error(capsys, tmp_path, fake_config, fake_run):
+    (tmp_path / "f").write_text("x")
+    code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", str(tmp_path / "f"))
+    assert code == 2
+    assert one_error_line(err) == f"--out: {tmp_path / 'f'} exists and is not a directory"
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_read_only_out_is_one_error_naming_the_path(capsys, tmp_path, monkeypatch, fake_config,
+                                                    fake_run):
+    import errno
+
+    from fedopt import records
+
+    real_open = records.os.open
+
+    def read_only(path, flags, *a, **k):
+        if os.fspath(path).startswith(str(tmp_path / "ro")) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(records.os, "open", read_only)
+    code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", str(tmp_path / "ro"))
+    assert code == 2
+    assert one_error_line(err) == (f"{tmp_path / 'ro' / '.fedopt.lock'}: cannot create the lock "
+                                   f"file: Read-only file system")
+
+
+def test_full_disk_is_one_error_naming_the_file(capsys, tmp_path, monkeypatch, fake_config,
+                                                fake_run):
+    import errno
+
+    from fedopt import records
+
+    def no_space(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(records.os, "write", no_space)
+    code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", str(tmp_path / "r"))
+    assert code == 2
+    message = one_error_line(err)
+    assert message.startswith(str(tmp_path / "r") + os.sep)
+    assert message.endswith(": cannot write: No space left on device")
+
+
+def test_resume_warnings_are_one_line_each(capsys, tmp_path, fake_config, fake_run):
+    out_dir = str(tmp_path / "r")
+    run_cli(capsys, "run", "cfg.yaml", "--out", out_dir, "--set", "algorithm.rounds=6")
+    code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", out_dir, "--resume",
+                           "--no-progress", "--set", "algorithm.rounds=3")
+    assert code == 0
+    assert err == (f"warning: algorithm.rounds: 3 is shorter than the recorded 6 of {out_dir}; "
+                   f"the resumed run keeps 6\n")
+
+
+def test_show_tells_non_finite_from_not_measured(capsys, tmp_path):
+    import math
+
+    with RunRecorder(tmp_path, RESOLVED, seed=0) as rec:
+        rec.log({"round": 1, "test_accuracy": None, "test_loss": math.nan, "train_loss": math.inf})
+        rec.write_summary({"final_test_loss": math.nan, "best_test_accuracy": None})
+    code, out, _ = run_cli(capsys, "show", str(tmp_path))
+    assert code == 0
+    table = out[out.index("metrics:"):].splitlines()
+    assert table[3].split() == ["1", "-", "nan", "inf"]
+    assert "final_test_loss: nan" in out and "best_test_accuracy: None" in out
+
+
+def test_show_and_plot_os_errors_are_one_line(capsys, tmp_path, monkeypatch, fake_config,
+                                              fake_run):
+    import errno
+
+    out_dir = tmp_path / "r"
+    run_cli(capsys, "run", "cfg.yaml", "--out", str(out_dir), "--set", "algorithm.rounds=3")
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, "plot", str(out_dir), "--out", str(tmp_path / "file"))
+    assert code == 2 and one_error_line(err).startswith(str(tmp_path / "file"))
+    metrics = out_dir / "metrics.jsonl"
+    real = Path.read_bytes
+
+    def denied(self):
+        if self == metrics:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    for command in ("show", "plot"):
+        code, _, err = run_cli(capsys, command, str(out_dir))
+        assert code == 2 and one_error_line(err) == f"{metrics}: Permission denied"
+
+
+# ----------------------------------------------------------------------------- demo folders
+
+def test_demo_never_deletes_what_it_did_not_write(capsys, tmp_path):
+    from simulations import demo
+
+    out = tmp_path / "demo"
+    run = out / "quickstart"
+    with RunRecorder(run, RESOLVED, seed=0) as rec:       # an earlier demo's run folder
+        rec.log({"round": 1})
+    (out / "my-notes.txt").parent.mkdir(exist_ok=True)
+    (out / "my-notes.txt").write_text("mine")
+    names = [n for n, _, _ in demo._runs(1.0)]
+    with pytest.raises(demo.DemoError, match=r"quickstart exists .*--replace"):
+        demo.prepare_out(out, names, replace=False)
+    (run / "data.csv").write_text("the user's")             # something the demo did not write
+    (out / "comparison").mkdir()
+    (out / "comparison" / "test_accuracy.png").write_bytes(b"png")
+    with pytest.raises(demo.DemoError, match=r"data\.csv: not written by fedopt"):
+        demo.prepare_out(out, names, replace=True)
+    assert (run / "metrics.jsonl").is_file() and (out / "comparison" / "test_accuracy.png").exists()
+    (run / "data.csv").unlink()
+    demo.prepare_out(out, names, replace=True)
+    assert sorted(os.listdir(out)) == ["my-notes.txt"]       # only the demo's folders went
+    (tmp_path / "file").write_text("x")
+    assert demo.main(["--out", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == f"error: --out: {tmp_path / 'file'} exists and is not a directory\n"
+    assert (tmp_path / "file").read_text() == "x"
