@@ -305,8 +305,6 @@ def _server_optimizer_section(spec: Any, user: Mapping[str, Any] | None, name: s
     out = {"name": so["name"], "lr": so["lr"]}
     for key in RULE_KEYS[so["name"]]:
         out[key] = so[key] if so[key] is not None else DEFAULTS.get(key)
-    if so["name"] == "adagrad" and out["style"] == "tff":
-        del out["betas"]       # tff-style adagrad has no first moment
     return out
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from fedopt.config import FLOAT, INT, REQUIRED, ConfigError, Field, validate_section
+from fedopt.config import FLOAT, INT, REQUIRED, ConfigError, Field, seed_range, validate_section
 
 Check = Callable[[Any], "str | None"]
 NONE = (type(None),)
@@ -105,7 +105,7 @@ CLOCK_FIELDS: dict[str, Field] = {
     "communication": Field((dict, type(None)), None),
     "failure_prob": Field(FLOAT, 0.0, probability),
     "timeout": Field(FLOAT + NONE, None, positive_or_inf, allow_inf=True),
-    "seed": Field(INT + NONE, None, _check(lambda v: v >= 0, ">= 0")),
+    "seed": Field(INT + NONE, None, seed_range, "null: the run's seed"),
 }
 
 

@@ -106,3 +106,96 @@ def test_positive_update_increases_the_model(name):
 def test_bad_server_hyperparameters_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         ServerOptimizer(**kw)
+
+
+# -- keys a rule does not read, and names that fix the rule -------------------------------------
+
+@pytest.mark.parametrize("kw, field", [
+    ({"name": "sgd", "betas": (0.9, 0.99)}, "betas"),
+    ({"name": "sgd", "tau": 1e-3}, "tau"),
+    ({"name": "sgd", "style": "paper"}, "style"),
+    ({"name": "adam", "momentum": 0.9}, "momentum"),
+    ({"name": "adam", "nesterov": False}, "nesterov"),
+    ({"name": "yogi", "momentum": 0.0}, "momentum"),
+    ({"name": "adagrad", "momentum": 0.5}, "momentum"),
+    ({"name": "adagrad", "betas": (0.9, 0.99)}, "betas"),       # adagrad has no β2
+    ({"name": "adagrad", "style": "tff", "betas": (0.9,)}, "betas"),  # nor β1 in tff style
+    ({"name": "adam", "betas": (0.9,)}, "betas"),
+    ({"name": "adam", "betas": ("a", 0.9)}, r"betas\[0\]"),
+    ({"name": "adam", "betas": 0.9}, "betas"),
+    ({"name": "sgd", "nesterov": True}, "nesterov"),
+])
+def test_keys_the_rule_does_not_read_or_cannot_use_are_refused(kw, field):
+    with pytest.raises(ValueError, match=rf"^server_optimizer\.{field}"):
+        ServerOptimizer(lr=0.1, **kw)
+
+
+def test_paper_adagrad_uses_its_beta1():
+    """β1 = 0.5 (not the default 0.9) reaches the update: the hand trace with b1 = 0.5."""
+    x1, x2, _ = _two_rounds(ServerOptimizer(name="adagrad", lr=0.1, betas=(0.5,)))
+    h1, h2 = _hand("adagrad", eta=0.1, b1=0.5)
+    torch.testing.assert_close(x1, h1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x2, h2, rtol=1e-12, atol=1e-12)
+
+
+QUICK = {"data": {"name": "synthetic", "num_clients": 10},
+         "algorithm": {"name": "fedavg", "rounds": 1, "clients_per_round": 2,
+                       "server_optimizer": {"name": "sgd", "lr": 1.0}},
+         "client": {"local_steps": 1}}
+
+
+@pytest.mark.parametrize("name, rule", [("fedadam", "adam"), ("fedyogi", "yogi"),
+                                        ("fedadagrad", "adagrad"), ("fedavgm", "sgd")])
+def test_an_algorithm_name_that_fixes_the_rule_refuses_a_contradiction(name, rule):
+    """The issue's case: ``--set algorithm.name=fedadam`` on a config with an sgd server
+    optimizer used to run plain FedAvg; now one error names both fields."""
+    from fedopt.config import ConfigError, load_config
+
+    other = "adam" if rule == "sgd" else "sgd"
+    with pytest.raises(ConfigError) as e:
+        load_config(QUICK, [f"algorithm.name={name}", f"algorithm.server_optimizer.name={other}"])
+    msg = str(e.value)
+    assert msg.startswith("algorithm.server_optimizer.name:") and f"algorithm.name: {name}" in msg
+    cfg = load_config(QUICK, [f"algorithm.name={name}", "algorithm.server_optimizer=null"])
+    assert cfg["algorithm"]["server_optimizer"]["name"] == rule
+    cfg = load_config(QUICK, [f"algorithm.name={name}", f"algorithm.server_optimizer.name={rule}"])
+    assert cfg["algorithm"]["server_optimizer"]["name"] == rule
+
+
+def test_fedavgm_needs_momentum():
+    from fedopt.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"^algorithm\.server_optimizer\.momentum: 0\.0 "
+                                          r"conflicts with algorithm\.name: fedavgm"):
+        load_config(QUICK, ["algorithm.name=fedavgm", "algorithm.server_optimizer.momentum=0.0"])
+    cfg = load_config(QUICK, ["algorithm.name=fedavgm", "algorithm.server_optimizer=null"])
+    assert cfg["algorithm"]["server_optimizer"]["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("override, field", [
+    ("algorithm.server_optimizer.betas=[0.9]", "betas"),          # was an IndexError
+    ("algorithm.server_optimizer.betas=[0.9, 0.99, 0.5]", "betas"),
+    ("algorithm.server_optimizer.betas=[0.9, x]", r"betas\[1\]"),
+    ("algorithm.server_optimizer.momentum=0.9", "momentum"),
+    ("algorithm.server_optimizer.nesterov=false", "nesterov"),
+])
+def test_server_optimizer_section_errors_are_one_config_error(override, field):
+    from fedopt.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"^algorithm\.server_optimizer\.{field}"):
+        load_config(QUICK, ["algorithm.server_optimizer.name=adam", override])
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+                                  "fedprox", "scaffold", "feddyn", "fedspeed", "fedbuff"])
+def test_resolved_server_optimizer_holds_what_its_rule_reads_and_revalidates(name):
+    """Each resolved section has exactly name, lr and the keys of RULE_KEYS[rule] (so a run's
+    recorded config.json validates again to itself, as resume requires)."""
+    from fedopt.algorithms.server_opt import RULE_KEYS
+    from fedopt.config import load_config
+
+    extra = ["algorithm.buffer_size=2"] if name == "fedbuff" else []
+    cfg = load_config(QUICK, [f"algorithm.name={name}", "algorithm.server_optimizer=null", *extra])
+    so = cfg["algorithm"]["server_optimizer"]
+    assert set(so) == {"name", "lr", *RULE_KEYS[so["name"]]}
+    assert load_config(cfg) == cfg
