@@ -16,28 +16,34 @@ server step ``n``:
 where ``A(n)`` is what really arrived: up to ``M = clients_per_round`` clients train at once on
 the workers (``executor.submit``, one Ray job per client, minibatches keyed by (seed, ρ, i) as in
 the virtual run); the server blocks in ``executor.wait`` (``ray.wait``) and handles each update
-as it arrives, in wall-clock order. The trigger is the algorithm's own: aggregate after ``c``
+when it is back (in which order: see Time below). The trigger is the algorithm's own: aggregate after ``c``
 arrivals (``c = 1``: async FedAvg / FedAsync, one step per arrival; FedBuff-``c``), at real times
 ``Δt, 2Δt, ...`` (FedFix) or at a deadline. Freed slots are refilled by the scheduler's own
 dispatch rule with the current model, the moment it fires: ``on_aggregation``, the clients that
-just reported get θ^{n+1}; ``on_arrival``, at each arrival an idle client that has not yet
-received θ^n gets it (as in the virtual run a job is identified by (client, start version), so a
-client that just reported waits for the next version). A job not back ``clock.timeout`` after its
+just reported get θ^{n+1}; ``on_arrival``, after each arrival an idle client that has not yet
+received the current model gets it — once the aggregation that arrival sets off is done, so a
+client whose update completes the buffer restarts on θ^{n+1} (as in the virtual run a job is
+identified by (client, start version)). A job not back ``clock.timeout`` after its
 dispatch is dropped and its Ray call cancelled; so are stragglers under ``cancel_stragglers``.
 
-Time. ``now = wall seconds since the run started / seconds_per_unit`` (clock units;
-:mod:`server.realtime_clock`). With ``seconds_per_unit`` set, the ``clock:`` models are injected:
-a job of client ``i`` that the virtual clock says completes after ``f − t0`` units is held on its
-worker until ``(f − t0) · seconds_per_unit`` seconds after it started (real compute counts
-towards it; a job that never returns is not submitted and waits for its timeout), so straggler
-studies run on real actors and, when injected gaps dominate compute jitter, arrive in the very
-order of the virtual-clock run — which then gives the same models. Without it, jobs take their
-real time and timers are in seconds.
+Time. With ``seconds_per_unit`` set, the ``clock:`` models are injected: a job of client ``i``
+that the virtual clock says completes at ``f`` (dispatched at ``t0``) is held on its worker until
+``(f − t0) · seconds_per_unit`` seconds after it started (real compute counts towards it; a job
+that never returns is not submitted and waits for its timeout), and the scheduler queues its
+arrival at ``f`` exactly as on the virtual clock (:mod:`server.realtime_clock`). Events are
+handled in that queue's order: an answer is delivered at its virtual completion time's place —
+when a later-scheduled job answers first (jitter, or compute slower than the injected gap), it
+waits for the earlier one — and a timer or timeout is handled no earlier than
+``t · seconds_per_unit`` seconds after the start. So the real-time run *is* the virtual-clock
+run, step by step (schedule, staleness, models), at any ``seconds_per_unit``; real time only
+lags. Without ``seconds_per_unit`` jobs take their real time, answers count in the order they
+arrive (``now = wall seconds since the start``) and timers are in seconds.
 
-Stats of a step (the metrics row): ``virtual_time`` (the step's real time in clock units, so real
-and virtual runs share an x axis), ``realtime_s`` (seconds since the run started, continued across
-resumes), ``updates``, ``samples``, ``dropped``, ``staleness_mean``/``staleness_max`` (as in the
-virtual run, same code), ``local_loss`` (mean local loss of the aggregated updates),
+Stats of a step (the metrics row): ``virtual_time`` (the step's time in clock units: the virtual
+time with injected delays, the real one without, so real and virtual runs share an x axis),
+``realtime_s`` (wall seconds from the start to the step, continued across resumes),
+``updates``, ``samples``, ``dropped``, ``staleness_mean``/``staleness_max`` (as in the virtual
+run, same code), ``local_loss`` (Σ ω_i L_i / Σ ω_i, as in the virtual run),
 ``in_flight`` (jobs running on the workers after the step) and ``restarted`` (jobs restarted by
 resumes, cumulative).
 
@@ -100,9 +106,12 @@ class _Arrival:
 class _Live(LoopHooks):
     """One step's events and side effects for :meth:`Scheduler.advance`: arrivals from
     ``ray.wait`` and due timers; record each handled update, cancel the Ray calls of timed-out
-    jobs, submit on-arrival dispatches at once (with θ^n)."""
+    jobs, submit dispatches made before the trigger fires at once (with θ^n)."""
 
     label = "real time"
+
+    def peek(self, queue: EventQueue) -> float:
+        return self.driver._peek(queue)
 
     def __init__(self, driver: "RealTimeAsync", executor: Any, params: Params, optimizer: Any):
         self.driver, self.executor = driver, executor
@@ -147,6 +156,11 @@ class RealTimeAsync:
         self._inbox: list[_Arrival] = []
         self._arrived: dict[tuple[int, int], _Arrival] = {}
 
+    @property
+    def ordered(self) -> bool:
+        """Whether answers are delivered in virtual completion order (injected delays)."""
+        return self.seconds_per_unit is not None
+
     @classmethod
     def from_config(cls, algorithm: Any, config: dict[str, Any],
                     seconds_per_unit: float | None = None) -> "RealTimeAsync":
@@ -168,7 +182,7 @@ class RealTimeAsync:
         self.scheduler = Scheduler(self.alg.policy, self.clock, self.alg.seed)
         self._drop_everything(None)
         sched, dispatched = self.scheduler.init_state()
-        rt = {"sched": sched, "restarted": 0,
+        rt = {"sched": sched, "restarted": 0, "realtime_s": 0.0,
               "totals": {"aggregated": 0, "staleness_sum": 0, "staleness_max": 0}}
         self._rt, self._initial, self._initial_params = rt, dispatched, base.params
         return ServerState(params=base.params, opt_state=base.opt_state,
@@ -207,11 +221,14 @@ class RealTimeAsync:
             raise RuntimeError(f"real-time state is at step {rt['sched']['version']} but the "
                                f"server at round {n}")
         step = self._advance(state, executor, optimizer)
-        stats: dict[str, Any] = {"virtual_time": step.time, "realtime_s": step.time * self.unit_s}
+        rt["realtime_s"] = time.monotonic() - self._origin
+        stats: dict[str, Any] = {"virtual_time": step.time, "realtime_s": rt["realtime_s"]}
         params, opt_state = state.params, state.opt_state
         if len(step.clients):
             w = self.alg.weights(step, rt["sched"])
-            delta, stats["local_loss"] = self._combine(step, w, state.params)
+            delta, loss = self._combine(step, w, state.params)
+            if loss is not None:
+                stats["local_loss"] = loss
             params, opt_state = self.alg.server_optimizer.step(state.params, delta, opt_state)
         self._submit(step.dispatched, params, executor, optimizer)
         stats.update(self.alg.step_stats(rt, step, executor))
@@ -238,7 +255,9 @@ class RealTimeAsync:
             return
         self._drop_everything(executor)
         self._rt = rt
-        self._origin = time.monotonic() - st["now"] * self.unit_s
+        # continue the wall clock from the checkpoint (never behind its clock time)
+        self._origin = time.monotonic() - max(st["now"] * self.unit_s,
+                                              float(rt.get("realtime_s", 0.0)))
         busy, job_version = st["busy"].numpy(), st["job_version"].numpy()
         for entry in st["ready"]:          # received but not aggregated: the update is lost too
             busy[int(entry[0])] = True
@@ -271,10 +290,20 @@ class RealTimeAsync:
         self._reap(executor)                   # stragglers cancelled by the trigger
         return step
 
+    def _peek(self, queue: EventQueue) -> float:
+        """The time of the next event already known (never blocks; +inf if none)."""
+        if self.ordered or not self._inbox:
+            return queue.peek_time()
+        return min(self._inbox[0].time, queue.peek_time())
+
     def _next_event(self, queue: EventQueue, executor: Any) -> tuple | None:
-        """The earliest of: a received update (a DONE event carrying its :class:`_Arrival`), a
-        due timer/timeout, or (blocking in ``executor.wait`` until the next timer) the next
-        arrival; None when nothing can happen."""
+        """The next event (a DONE event carries its :class:`_Arrival`); None when nothing can
+        happen. Injected delays: the queue's next event, in virtual-time order, once it is
+        real (see :meth:`_next_queued`). Otherwise the earliest of: a received update, a due
+        timer/timeout, or (blocking in ``executor.wait`` until the next timer) the next
+        arrival."""
+        if self.ordered:
+            return self._next_queued(queue, executor)
         while True:
             due = queue.peek_time()
             if self._inbox:                    # at equal times arrivals go first (as virtually)
@@ -296,6 +325,38 @@ class RealTimeAsync:
             for u in updates:                  # ordered by the workers' finishing times
                 rec = self._jobs.pop(u.client_id)
                 self._inbox.append(_Arrival(t, u, rec.serial, rec.params))
+
+    def _next_queued(self, queue: EventQueue, executor: Any) -> tuple | None:
+        """The queue's next event (virtual-time order, ties as on the virtual clock) once it
+        has happened in real time: a job's arrival when its answer is in (blocking on that
+        job alone — answers of later-scheduled jobs wait in Ray meanwhile), a timer or timeout
+        once ``t · seconds_per_unit`` seconds have passed. Stale arrivals (jobs dropped since)
+        pop at once; the scheduler skips them."""
+        if not len(queue):
+            return None
+        t, kind, i, serial = queue.events[0]
+        st = self._rt["sched"]
+        live = (kind == DONE and bool(st["busy"][i])
+                and int(st["job_count"][i]) - 1 == serial and i in self._jobs)
+        if kind == DONE and not live:
+            return queue.pop()
+        if live:
+            rec = self._jobs[i]
+            while True:
+                updates, _ = executor.wait([rec.job], num_returns=1, timeout=None)
+                if updates:
+                    break
+            del self._jobs[i]
+            arrival = _Arrival(t, updates[0], rec.serial, rec.params)
+        self._sleep_until(t)
+        ev = queue.pop()
+        return (*ev, arrival) if live else ev
+
+    def _sleep_until(self, t: float) -> None:
+        """Block until clock time ``t`` (``t · unit`` seconds after the start)."""
+        wait_s = t * self.unit_s - (time.monotonic() - self._origin)
+        if wait_s > 0:
+            time.sleep(wait_s)
 
     def _reap(self, executor: Any) -> None:
         """Cancel the Ray calls of jobs the scheduler dropped (timeouts, cancelled stragglers)."""
@@ -325,11 +386,13 @@ class RealTimeAsync:
                 self._jobs[i] = _InFlight(by_client.get(i), int(version), int(job_count[i]) - 1,
                                           params)
 
-    def _combine(self, step: Step, w: np.ndarray, current: Params) -> tuple[Params, float]:
+    def _combine(self, step: Step, w: np.ndarray, current: Params
+                 ) -> tuple[Params, float | None]:
         """``Σ_i ω_i Δ_i`` ("delta") or ``Σ_i ω_i (θ^{ρ_i} + Δ_i − θ^n)`` ("model"), and the
-        mean local loss of the aggregated updates."""
+        local loss ``Σ_i ω_i L_i / Σ_i ω_i`` of the aggregated updates (as on the virtual
+        clock; None when no weight is positive)."""
         acc: Params | None = None
-        losses = []
+        loss_num = loss_den = 0.0
         for k, (i, serial) in enumerate(zip(step.clients.tolist(), step.jobs.tolist())):
             arr = self._arrived.pop((i, serial))
             term = arr.update.delta
@@ -338,5 +401,6 @@ class RealTimeAsync:
             wk = float(w[k])
             acc = ({n: v * wk for n, v in term.items()} if acc is None
                    else {n: acc[n] + term[n] * wk for n in acc})
-            losses.append(arr.update.mean_loss)
-        return acc, float(np.mean(losses))
+            loss_num += wk * float(arr.update.mean_loss)
+            loss_den += wk
+        return acc, (loss_num / loss_den if loss_den > 0 else None)

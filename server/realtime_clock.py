@@ -17,9 +17,13 @@ injected delay
                                                              delay_from_clock` injects)
 
 which the worker holds its answer for (real compute counts towards it). To the scheduler it
-answers ``+inf`` for every job, so only timers and, with a finite ``clock.timeout``, the
-timeout of each job are queued. With ``seconds_per_unit=None`` nothing is injected (delay 0,
-jobs take their real compute time, failures are not simulated) and one clock unit is one second.
+answers ``f_{i,j}`` itself, so the scheduler queues every arrival (or timeout) exactly as on the
+virtual clock, and the driver delivers each answer at its queued place in that order — waiting
+for an earlier-scheduled job whose answer is late — which makes the real-time run the
+virtual-clock run at any ``seconds_per_unit``. With ``seconds_per_unit=None`` nothing is
+injected (delay 0, jobs take their real compute time, failures are not simulated), one clock
+unit is one second, and the scheduler gets ``+inf`` for every job: only timers and, with a finite
+``clock.timeout``, each job's timeout are queued, and answers count in the order they arrive.
 """
 from __future__ import annotations
 
@@ -44,6 +48,10 @@ class RealTimeClock:
         self.unit_s = 1.0 if seconds_per_unit is None else float(seconds_per_unit)
         self.num_clients = clock.num_clients
         self.timeout = clock.timeout
+        #: whether job times come from the virtual clock (injected delays, queued arrivals)
+        self.simulated = seconds_per_unit is not None
+        #: a job fails with this probability (only where failures are simulated)
+        self.failure_prob = clock.failure_prob if self.simulated else 0.0
         #: injected delay (seconds, +inf: never returns) of each client's latest dispatched job,
         #: taken by the driver when it submits the job
         self.delays: dict[int, float] = {}
@@ -60,17 +68,18 @@ class RealTimeClock:
 
     def finish_times(self, clients: np.ndarray, jobs: np.ndarray, t0: float,
                      state: dict[str, np.ndarray]) -> np.ndarray:
-        """Record each job's injected delay; answer +inf (the real arrival is the event)."""
+        """Record each job's injected delay; answer the virtual completion times (+inf for
+        every job when nothing is injected: the real arrival is then the event)."""
         clients = np.asarray(clients, dtype=np.int64)
         if self.seconds_per_unit is None:
-            delays = np.zeros(len(clients))
-        else:
-            finish = self.clock.finish_times(clients, jobs, t0, state)
-            with np.errstate(invalid="ignore"):
-                delays = np.where(np.isinf(finish), math.inf,
-                                  (finish - float(t0)) * self.seconds_per_unit)
+            self.delays.update((c, 0.0) for c in clients.tolist())
+            return np.full(len(clients), math.inf)
+        finish = self.clock.finish_times(clients, jobs, t0, state)
+        with np.errstate(invalid="ignore"):
+            delays = np.where(np.isinf(finish), math.inf,
+                              (finish - float(t0)) * self.seconds_per_unit)
         self.delays.update(zip(clients.tolist(), delays.tolist()))
-        return np.full(len(clients), math.inf)
+        return finish
 
     def take_delay(self, client: int) -> float:
         """The injected delay of ``client``'s job just dispatched (forgotten once taken)."""
