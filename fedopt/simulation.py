@@ -51,7 +51,13 @@ class Simulation:
     def __init__(self, config: dict[str, Any], *, dataset: FederatedDataset | None = None,
                  model: nn.Module | None = None):
         try:
-            self._build(config, dataset, model)
+            try:
+                self._build(config, dataset, model)
+            except BaseException:   # a failure after the executor was built: release it
+                executor = getattr(self, "executor", None)
+                if executor is not None:
+                    executor.close()
+                raise
         except ConfigError:
             raise
         except ValueError as e:   # builders name the field (data.partition.alpha: ...)

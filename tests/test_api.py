@@ -287,3 +287,21 @@ def test_best_accuracy_ignores_unmeasured_and_non_finite_rows():
             {"test_accuracy": 0.25}, {}]
     assert simulation.summarize(rows, Sim)["best_test_accuracy"] == 0.5
     assert simulation.summarize([{"test_accuracy": None}], Sim)["best_test_accuracy"] is None
+
+
+def test_a_failure_while_building_closes_the_executor_already_built(monkeypatch):
+    from fedopt.engine.executor import VectorizedExecutor
+
+    closed = []
+    real_close = VectorizedExecutor.close
+    monkeypatch.setattr(VectorizedExecutor, "close",
+                        lambda self: closed.append(1) or real_close(self))
+
+    def broken_init(self, params):
+        raise Crash
+
+    from fedopt.algorithms.fedavg import FedAvg
+    monkeypatch.setattr(FedAvg, "init", broken_init)
+    with pytest.raises(Crash):
+        fedopt.run(_config(), progress=False)
+    assert closed == [1]
