@@ -34,6 +34,14 @@ timeouts and cancelled stragglers, cumulative), ``staleness_mean``/``staleness_m
 update aggregated so far, cumulative) and ``local_loss`` (Σ ω_i L_i / Σ ω_i over the updates
 aggregated in this step, L_i a job's mean minibatch loss — the same whichever executor and
 however far ahead jobs were computed; absent when a step aggregates nothing).
+
+Non-finite jobs (NaN/±inf results, :mod:`fedopt.engine.nonfinite`): under ``on_nonfinite:
+error`` the executor raises when it computes them (possibly ahead of their arrival); under
+``drop`` an arrival whose job was non-finite is left out of ``A(n)`` and the step's weights are
+renormalised over the kept arrivals (``Δ^n ← Δ^n · Σ_{A(n)} ω / Σ_{kept} ω``, one factor for the
+whole step, whichever calls computed its jobs); a step that keeps no arrival changes neither
+the model nor the server-optimizer state. ``nonfinite_dropped`` (cumulative) counts them. A
+server step with non-finite new parameters or optimizer state raises under either policy.
 """
 from __future__ import annotations
 
@@ -50,6 +58,8 @@ from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.clock import VirtualClock, validate_clock_config
 from fedopt.config import ConfigError
 from fedopt.engine.batches import local_step_counts
+from fedopt.engine.executor import drop_scale
+from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state
 
 COMBINES = ("delta", "model")
 PARTICIPATION = ("auto", "expected", "empirical")
@@ -230,15 +240,22 @@ class AsyncFederated:
         params, opt_state = state.params, state.opt_state
         if len(step.clients):
             w = self.weights(step, a["sched"])
+            dropped_before = a["totals"].get(DROPPED_KEY, 0)
             delta, loss = self._aggregate(a, step, w, state.params, executor, optimizer)
+            lost_now = a["totals"].get(DROPPED_KEY, 0) - dropped_before
             if loss is not None:
                 stats["local_loss"] = loss
-            params, opt_state = self.server_optimizer.step(state.params, delta, state.opt_state)
+            if delta is not None:        # None: every arrival was non-finite and dropped
+                params, opt_state = self.server_optimizer.step(state.params, delta,
+                                                               state.opt_state)
+                check_server_state(n, params, opt_state)
         for clients, v in step.dispatched:
             if v == n + 1:
                 self._register(a, clients, v, params)
         self._collect_versions(a)
         stats.update(self.step_stats(a, step, executor))
+        if len(step.clients) and lost_now:   # updates aggregated: the kept arrivals
+            stats["updates"] -= lost_now
         return ServerState(params=params, opt_state=opt_state, round=n + 1,
                            client_state=state.client_state), stats
 
@@ -252,10 +269,11 @@ class AsyncFederated:
         total = _ParamSum()          # Σ_i ω_i Δ_i
         add = total.add
         loss = _WeightedMean()       # Σ ω_i L_i / Σ ω_i over the jobs aggregated now
+        lost = np.zeros(len(step.clients), dtype=bool)   # arrivals dropped: non-finite
 
         for v in np.unique(step.versions).tolist():
             sel = step.versions == v
-            ids, wv = step.clients[sel], w[sel]
+            ids, wv, where = step.clients[sel], w[sel], np.flatnonzero(sel)
             theta_v = a["versions"].get(v)   # kept while needed (see _collect_versions)
             fresh = [k for k, i in enumerate(ids.tolist()) if (i, v) not in a["cache"]]
             if fresh:
@@ -264,25 +282,31 @@ class AsyncFederated:
                 if pending == sorted(ids[fresh].tolist()):
                     # every job of version v still uncomputed arrives now: one weighted call
                     out = executor.run_round(theta_v, ids[fresh], wv[fresh], v, optimizer=opt)
-                    add(out.delta_sum)
-                    loss.add(out.loss_sum, out.weight_sum)
+                    lost[where[fresh][~out.kept(ids[fresh])]] = True
+                    _add_call(total, loss, out, wv[fresh], ids[fresh])
                 else:
                     out = executor.run_round(theta_v, np.asarray(pending, dtype=np.int64),
                                              np.ones(len(pending)), v, optimizer=opt,
                                              keep_local=True)
+                    kept = out.kept(np.asarray(pending, dtype=np.int64))
                     for k, i in enumerate(pending):
-                        a["cache"][(i, v)] = ({n_: out.local_params[n_][k] - theta_v[n_]
-                                               for n_ in theta_v}, float(out.local_loss[k]))
+                        a["cache"][(i, v)] = (({n_: out.local_params[n_][k] - theta_v[n_]
+                                                for n_ in theta_v}, float(out.local_loss[k]))
+                                              if kept[k] else _DROPPED)
                     fresh = []
                 del a["pending"][v]
             for k, i in enumerate(ids.tolist()):
                 if k not in fresh:
                     delta, job_loss = a["cache"].pop((i, v))
+                    if not delta:                # a non-finite job, dropped
+                        lost[where[k]] = True
+                        continue
                     add(delta, float(wv[k]))
                     loss.add(float(wv[k]) * job_loss, float(wv[k]))
-            if self.combine == "model" and wv.sum() != 0:
-                add({k: theta_v[k] - current[k] for k in current}, float(wv.sum()))
-        return total.value, loss.value
+            wk = wv[~lost[where]]
+            if self.combine == "model" and wk.sum() != 0:
+                add({k: theta_v[k] - current[k] for k in current}, float(wk.sum()))
+        return _renormalized(a, total, loss, w, lost)
 
     def _aggregate_jobs(self, a: dict, step: Step, w: np.ndarray, current: Params,
                         executor: Any, optimizer: Any) -> tuple[Params, float | None]:
@@ -297,6 +321,7 @@ class AsyncFederated:
         loss = _WeightedMean()       # Σ ω_i L_i / Σ ω_i over the jobs aggregated now
 
         arrivals = list(zip(step.clients.tolist(), step.versions.tolist()))
+        lost = np.zeros(len(arrivals), dtype=bool)       # arrivals dropped: non-finite
         fresh = [j for j, (i, v) in enumerate(arrivals) if (i, v) not in a["cache"]]
         direct: set[int] = set()
         if fresh:
@@ -325,27 +350,32 @@ class AsyncFederated:
                 opt = self.optimizer_at(int(vers[0]), optimizer)   # one per group
                 if weights is not None:
                     out = executor.run_jobs(starts, ids, vers, weights[ks], optimizer=opt)
-                    add(out.delta_sum)
-                    loss.add(out.loss_sum, out.weight_sum)
+                    lost[np.asarray(fresh)[ks][~out.kept(ids)]] = True
+                    _add_call(total, loss, out, weights[ks], ids)
                 else:
                     out = executor.run_jobs(starts, ids, vers, np.ones(len(ks)), optimizer=opt,
                                             keep_local=True)
+                    kept = out.kept(ids)
                     for r, (i, v) in enumerate(zip(ids.tolist(), vers.tolist())):
-                        a["cache"][(i, v)] = ({n_: out.local_params[n_][r] - starts[n_][r]
-                                               for n_ in current}, float(out.local_loss[r]))
+                        a["cache"][(i, v)] = (({n_: out.local_params[n_][r] - starts[n_][r]
+                                                for n_ in current}, float(out.local_loss[r]))
+                                              if kept[r] else _DROPPED)
             a["pending"].clear()
         for j, (i, v) in enumerate(arrivals):
             if j not in direct:
                 delta, job_loss = a["cache"].pop((i, v))
+                if not delta:                    # a non-finite job, dropped
+                    lost[j] = True
+                    continue
                 add(delta, float(w[j]))
                 loss.add(float(w[j]) * job_loss, float(w[j]))
         if self.combine == "model":
             for v in np.unique(step.versions).tolist():
-                wv = w[step.versions == v]
+                wv = w[(step.versions == v) & ~lost]
                 if wv.sum() != 0:
                     theta_v = a["versions"][v]
                     add({k: theta_v[k] - current[k] for k in current}, float(wv.sum()))
-        return total.value, loss.value
+        return _renormalized(a, total, loss, w, lost)
 
     def step_stats(self, a: dict, step: Step, executor: Any) -> dict[str, Any]:
         t = a["totals"]
@@ -357,7 +387,9 @@ class AsyncFederated:
                 "samples": int(self._samples_per_job(executor)[step.clients].sum()),
                 "dropped": int(a["sched"]["dropped"]),
                 "staleness_mean": t["staleness_sum"] / max(t["aggregated"], 1),
-                "staleness_max": t["staleness_max"]}
+                "staleness_max": t["staleness_max"],
+                **({DROPPED_KEY: int(t.get(DROPPED_KEY, 0))}
+                   if getattr(executor, "on_nonfinite", "error") == "drop" else {})}
 
     def _samples_per_job(self, executor: Any) -> np.ndarray:
         if self.samples_per_job is None:
@@ -379,6 +411,42 @@ class AsyncFederated:
             return False
         return self.scheduler.steps_within(state.client_state["async"]["sched"],
                                            self.time_budget, max_steps=1) == 0
+
+
+#: cache entry of a job whose result was non-finite (dropped under ``on_nonfinite: drop``)
+_DROPPED: tuple[dict, float] = ({}, float("nan"))
+
+
+def _add_call(total: "_ParamSum", loss: "_WeightedMean", out: Any, weights: np.ndarray,
+              ids: np.ndarray) -> None:
+    """Add a weighted executor call's sums, undoing the executor's own renormalisation over its
+    kept jobs (the step renormalises once, over all its arrivals: :func:`_renormalized`)."""
+    if not out.updates:
+        return
+    kept_w = float(np.sum(np.asarray(weights, dtype=np.float64)[out.kept(ids)]))
+    s = drop_scale(out.weight_sum, kept_w)
+    if s == 1.0:
+        total.add(out.delta_sum)
+        loss.add(out.loss_sum, out.weight_sum)
+    else:
+        total.add(out.delta_sum, 1.0 / s)
+        loss.add(out.loss_sum / s, kept_w)
+
+
+def _renormalized(a: dict, total: "_ParamSum", loss: "_WeightedMean", w: np.ndarray,
+                  lost: np.ndarray) -> tuple[Params | None, float | None]:
+    """The step's ``(Δ^n, local loss)`` with the arrivals in ``lost`` left out: Δ^n scaled by
+    Σ_{A(n)} ω / Σ_{kept} ω (:func:`~fedopt.engine.executor.drop_scale`); ``(None, None)`` when
+    nothing is kept. Counts the dropped arrivals (cumulative, ``totals``)."""
+    if not lost.any():
+        return total.value, loss.value
+    a["totals"][DROPPED_KEY] = int(a["totals"].get(DROPPED_KEY, 0)) + int(lost.sum())
+    if lost.all() or total.value is None:
+        return None, None
+    s = drop_scale(float(np.sum(w)), float(np.sum(w[~lost])))
+    if s != 1.0:
+        total.value = {k: v * s for k, v in total.value.items()}
+    return total.value, loss.value
 
 
 class _ParamSum:
