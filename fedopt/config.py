@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -181,6 +182,8 @@ def validate_section(values: Mapping[str, Any] | None, fields: Mapping[str, Fiel
             out[key] = copy.deepcopy(f.default)
             continue
         v = values[key]
+        if f.allow_inf and v == "inf":   # how a recorded config.json writes +inf
+            v = math.inf
         if not _type_ok(v, f.types):
             raise ConfigError(f"{where}: expected {_type_name(f.types)}, got {v!r}")
         if isinstance(v, float) and v != v:

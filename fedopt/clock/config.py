@@ -13,7 +13,8 @@ A law, factor or availability spec may be written as its name alone (``compute: 
 Times are in virtual time units; negative or NaN values are errors; +inf (``.inf`` in YAML) is
 accepted where it means "never" or "unlimited" (a constant compute time, a client's speed
 factor, a cohort's slowdown, an offline period, a bandwidth, the timeout), and there ``null``
-means the same (a run's recorded config.json writes +inf as null, so it loads back unchanged).
+means the same, as does the string ``"inf"`` (a run's recorded config.json writes +inf as
+``"inf"``, older ones as null, so either loads back unchanged).
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ percent = _check(lambda v: 0 <= v < 100, "a percentage in [0, 100)")
 
 def _positive_list(v) -> str | None:
     for k, x in enumerate(v):
-        if x is None:
-            continue   # null: +inf
+        if x is None or x == "inf":
+            continue   # null or "inf" (a recorded config.json): +inf
         if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x <= 0:
             return f"entry {k} must be a number > 0 (+inf: never returns), got {x!r}"
     return None if len(v) else "must not be empty"
@@ -131,7 +132,8 @@ def _null_is_inf(section: dict[str, Any]) -> dict[str, Any]:
         if key in section and section[key] is None:
             section[key] = math.inf
     if isinstance(section.get("values"), (list, tuple)):
-        section["values"] = [math.inf if x is None else x for x in section["values"]]
+        section["values"] = [math.inf if x is None or x == "inf" else x
+                             for x in section["values"]]
     return section
 
 
