@@ -5,11 +5,18 @@
 * :func:`plot_runs` — several runs overlaid; runs sharing a label (seeds) are drawn as their
   mean with a min/max band.
 * :func:`results_table` — an aligned fixed-width text table of metric rows.
+
+Non-finite values (a diverged run: NaN/±inf floats, or the strings ``"nan"``/``"inf"``/
+``"-inf"`` of ``metrics.jsonl``) are never dropped silently: a curve is drawn up to where its
+metric became non-finite, the point is marked with a dotted vertical line and noted in the
+legend, and a :class:`NonFiniteMetricWarning` names the run and the metric. ``None`` (not
+measured in that row) is simply skipped.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -44,6 +51,43 @@ def _number(v: Any) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+class NonFiniteMetricWarning(UserWarning):
+    """A plotted metric became NaN/inf: its curve stops there."""
+
+
+_NONFINITE_STRINGS = {"nan", "inf", "-inf", "+inf", "infinity", "-infinity"}
+
+
+def _nonfinite(v: Any) -> bool:
+    """Whether ``v`` is a recorded non-finite number (float NaN/±inf or its JSON string)."""
+    if isinstance(v, str):
+        return v.strip().lower() in _NONFINITE_STRINGS
+    return isinstance(v, float) and not math.isfinite(v)
+
+
+def first_nonfinite(rows: Sequence[Mapping[str, Any]], x: str, y: str) -> float | None:
+    """The smallest finite ``x`` of a row whose ``y`` is non-finite, or None."""
+    xs = [_number(r.get(x)) for r in rows if _nonfinite(r.get(y))]
+    xs = [v for v in xs if v is not None]
+    return min(xs) if xs else None
+
+
+def _finite_prefix(rows: Sequence[Mapping[str, Any]], x: str, y: str
+                   ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """:func:`series` up to (excluding) the first x where ``y`` is non-finite, and that x."""
+    xs, ys = series(rows, x, y)
+    bad = first_nonfinite(rows, x, y)
+    if bad is not None:
+        keep = xs < bad
+        xs, ys = xs[keep], ys[keep]
+    return xs, ys, bad
+
+
+def _warn_nonfinite(run: str, metric: str, x: str, at: float) -> None:
+    warnings.warn(f"{run}: {metric} is non-finite (NaN/inf) from {X_AXES.get(x, x)} {at:g} on; "
+                  f"its curve stops there", NonFiniteMetricWarning, stacklevel=3)
+
+
 def has_column(rows: Sequence[Mapping[str, Any]], column: str) -> bool:
     """Whether any row holds a finite number under ``column``."""
     return any(_number(r.get(column)) is not None for r in rows)
@@ -75,7 +119,10 @@ def _save(fig, path: Path) -> str:
 
 def plot_run(run_dir: PathLike, out: PathLike | None = None) -> list[str]:
     """Write ``loss_vs_<x>.png`` and ``accuracy_vs_<x>.png`` for x in round, wall_time_s and
-    (when present) virtual_time into ``out`` (default ``run_dir/plots``); returns the paths."""
+    (when present) virtual_time into ``out`` (default ``run_dir/plots``); returns the paths.
+
+    A metric that became non-finite is drawn up to that point and marked there (dotted line,
+    legend note); a :class:`NonFiniteMetricWarning` names the run and the metric."""
     rows = _load_rows(run_dir)
     out_dir = Path(run_dir) / "plots" if out is None else Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,13 +134,21 @@ def plot_run(run_dir: PathLike, out: PathLike | None = None) -> list[str]:
             continue
         for name, columns, ylabel in (("loss", LOSS_COLUMNS, "loss"),
                                       ("accuracy", ACCURACY_COLUMNS, "accuracy")):
-            present = [c for c in columns if has_column(rows, c)]
+            present = [c for c in columns
+                       if has_column(rows, c) or first_nonfinite(rows, x, c) is not None]
             if not present:
                 continue
             fig, ax = plt.subplots(figsize=(6, 4))
             for c in present:
-                xs, ys = series(rows, x, c)
-                ax.plot(xs, ys, label=_LABELS.get(c, c), marker="." if len(xs) < 30 else None)
+                xs, ys, bad = _finite_prefix(rows, x, c)
+                label = _LABELS.get(c, c)
+                if bad is not None:
+                    label += f" (non-finite from {bad:g})"
+                    if x == "round":
+                        _warn_nonfinite(os.fspath(run_dir), c, x, bad)
+                (line,) = ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
+                if bad is not None:
+                    ax.axvline(bad, color=line.get_color(), linestyle=":", linewidth=1.5)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.set_title(title)
@@ -143,7 +198,8 @@ def plot_runs(dirs: Sequence[PathLike], labels: Sequence[str] | None = None,
               metrics: Sequence[str] = ("test_loss", "test_accuracy", "train_loss")) -> list[str]:
     """Overlay several runs, one PNG per metric (``<metric>_vs_<x>.png`` in ``out``, default
     ``<common parent of dirs>/comparison``). Runs with the same label are one curve: the
-    mean over them, with a shaded min/max band. Returns the written paths."""
+    mean over them, with a shaded min/max band; a run's curve stops where its metric became
+    non-finite (:class:`NonFiniteMetricWarning` names it). Returns the written paths."""
     dirs = list(dirs)
     if not dirs:
         raise ValueError("dirs: need at least one run directory")
@@ -155,11 +211,13 @@ def plot_runs(dirs: Sequence[PathLike], labels: Sequence[str] | None = None,
     if x not in X_AXES:
         raise ValueError(f"x: must be one of {', '.join(X_AXES)}, got {x!r}")
     groups: OrderedDict[str, list[list[dict[str, Any]]]] = OrderedDict()
+    group_dirs: dict[str, list[str]] = {}
     for d, label in zip(dirs, labels):
         rows = _load_rows(d)
         if not has_column(rows, x):
             raise ValueError(f"{os.fspath(d)}: metrics have no {x!r} column")
         groups.setdefault(label, []).append(rows)
+        group_dirs.setdefault(label, []).append(os.fspath(d))
     if out is None:
         parent = os.path.commonpath([os.path.abspath(os.path.dirname(os.path.abspath(d)))
                                      for d in dirs])
@@ -173,7 +231,13 @@ def plot_runs(dirs: Sequence[PathLike], labels: Sequence[str] | None = None,
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, runs in groups.items():
-            grid, mean, lo, hi = aggregate([series(rows, x, metric) for rows in runs])
+            curves = []
+            for d, rows in zip(group_dirs[label], runs):
+                xs, ys, bad = _finite_prefix(rows, x, metric)
+                if bad is not None:
+                    _warn_nonfinite(d, metric, x, bad)
+                curves.append((xs, ys))
+            grid, mean, lo, hi = aggregate(curves)
             if not len(grid):
                 continue
             suffix = f" (n={len(runs)})" if len(runs) > 1 else ""

@@ -143,3 +143,49 @@ def test_results_table_rejects_bad_column_spec():
                                          (np.float32(0.25), "0.2500"), (3.2e8, "3.200e+08")])
 def test_format_cell(value, text):
     assert format_cell(value) == text
+
+
+def test_plot_run_with_nonfinite_rows_draws_the_finite_prefix_and_warns(tmp_path):
+    """A run whose losses become NaN at round 4 (float NaN or the JSON string "nan") and whose
+    accuracy is then not reported (None): the loss curves are still drawn, up to round 3, and
+    a warning names the run and each non-finite metric with the round where it started."""
+    from simulations.plot import NonFiniteMetricWarning, _finite_prefix, first_nonfinite
+
+    run = tmp_path / "diverged"
+    run.mkdir()
+    rows = []
+    for r in range(1, 7):
+        bad = r >= 4
+        rows.append({"round": r, "wall_time_s": 0.1 * r,
+                     "test_loss": "nan" if bad else 1.0 / r,
+                     "train_loss": float("inf") if r >= 5 else 0.9 / r,
+                     "test_accuracy": None if bad else 0.5 + 0.1 * r})
+    with open(run / "metrics.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")      # json writes float inf as Infinity
+    read = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert first_nonfinite(read, "round", "test_loss") == 4.0
+    assert first_nonfinite(read, "round", "train_loss") == 5.0
+    xs, ys, bad = _finite_prefix(read, "round", "test_loss")
+    assert xs.tolist() == [1.0, 2.0, 3.0] and bad == 4.0
+    with pytest.warns(NonFiniteMetricWarning) as caught:
+        paths = plot_run(run)
+    names = sorted(p.rsplit("/", 1)[-1] for p in paths)
+    assert "loss_vs_round.png" in names and "accuracy_vs_round.png" in names
+    assert_pngs(paths)
+    messages = [str(w.message) for w in caught]
+    assert any("diverged" in m and "test_loss" in m and "round 4" in m for m in messages)
+    assert any("train_loss" in m and "round 5" in m for m in messages)
+
+
+def test_plot_run_all_nan_loss_is_not_skipped_silently(tmp_path):
+    run = tmp_path / "nan_from_start"
+    run.mkdir()
+    with open(run / "metrics.jsonl", "w") as f:
+        for r in range(1, 4):
+            f.write(json.dumps({"round": r, "test_loss": "nan", "test_accuracy": None}) + "\n")
+    from simulations.plot import NonFiniteMetricWarning
+
+    with pytest.warns(NonFiniteMetricWarning, match="test_loss is non-finite .* round 1"):
+        paths = plot_run(run)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["loss_vs_round.png"]
