@@ -284,3 +284,18 @@ def test_finite_rows_and_describe_ids():
     assert finite_rows({"a": t}, loss).tolist() == [True, False, False, False]
     assert describe_ids([5]) == "client 5"
     assert describe_ids(range(10)) == "clients 0, 1, 2, 3, 4, 5, 6, 7, ... (10 in all)"
+
+
+def test_diverged_mlp_run_exits_nonzero_with_one_error_line(tmp_path, capsys):
+    """The issue's run: MLP on Synthetic with client lr 100 diverges; ``fedopt run`` exits 2
+    with one ``error:`` line naming the round and clients (it used to finish with exit 0)."""
+    from simulations import cli
+
+    rc = cli.main(["run", "simulations/configs/quickstart.yaml", "--out", str(tmp_path / "run"),
+                   "--set", "model.name=mlp", "--set", "client.optimizer.lr=100",
+                   "--set", "algorithm.rounds=4", "--set", "client.local_steps=5",
+                   "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0
+    assert len(err) == 1 and err[0].startswith("error: round "), err
+    assert "produced NaN/inf values in local training" in err[0]
