@@ -129,7 +129,7 @@ def test_fedprox_resumed_on_ray_continues_the_local_trajectory(ray_session, tmp_
     full = fedopt.run(make_config("local", algorithm=alg), progress=False)
     part = make_config("ray", algorithm={**alg, "rounds": 3})
     fedopt.run(part, out_dir=tmp_path / "run", progress=False)
-    assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+    assert list((tmp_path / "run" / "checkpoints").glob("round_*.safetensors"))
     resumed = fedopt.run(make_config("ray", algorithm=alg), out_dir=tmp_path / "run",
                          progress=False, resume=True)
     assert [r["round"] for r in resumed.metrics] == list(range(1, 7))
