@@ -313,11 +313,12 @@ def _server_optimizer_section(spec: Any, user: Mapping[str, Any] | None, name: s
 
 def _plain(value: Any) -> Any:
     """numpy scalars and 0-d arrays, 0-d torch tensors -> the Python numbers they hold;
-    numpy arrays -> lists; mappings and lists converted recursively."""
+    numpy arrays and tuples -> lists (as YAML and config.json hold them); mappings and lists
+    converted recursively."""
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
+        return [_plain(v) for v in value]
     module = type(value).__module__
     if module == "numpy":
         import numpy as np

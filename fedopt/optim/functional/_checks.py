@@ -9,6 +9,12 @@ DISTRIBUTIONS = ("gaussian", "rademacher")
 
 
 def check_lr(lr: Any) -> None:
+    """``0 <= lr < inf`` (number or per-client tensor); ValueError naming ``lr`` otherwise.
+
+    0 is accepted here because a schedule legitimately reaches it (linear decay to zero,
+    ``lr_decay ** round`` underflowing) and torch's own optimizers accept it; a learning rate
+    a user configures must be > 0, which :mod:`fedopt.config` checks for every client and
+    server optimizer."""
     check_hparam("lr", lr, low=0.0, high=float("inf"))
 
 

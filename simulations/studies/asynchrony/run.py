@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from simulations.studies import deep_merge
 
 HERE = Path(__file__).parent
@@ -43,8 +42,10 @@ def load_study(quick: bool = False, study_file: Path = STUDY_FILE,
                scenario_dir: Path = SCENARIO_DIR) -> dict[str, Any]:
     """study.yaml plus every scenario file (by name); ``quick`` applies the ``quick:`` block
     (fewer seeds and data sets, budgets scaled by ``budget_scale``)."""
-    study = yaml.safe_load(Path(study_file).read_text())
-    scenarios = [yaml.safe_load(p.read_text()) for p in sorted(Path(scenario_dir).glob("*.yaml"))]
+    from fedopt.config import load_yaml   # YAML 1.2 floats, repeated keys refused
+
+    study = load_yaml(Path(study_file).read_text(), str(study_file))
+    scenarios = [load_yaml(p.read_text(), str(p)) for p in sorted(Path(scenario_dir).glob("*.yaml"))]
     study["scenarios"] = {s["name"]: s for s in scenarios}
     if quick:
         q = study.get("quick", {})

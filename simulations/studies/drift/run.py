@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from simulations.studies import deep_merge
 
 STUDY_FILE = Path(__file__).with_name("study.yaml")
@@ -32,8 +31,10 @@ STUDY_FILE = Path(__file__).with_name("study.yaml")
 
 def load_study(path: str | Path = STUDY_FILE, quick: bool = False) -> dict[str, Any]:
     """The study description; ``quick`` applies its ``quick:`` overrides."""
+    from fedopt.config import load_yaml   # YAML 1.2 floats, repeated keys refused
+
     with open(path) as f:
-        study = yaml.safe_load(f)
+        study = load_yaml(f.read(), str(path))
     if quick:
         q = study.get("quick", {})
         study["seeds"] = q.get("seeds", study["seeds"][:1])
