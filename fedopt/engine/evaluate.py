@@ -7,6 +7,9 @@ from torch import Tensor
 
 from fedopt.engine.local import FunctionalModel, Params
 
+#: the most logits (rows x classes) one evaluation chunk holds: 2^24, 64 MiB in float32
+MAX_LOGITS = 2**24
+
 
 @torch.no_grad()
 def evaluate(fmodel: FunctionalModel, params: Params, x: Tensor, y: Tensor,
@@ -15,10 +18,18 @@ def evaluate(fmodel: FunctionalModel, params: Params, x: Tensor, y: Tensor,
 
     A non-finite loss is returned as it is (a float NaN or inf: measured, not missing). The
     accuracy is None when any logit is NaN or ±inf — a prediction from non-finite outputs (argmax
-    of NaN picks class 0) is not one. No rows: ``(nan, nan)``. One host synchronisation."""
+    of NaN picks class 0) is not one. No rows: ``(nan, nan)``.
+
+    Rows go through the model ``chunk_rows`` at a time, fewer when the model has many classes:
+    a chunk's logits hold at most :data:`MAX_LOGITS` entries (rows x classes), so memory stays
+    bounded whatever ``num_classes`` is. ValueError naming ``chunk_rows`` unless it is >= 1."""
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     n = x.shape[0]
     if n == 0:
         return float("nan"), float("nan")
+    classes = fmodel.forward(params, x[:1]).shape[-1]       # a 1-row probe sizes the chunks
+    chunk_rows = max(1, min(chunk_rows, MAX_LOGITS // max(classes, 1)))
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     finite = torch.ones((), dtype=torch.bool, device=x.device)

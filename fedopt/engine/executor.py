@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from fedopt.data import FederatedDataset
-from fedopt.engine.batches import local_step_counts, plan_batches, plan_bytes
+from fedopt.engine.batches import (capped_batch_size, local_step_counts, plan_batches,
+                                   plan_bytes)
 from fedopt.engine.local import LocalTrainer, Params
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error, finite_rows
 from fedopt.optim.core import FunctionalOptimizer
@@ -112,7 +113,9 @@ class VectorizedExecutor:
     def from_config(cls, config: dict, dataset: FederatedDataset, trainer: LocalTrainer
                     ) -> "VectorizedExecutor":
         client = config["client"]
-        return cls(dataset, trainer, batch_size=client["batch_size"],
+        # ``dataset`` is the whole federation here, so this is Simulation's cap (a no-op after it)
+        batch_size = capped_batch_size(client["batch_size"], dataset.counts.cpu().numpy())
+        return cls(dataset, trainer, batch_size=batch_size,
                    local_steps=client["local_steps"], local_epochs=client["local_epochs"],
                    seed=config["seed"], chunk_size=config["executor"]["chunk_size"],
                    on_nonfinite=check_policy(config.get("on_nonfinite", "error")))

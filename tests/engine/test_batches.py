@@ -144,3 +144,22 @@ def test_evaluation_chunks_hold_a_bounded_number_of_logits(monkeypatch):
     assert abs(loss - np.log(300)) < 1e-6 and acc == 1.0
     with pytest.raises(ValueError, match="chunk_rows"):
         evaluate_mod.evaluate(fm, params, x, y, chunk_rows=0)
+
+
+def test_executor_from_config_caps_the_batch_at_the_largest_client():
+    from fedopt.config import load_config
+    from fedopt.data import build_from_arrays
+    from fedopt.engine.executor import VectorizedExecutor
+    from fedopt.engine.local import FunctionalModel, LocalTrainer
+    from fedopt.models import build_model
+    from fedopt.optim import from_config
+
+    # 4 clients of 7 rows (28 rows, iid split, no test rows): n_max = 7
+    data = build_from_arrays(np.zeros((28, 5), np.float32), np.arange(28) % 3, 4, "iid",
+                             seed=0, test_fraction=0.0)
+    cfg = load_config({"data": {"name": "synthetic"}, "model": {"name": "logreg"},
+                       "algorithm": {"name": "fedavg", "rounds": 1, "clients_per_round": 2},
+                       "client": {"batch_size": 10**8, "local_steps": 2}})
+    trainer = LocalTrainer(FunctionalModel(build_model({"name": "logreg"}, (5,), 3)),
+                           from_config({"name": "sgd", "lr": 0.1}), seed=0)
+    assert VectorizedExecutor.from_config(cfg, data, trainer).batch_size == 7
