@@ -164,7 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     out_dir = args.out or default_out_dir(args.config)
-    if holds_run(out_dir) and not args.resume:
+    try:
+        held = holds_run(out_dir)
+    except OSError as e:   # e.g. an unreadable --out
+        raise CLIError(f"--out: {_os_message(e)}") from None
+    if held and not args.resume:
         raise CLIError(f"--out: {out_dir} already holds a run; pass another --out directory, "
                        f"or --resume to continue it")
     try:

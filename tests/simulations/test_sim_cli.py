@@ -426,3 +426,17 @@ def test_demo_never_deletes_what_it_did_not_write(capsys, tmp_path):
     assert demo.main(["--out", str(tmp_path / "file")]) == 2
     assert capsys.readouterr().err == f"error: --out: {tmp_path / 'file'} exists and is not a directory\n"
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_unreadable_out_is_one_error(capsys, tmp_path, monkeypatch, fake_config, fake_run):
+    import errno
+
+    from fedopt import records
+
+    def denied(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    monkeypatch.setattr(records, "_checkpoint_files", denied)
+    code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", str(tmp_path))
+    assert code == 2 and one_error_line(err) == f"--out: {tmp_path}: Permission denied"
+    assert fake_run == []
