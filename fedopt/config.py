@@ -403,6 +403,9 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"executor.device: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"executor.device: {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"executor.device: {device!r} requested but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
 
 
 def _check_model_shape(model: dict[str, Any], feature_shape: tuple[int, ...],
