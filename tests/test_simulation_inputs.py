@@ -150,3 +150,17 @@ def test_label_counts_refuses_a_histogram_too_large_to_allocate():
         data.label_counts()
     small = build_from_arrays(np.ones((40, 2), np.float32), np.arange(40) % 10, 4, "iid", seed=0)
     assert small.label_counts().sum().item() == small.x.shape[0]   # every train row counted once
+
+
+def test_every_executor_is_built_from_the_capped_batch(monkeypatch):
+    seen = {}
+
+    def capture(config, data, trainer):
+        seen["batch"] = config["client"]["batch_size"]   # Ray ships this config to its workers
+        seen["n_max"] = int(data.counts.max())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(simulation, "build_executor", capture)
+    with pytest.raises(RuntimeError, match="stop here"):
+        Simulation(_config("ray", batch_size=10**8))
+    assert seen["batch"] == seen["n_max"] < 10**8
