@@ -85,12 +85,13 @@ from server.realtime_clock import RealTimeClock
 @dataclass(eq=False)
 class _InFlight:
     """A dispatched job: its Ray call (None: the clock says it never returns), start version ρ,
-    the client's job counter and θ^ρ."""
+    the client's job counter, θ^ρ and (injected delays) its answer once received."""
 
     job: RayJob | None
     version: int
     serial: int
     params: Params
+    answer: ClientUpdate | None = None
 
 
 @dataclass(eq=False)
@@ -328,10 +329,10 @@ class RealTimeAsync:
 
     def _next_queued(self, queue: EventQueue, executor: Any) -> tuple | None:
         """The queue's next event (virtual-time order, ties as on the virtual clock) once it
-        has happened in real time: a job's arrival when its answer is in (blocking on that
-        job alone — answers of later-scheduled jobs wait in Ray meanwhile), a timer or timeout
-        once ``t · seconds_per_unit`` seconds have passed. Stale arrivals (jobs dropped since)
-        pop at once; the scheduler skips them."""
+        has happened in real time: a job's arrival when its answer is in (blocking until it
+        is; answers of later-scheduled jobs that come in meanwhile are kept for their turn), a
+        timer or timeout once ``t · seconds_per_unit`` seconds have passed. Stale arrivals
+        (jobs dropped since) pop at once; the scheduler skips them."""
         if not len(queue):
             return None
         t, kind, i, serial = queue.events[0]
@@ -342,12 +343,13 @@ class RealTimeAsync:
             return queue.pop()
         if live:
             rec = self._jobs[i]
-            while True:
-                updates, _ = executor.wait([rec.job], num_returns=1, timeout=None)
-                if updates:
-                    break
+            while rec.answer is None:          # one ray.wait collects every answer ready
+                waiting = [r.job for r in self._jobs.values()
+                           if r.answer is None and r.job is not None]
+                for u in executor.wait(waiting, num_returns=1, timeout=None)[0]:
+                    self._jobs[u.client_id].answer = u
             del self._jobs[i]
-            arrival = _Arrival(t, updates[0], rec.serial, rec.params)
+            arrival = _Arrival(t, rec.answer, rec.serial, rec.params)
         self._sleep_until(t)
         ev = queue.pop()
         return (*ev, arrival) if live else ev

@@ -3,9 +3,11 @@
 Both algorithms run on the same W Ray workers (server.realtime): all N clients train at once,
 each job's compute time is the virtual clock's (constant 1 unit, × ``--slow-factor`` for a
 cohort of ``--slow-fraction`` of the clients) injected as a real delay of
-``--seconds-per-unit`` seconds per unit, and the server aggregates updates as they really arrive:
-async FedAvg at every arrival, FedBuff every ``--buffer`` arrivals (staleness 1/√(1+s)). Each
-gets the same number of client updates (``--updates``).
+``--seconds-per-unit`` seconds per unit, and the server aggregates the real answers in the order
+of their virtual completion times (an answer that comes in ahead of an earlier-scheduled one
+waits for it, so the run is the virtual-clock run): async FedAvg at every arrival, FedBuff every
+``--buffer`` arrivals (staleness 1/√(1+s)). Each gets the same number of client updates
+(``--updates``).
 
 Columns, measured in one run: server steps, wall time of the timed steps, client updates/s,
 ``ideal`` — the same steps' time on the virtual clock × seconds-per-unit (what an overhead-free
