@@ -414,9 +414,9 @@ def _check_model_shape(model: dict[str, Any], feature_shape: tuple[int, ...],
     shape errors (a CNN on flat features, images too small for its pooling) surface now."""
     import torch
 
-    from fedopt.models import CNN, MLP, LogisticRegression
+    from fedopt.models.registry import MODEL_CLASSES
 
-    cls = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN}.get(model["name"])
+    cls = MODEL_CLASSES.get(model["name"])
     if cls is None:
         return
     kwargs = {k: v for k, v in model.items() if k != "name"}

@@ -34,9 +34,9 @@ def check_features(x: ArrayLike, field: str) -> np.ndarray:
     """
     x = to_numpy(x, field)
     if x.dtype.kind not in "biuf":
-        raise ValueError(f"{field} must be numeric (bool, integer or float), got dtype {x.dtype}")
+        raise ValueError(f"{field}: must be numeric (bool, integer or float), got dtype {x.dtype}")
     if x.ndim < 2:
-        raise ValueError(f"{field} must have shape [rows, *feature_shape] (at least 2 dims), "
+        raise ValueError(f"{field}: must have shape [rows, *feature_shape] (at least 2 dims), "
                          f"got shape {x.shape}")
     if 0 in x.shape[1:]:
         raise ValueError(f"{field}: feature shape {x.shape[1:]} has a dimension of size 0")
@@ -58,7 +58,7 @@ def check_index(a: ArrayLike, field: str, rows: int, rows_field: str, what: str)
     """
     a = to_numpy(a, field)
     if a.ndim != 1:
-        raise ValueError(f"{field} must be 1-D (one entry per row), got shape {a.shape}")
+        raise ValueError(f"{field}: must be 1-D (one entry per row), got shape {a.shape}")
     if a.shape[0] != rows:
         raise ValueError(f"{field} has {a.shape[0]} rows but {rows_field} has {rows}")
     if a.dtype.kind == "f":

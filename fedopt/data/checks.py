@@ -12,7 +12,7 @@ import numpy as np
 def positive_int(value: Any, field: str) -> int:
     """``value`` as an int ``>= 1``; ValueError naming ``field`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        raise ValueError(f"{field}: must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -20,19 +20,19 @@ def real(value: Any, field: str, *, low: float | None = None, high: float | None
          low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite float in the given interval; ValueError naming ``field`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
+        raise ValueError(f"{field}: must be a finite number, got {value!r}")
     v = float(value)
     if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{field} must be {'>' if low_open else '>='} {low}, got {value!r}")
+        raise ValueError(f"{field}: must be {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and (v > high or (high_open and v == high)):
-        raise ValueError(f"{field} must be {'<' if high_open else '<='} {high}, got {value!r}")
+        raise ValueError(f"{field}: must be {'<' if high_open else '<='} {high}, got {value!r}")
     return v
 
 
 def boolean(value: Any, field: str) -> bool:
     """``value`` as a bool (Python or numpy bool only; no truthy strings)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{field} must be true or false, got {value!r}")
+        raise ValueError(f"{field}: must be true or false, got {value!r}")
     return bool(value)
 
 

@@ -147,12 +147,12 @@ def _check_layout(d: FederatedDataset) -> None:
     """Cheap consistency checks (shapes, dtypes, offsets); errors name the field."""
     for field in ("x", "y", "offsets", "x_test", "y_test", "client_test"):
         if not isinstance(getattr(d, field), Tensor):
-            raise TypeError(f"FederatedDataset.{field} must be a torch.Tensor, "
+            raise TypeError(f"FederatedDataset.{field}: must be a torch.Tensor, "
                             f"got {type(getattr(d, field)).__name__}")
     for field in ("y", "offsets", "y_test", "client_test"):
         t = getattr(d, field)
         if t.dtype != torch.int64 or t.ndim != 1:
-            raise ValueError(f"FederatedDataset.{field} must be a 1-D int64 tensor, "
+            raise ValueError(f"FederatedDataset.{field}: must be a 1-D int64 tensor, "
                              f"got {t.dtype} of shape {tuple(t.shape)}")
     if d.x.ndim < 2 or d.x_test.ndim < 2:
         raise ValueError("FederatedDataset.x and x_test must have shape [rows, *feature_shape]")
@@ -179,7 +179,7 @@ def _check_layout(d: FederatedDataset) -> None:
     for field in ("y", "y_test"):
         t = getattr(d, field)
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= d.num_classes):
-            raise ValueError(f"FederatedDataset.{field} must lie in 0..{d.num_classes - 1}")
+            raise ValueError(f"FederatedDataset.{field}: must lie in 0..{d.num_classes - 1}")
 
 
 def check_values(d: FederatedDataset) -> None:

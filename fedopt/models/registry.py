@@ -27,14 +27,17 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
     "cnn": {"channels": [32, 64], "kernel_size": 5, "hidden": 512},
 }
 
+#: the built-in model class of each name: ``cls(input_shape, num_classes, **MODEL_KEYS[name])``
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN}
+
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 
 
 def _widths(value: Any, field: str, allow_empty: bool) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise ValueError(f"{field} must be a list of positive integers, got {value!r}")
+        raise ValueError(f"{field}: must be a list of positive integers, got {value!r}")
     if not value and not allow_empty:
-        raise ValueError(f"{field} must not be empty")
+        raise ValueError(f"{field}: must not be empty")
     return [positive_int(v, f"{field}[{i}]") for i, v in enumerate(value)]
 
 
@@ -107,7 +110,7 @@ def build_model(spec: dict[str, Any] | nn.Module | ModelFactory, input_shape: tu
     else:
         full = resolve_model_spec(spec)
         kwargs = {k: v for k, v in full.items() if k != "name"}
-        cls = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN}[full["name"]]
+        cls = MODEL_CLASSES[full["name"]]
         check_model_size(lambda: cls(shape, num_classes, **kwargs), full["name"], shape,
                          num_classes, dtype or torch.float32, device)
         model = seeded_build(lambda: cls(shape, num_classes, **kwargs), seed)

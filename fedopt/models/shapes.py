@@ -17,10 +17,10 @@ def normalize_input_shape(input_shape: object, field: str = "input_shape") -> tu
     try:
         shape = tuple(input_shape)  # type: ignore[arg-type]
     except TypeError:
-        raise ValueError(f"{field} must be a tuple of positive ints, got {input_shape!r}") from None
+        raise ValueError(f"{field}: must be a tuple of positive ints, got {input_shape!r}") from None
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
                             for s in shape):
-        raise ValueError(f"{field} must be a non-empty tuple of positive ints, got {input_shape!r}")
+        raise ValueError(f"{field}: must be a non-empty tuple of positive ints, got {input_shape!r}")
     return shape
 
 
