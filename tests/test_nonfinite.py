@@ -299,3 +299,11 @@ def test_diverged_mlp_run_exits_nonzero_with_one_error_line(tmp_path, capsys):
     assert rc != 0
     assert len(err) == 1 and err[0].startswith("error: round "), err
     assert "produced NaN/inf values in local training" in err[0]
+
+
+def test_finite_rows_overflowing_sum_of_finite_entries_is_finite():
+    """The fast path sums rows: 3e38 + 3e38 overflows float32 although both entries are
+    finite; the exact fallback must still call that row finite."""
+    t = torch.tensor([[3e38, 3e38], [1.0, math.nan], [1.0, 2.0]], dtype=torch.float32)
+    assert torch.isinf(t[0].sum())
+    assert finite_rows({"w": t}).tolist() == [True, False, True]
