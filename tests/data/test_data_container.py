@@ -68,7 +68,7 @@ def test_bad_index_and_split():
     ("offsets", torch.tensor([0, 2, 3, 5]), "offsets"),
     ("offsets", torch.tensor([0, 4, 3, 6]), "non-decreasing"),
     ("y", torch.tensor([0, 1, 1, 2, 2, 0], dtype=torch.int32), "FederatedDataset.y"),
-    ("y", torch.tensor([0, 1, 1, 2, 2, 3]), "FederatedDataset.y must lie"),
+    ("y", torch.tensor([0, 1, 1, 2, 2, 3]), "FederatedDataset.y: must lie"),
     ("client_test", torch.tensor([2, 0, 3]), "client_test"),
     ("x_test", torch.zeros(3, 2), "x_test feature shape"),
 ])
