@@ -78,6 +78,7 @@ import numpy as np
 from fedopt.algorithms.async_schedule import LoopHooks, Scheduler, Step
 from fedopt.algorithms.base import Params, ServerState
 from fedopt.clock import DONE, EventQueue
+from fedopt.config import ConfigError
 from server.ray_async import ClientUpdate, RayJob
 from server.realtime_clock import RealTimeClock
 
@@ -144,8 +145,8 @@ class RealTimeAsync:
         self.alg = algorithm
         self.seconds_per_unit = seconds_per_unit
         if seconds_per_unit is not None and not 0 < seconds_per_unit < math.inf:
-            raise ValueError(f"seconds_per_unit: must be a finite number > 0 or None, "
-                             f"got {seconds_per_unit!r}")
+            raise ConfigError(f"executor.seconds_per_unit: must be a finite number > 0 or "
+                              f"null, got {seconds_per_unit!r}")
         self.unit_s = 1.0 if seconds_per_unit is None else float(seconds_per_unit)
         self.clock: RealTimeClock | None = None
         self.scheduler: Scheduler | None = None
@@ -173,6 +174,20 @@ class RealTimeAsync:
 
     def local_options(self) -> dict[str, float]:
         return self.alg.local_options()
+
+    def finished(self, state: ServerState) -> bool:
+        """True once no further server step ends within ``algorithm.time_budget`` (T, clock
+        units). With injected delays the schedule is the virtual one, so this is the virtual
+        run's test, exactly (the next step's time, from the queued events, without waiting);
+        without them the next step's time is unknown until it happens, and the run stops
+        after the first step that ends at or after T seconds."""
+        budget = getattr(self.alg, "time_budget", None)
+        if budget is None:
+            return False
+        st = state.client_state["realtime"]["sched"]
+        if self.ordered:
+            return self.alg.scheduler.steps_within(st, budget, max_steps=1) == 0
+        return st["now"] >= budget
 
     # -- state --------------------------------------------------------------------------------
     def init(self, params: Params) -> ServerState:
@@ -209,7 +224,11 @@ class RealTimeAsync:
     def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
         """Wait (in real time) for the trigger, aggregate ``A(n)``, apply the server optimizer,
-        submit the freed clients' next jobs with θ^{n+1}."""
+        submit the freed clients' next jobs with θ^{n+1}.
+
+        Raises :class:`~fedopt.algorithms.async_schedule.ClockStall` (a ``ConfigError`` naming
+        the clock field) when no update can ever arrive, ``TypeError`` for an executor without
+        submit/wait/cancel, ``ValueError`` for a server state not made by :meth:`init`."""
         if not all(hasattr(executor, k) for k in ("submit", "wait", "cancel")):
             raise TypeError(f"real-time mode needs an executor with submit/wait/cancel (the Ray "
                             f"executor, executor.name: ray), got {type(executor).__name__}")

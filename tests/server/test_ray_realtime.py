@@ -158,10 +158,12 @@ def test_only_asynchronous_algorithms_on_a_submit_wait_executor():
 class InstantWorkers:
     """submit / wait / cancel over the in-process executor, ignoring the injected delays:
     every job's answer is in at once, and ``wait`` on several jobs gives the *last* submitted
-    first — the worst case for a driver that counts answers in the order they come in."""
+    first — the worst case for a driver that counts answers in the order they come in (or,
+    with ``newest_first=False``, the first submitted first)."""
 
-    def __init__(self, local):
+    def __init__(self, local, newest_first=True):
         self.local, self.submitted, self.cancelled = local, [], []
+        self.newest_first = newest_first
 
     def submit(self, params, client_ids, round_idx, *, optimizer=None, delay_s=None):
         from server.ray_async import ClientUpdate
@@ -179,7 +181,7 @@ class InstantWorkers:
         return jobs
 
     def wait(self, jobs, num_returns=1, timeout=None):
-        done = list(reversed(jobs))[:num_returns]
+        done = (list(reversed(jobs)) if self.newest_first else list(jobs))[:num_returns]
         return [j.update for j in done], [j for j in jobs if j not in done]
 
     def cancel(self, jobs):
@@ -226,6 +228,46 @@ def test_answers_are_delivered_in_virtual_completion_order(algorithm, clock, ste
             assert rs["local_loss"] == pytest.approx(vs["local_loss"], rel=1e-12)
     if algorithm["name"] == "async_general":     # deadlines with nothing back, drops
         assert any(s["updates"] == 0 for s, _ in virtual) and virtual[-1][0]["dropped"] > 0
+
+
+@pytest.mark.parametrize("spu", [0.002, None], ids=["injected", "real-compute"])
+def test_fedbuff_one_client_restarts_on_the_model_its_own_arrival_made(spu):
+    """FedBuff-1, every client busy: a client aggregated at step n restarts right after it,
+    so its next update has start version n + 1 — in both real-time modes (issue 11.1; the
+    real-compute mode counts answers in the order they come in)."""
+    algorithm, clock = {"name": "fedbuff", "buffer_size": 1}, speeds(1.0, 0.375, 0.5, 1.25)
+    driver, state, opt = realtime_driver(algorithm, clock, spu)
+    workers = InstantWorkers(Simulation(config(algorithm, clock)).executor, newest_first=False)
+    steps, advance = [], driver.scheduler.advance
+    driver.scheduler.advance = lambda *a, **k: steps.append(advance(*a, **k)) or steps[-1]
+    for _ in range(12):
+        state, _ = driver.run_round(state, workers, opt)
+    driver.close(workers)
+    last: dict[int, int] = {}
+    for x in steps:
+        (i,), (rho,) = x.clients.tolist(), x.versions.tolist()
+        assert rho == last.get(i, -1) + 1, (x.index, i, rho)
+        last[i] = x.index
+    assert len(last) == N and max(x.staleness[0] for x in steps) > 0
+
+
+def test_time_budget_stops_the_real_time_run_where_the_virtual_one_stops():
+    """FedBuff-1, τ = (1, 0.375, 20, 20): steps at t = 0.375, 0.75, 1, 1.125, 1.5, 1.875, ...
+    so a budget of 1.6 leaves 5 steps, on the virtual clock and in real time."""
+    algorithm = {"name": "fedbuff", "buffer_size": 1, "time_budget": 1.6}
+    clock = speeds(1.0, 0.375, 20.0, 20.0)
+    virtual = Simulation(config(algorithm, clock))
+    while not virtual.finished():
+        virtual.step()
+    driver, state, opt = realtime_driver(algorithm, clock, 0.002)
+    workers = InstantWorkers(Simulation(config(algorithm, clock)).executor)
+    times = []
+    while not driver.finished(state):
+        state, stats = driver.run_round(state, workers, opt)
+        times.append(stats["virtual_time"])
+    driver.close(workers)
+    assert virtual.state.round == state.round == 5
+    assert times == [0.375, 0.75, 1.0, 1.125, 1.5]
 
 
 # -- real time on Ray equals the virtual clock ---------------------------------------------------
