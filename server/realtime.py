@@ -16,9 +16,9 @@ server step ``n``:
 where ``A(n)`` is what really arrived: up to ``M = clients_per_round`` clients train at once on
 the workers (``executor.submit``, one Ray job per client, minibatches keyed by (seed, ρ, i) as in
 the virtual run); the server blocks in ``executor.wait`` (``ray.wait``) and handles each update
-when it is back (in which order: see Time below). The trigger is the algorithm's own: aggregate after ``c``
-arrivals (``c = 1``: async FedAvg / FedAsync, one step per arrival; FedBuff-``c``), at real times
-``Δt, 2Δt, ...`` (FedFix) or at a deadline. Freed slots are refilled by the scheduler's own
+when it is back (in which order: see Time below). The trigger is the algorithm's own: aggregate
+after ``c`` arrivals (``c = 1``: async FedAvg / FedAsync, one step per arrival; FedBuff-``c``),
+at real times ``Δt, 2Δt, ...`` (FedFix) or at a deadline. Freed slots are refilled by the scheduler's own
 dispatch rule with the current model, the moment it fires: ``on_aggregation``, the clients that
 just reported get θ^{n+1}; ``on_arrival``, after each arrival an idle client that has not yet
 received the current model gets it — once the aggregation that arrival sets off is done, so a

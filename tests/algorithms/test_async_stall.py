@@ -3,7 +3,6 @@ field that stops the run, with advice that fits the settings — and no error wh
 still go on (refill free slots instead)."""
 import math
 
-import numpy as np
 import pytest
 
 from fedopt.algorithms.async_schedule import ClockStall, SchedulePolicy, Scheduler
