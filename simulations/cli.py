@@ -66,6 +66,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError)
 
 
+def invoked_as() -> str:
+    """How to call this program again, as the user just did: ``fedopt`` when that name on PATH
+    is this program, else the path typed (``.venv/bin/fedopt``) or ``python -m simulations.cli``
+    — so printed hints (``plot it with: ...``) work when copied."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "fedopt":
+        import shutil
+
+        found = shutil.which("fedopt")
+        if found and os.path.realpath(found) == os.path.realpath(argv0):
+            return "fedopt"
+        return argv0
+    python = sys.executable or "python"
+    try:
+        rel = os.path.relpath(python)
+        python = rel if not rel.startswith("..") else python
+    except ValueError:   # another drive (Windows)
+        pass
+    return f"{python} -m simulations.cli"
+
+
 def package_version() -> str:
     """The installed fedopt version."""
     from importlib import metadata
@@ -179,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError("--out: " + message[len("out_dir: "):] if message.startswith("out_dir: ")
                        else message) from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: fedopt run {args.config} --out {out_dir} --resume"
+        print(f"\ninterrupted; continue with: {invoked_as()} run {args.config} --out {out_dir} --resume"
               + "".join(f" --set {s}" for s in args.set), file=sys.stderr)
         return EXIT_INTERRUPTED
     out_dir = getattr(result, "out_dir", None) or out_dir
@@ -187,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     _print_table([row])
     print(f"\nrun directory: {out_dir}")
-    print(f"plot it with:  fedopt plot {out_dir}")
+    print(f"plot it with:  {invoked_as()} plot {out_dir}")
     return EXIT_OK
 
 
@@ -262,7 +283,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Keeps the examples' line breaks; appends "(default: X)" only where a help text does not
+    already say its default and the default is a value (not None, False or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,7 +143,7 @@ def test_run_prints_results_and_run_dir(capsys, tmp_path, fake_config, fake_run)
         "wall time (s)"]
     assert lines[2].split() == ["20", "0.9750", "0.0500", "0.0450", "200", "20.0000", "10.0000"]
     assert f"run directory: {out_dir}" in out
-    assert f"fedopt plot {out_dir}" in out
+    assert f"{cli.invoked_as()} plot {out_dir}" in out
     assert len((out_dir / "metrics.jsonl").read_text().splitlines()) == 20
 
 
@@ -175,7 +175,7 @@ def test_run_interrupted_prints_resume_hint(capsys, tmp_path, monkeypatch, fake_
     code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", str(tmp_path / "r"),
                            "--set", "algorithm.rounds=3")
     assert code == 130
-    assert f"fedopt run cfg.yaml --out {tmp_path / 'r'} --resume --set algorithm.rounds=3" in err
+    assert f"{cli.invoked_as()} run cfg.yaml --out {tmp_path / 'r'} --resume --set algorithm.rounds=3" in err
 
 
 def test_unexpected_error_inside_run_keeps_traceback(tmp_path, monkeypatch, fake_config):
@@ -440,3 +440,34 @@ def test_unreadable_out_is_one_error(capsys, tmp_path, monkeypatch, fake_config,
     code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", str(tmp_path))
     assert code == 2 and one_error_line(err) == f"--out: {tmp_path}: Permission denied"
     assert fake_run == []
+
+
+def test_help_states_each_default_once(capsys):
+    from simulations.cli import build_parser
+
+    parser = build_parser()
+    for command in ("run", "validate", "show", "plot"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "(default: False)" not in text, command
+        if command == "run":   # its --out help says the default in words, once
+            out_help = text.split("--out DIR run directory", 1)[1].split(" --set")[0]
+            assert out_help.count("default") == 1, out_help
+
+
+def test_printed_hints_call_the_program_as_the_user_did(monkeypatch, tmp_path):
+    import shutil
+
+    from simulations import cli
+
+    venv_fedopt = tmp_path / ".venv/bin/fedopt"
+    monkeypatch.setattr(cli.sys, "argv", [str(venv_fedopt)])
+    monkeypatch.setattr(shutil, "which", lambda name: None)          # not on PATH
+    assert cli.invoked_as() == str(venv_fedopt)
+    monkeypatch.setattr(shutil, "which", lambda name: str(venv_fedopt))  # on PATH, the same file
+    assert cli.invoked_as() == "fedopt"
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/fedopt")  # another install
+    assert cli.invoked_as() == str(venv_fedopt)
+    monkeypatch.setattr(cli.sys, "argv", [cli.__file__])             # python -m simulations.cli
+    assert cli.invoked_as().endswith(" -m simulations.cli")
