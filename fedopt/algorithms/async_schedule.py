@@ -34,8 +34,9 @@ completes), a partly filled buffer is aggregated as it is ("flushed"); with noth
 either, free slots are refilled with the current model (under ``on_aggregation`` too: every job
 in flight was dropped, so no aggregation would ever refill them), and when no client is left to
 dispatch :class:`ClockStall` (a :class:`~fedopt.config.ConfigError`) names the clock setting
-that stops the run: ``clock.failure_prob`` of 1, jobs that never complete without a
-``clock.timeout``, or a ``clock.timeout`` shorter than every job (with the shortest job time).
+that stops the run: jobs that never complete without a ``clock.timeout``, or a
+``clock.timeout`` shorter than every job (with the shortest job time). (``clock.failure_prob``
+of 1, where no job ever returns, is refused by the config.)
 
 Events at equal times resolve arrivals first, then timeouts, then ticks/deadlines, and among
 arrivals the lowest client id first (:mod:`fedopt.clock.queue`).
@@ -269,9 +270,6 @@ class Scheduler:
         where = f"no client update can ever arrive at step {version} ({label})"
         busy = st["busy"].numpy()
         stuck = np.flatnonzero(busy).tolist()
-        if getattr(self.clock, "failure_prob", 0.0) >= 1.0:
-            return (f"clock.failure_prob: 1.0 makes every client job fail, so {where}; "
-                    f"lower clock.failure_prob")
         if stuck:           # only without a timeout: a finite one would drop them
             return (f"clock.timeout: {where}: the jobs of clients {_ids(stuck)} never complete "
                     f"(infinite compute time, offline forever or failed) and clock.timeout is "

@@ -39,6 +39,9 @@ finite_positive = _check(lambda v: 0 < v < math.inf, "a finite number > 0")
 positive_or_inf = _check(lambda v: v > 0, "> 0 (+inf allowed)")
 finite = _check(math.isfinite, "finite")
 probability = _check(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+#: a job's failure probability: 1 would mean no update ever arrives, which no run can use
+failure_probability = _check(lambda v: 0 <= v < 1,
+                             "a probability in [0, 1) (at 1 no client job ever returns)")
 percent = _check(lambda v: 0 <= v < 100, "a percentage in [0, 100)")
 
 
@@ -104,7 +107,7 @@ CLOCK_FIELDS: dict[str, Field] = {
     "speed": Field((dict, str), {"name": "constant"}),
     "availability": Field((dict, str), {"name": "always"}),
     "communication": Field((dict, type(None)), None),
-    "failure_prob": Field(FLOAT, 0.0, probability),
+    "failure_prob": Field(FLOAT, 0.0, failure_probability),
     "timeout": Field(FLOAT + NONE, None, positive_or_inf, allow_inf=True),
     "seed": Field(INT + NONE, None, seed_range, "null: the run's seed"),
 }

@@ -25,12 +25,11 @@ def stall(taus, policy, **clock):
     return str(e.value), st
 
 
-@pytest.mark.parametrize("policy", [SchedulePolicy(3, buffer_size=1),
-                                    SchedulePolicy(3, buffer_size=2, dispatch="on_arrival")])
-def test_every_job_failing_with_a_timeout_names_failure_prob(policy):
-    msg, st = stall([1.0, 2.0, 3.0], policy, failure_prob=1.0, timeout=2.0)
-    assert msg.startswith("clock.failure_prob:") and "set clock.timeout" not in msg
-    assert st["dropped"] == 3 and st["version"] == 0
+def test_failure_prob_one_is_refused_by_the_config():
+    """At failure_prob 1 no job ever returns, whatever the timeout: no run can use it."""
+    with pytest.raises(ConfigError, match=r"^clock\.failure_prob: .*\[0, 1\)"):
+        validate_clock_config({"failure_prob": 1.0, "timeout": 2.0})
+    assert validate_clock_config({"failure_prob": 0.999})["failure_prob"] == 0.999
 
 
 def test_timeout_below_every_job_names_the_shortest_job():
@@ -63,7 +62,7 @@ def test_all_jobs_in_flight_dropped_refills_with_other_clients(policy):
     assert len({c for c, _ in step.dropped}) == k
 
 
-def test_every_client_failing_is_one_error_line_from_the_cli(tmp_path, capsys):
+def test_every_client_failing_is_one_error_line_from_the_cli_before_anything_runs(tmp_path, capsys):
     from simulations import cli
 
     cfg = tmp_path / "cfg.yaml"
@@ -76,4 +75,4 @@ def test_every_client_failing_is_one_error_line_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err
-    assert errors[0].startswith("error: clock.failure_prob: 1.0 makes every client job fail")
+    assert errors[0].startswith("error: clock.failure_prob: must be a probability in [0, 1)")
