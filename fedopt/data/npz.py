@@ -36,6 +36,7 @@ from fedopt.data.arrays import (build_from_arrays, check_features, check_index,
 from fedopt.data.assemble import assemble
 from fedopt.data.checks import positive_int
 from fedopt.data.dataset import FederatedDataset
+from fedopt.memory import available_memory_bytes
 
 DEFAULT_PLAIN_CLIENTS = 100
 FEDERATED_ARRAYS = ("x_train", "y_train", "client_train", "x_test", "y_test", "client_test")
@@ -128,7 +129,6 @@ def load_npz_arrays(path: Any) -> dict[str, np.ndarray]:
     exceed the free memory, else ValueError naming ``data.path`` and the largest array (a
     compressed file can expand far beyond its own size).
     """
-    from fedopt.engine.executor import available_memory_bytes  # data is imported by engine
 
     meta = inspect_npz(path)
     p = Path(path).expanduser()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedopt.memory import available_memory_bytes
 from fedopt.rng import STREAM_BATCHES, keyed_bits
 
 
@@ -152,6 +153,4 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
 
 
 def _free_memory() -> int:
-    from fedopt.engine.executor import available_memory_bytes  # executor imports this module
-
     return available_memory_bytes(torch.device("cpu"))

@@ -12,7 +12,6 @@ raw sums for the coordinator, which applies the run's policy to the whole round.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +23,7 @@ from fedopt.engine.batches import (capped_batch_size, local_step_counts, plan_ba
                                    plan_bytes)
 from fedopt.engine.local import LocalTrainer, Params
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error, finite_rows
+from fedopt.memory import available_memory_bytes
 from fedopt.optim.core import FunctionalOptimizer
 
 #: executor policies: the run's ``on_nonfinite`` values, plus a worker's "report" (sums over the
@@ -58,20 +58,6 @@ def drop_scale(weight_sum: float, kept_weight: float) -> float:
     if kept_weight <= 0 or kept_weight == weight_sum:
         return 1.0
     return weight_sum / kept_weight
-
-
-def available_memory_bytes(device: torch.device) -> int:
-    """Free memory on ``device`` (CUDA: driver's free bytes; CPU: MemAvailable)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
 
 
 def auto_chunk_size(params: Params, optimizer: FunctionalOptimizer, batch_size: int,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fedopt.data.checks import positive_int, resolve_named
+from fedopt.memory import available_memory_bytes
 from fedopt.models.check import check_model
 from fedopt.models.cnn import CNN
 from fedopt.models.logreg import LogisticRegression
@@ -69,7 +70,6 @@ def check_model_size(factory: Callable[[], nn.Module], name: str, input_shape: t
     allocated); ValueError naming ``model.name`` and ``data.num_classes`` if they would take
     more than :data:`MAX_MODEL_MEMORY_FRACTION` of the free memory of ``device`` (CPU if None).
     """
-    from fedopt.engine.executor import available_memory_bytes  # imported on use
 
     with torch.device("meta"):
         probe = factory()
