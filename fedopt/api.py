@@ -24,10 +24,11 @@ def run(config: Mapping[str, Any] | str | os.PathLike, out_dir: str | os.PathLik
 
     The folder is checked (and locked) before anything expensive is built, and whatever was
     built (executor, Ray workers) is closed on every exit, errors included. Raises
-    ``ConfigError`` for a bad config, and from :mod:`fedopt.records`: ``RunExistsError`` (a
-    started run without ``resume``), ``ResumeMismatchError``, ``CheckpointError`` (no
-    checkpoint loads), ``MetricsError`` (rows missing from metrics.jsonl), ``RunLockedError``
-    (another process writes the folder) and ``RunDirError`` (an OS error, naming the path).
+    ``ConfigError`` for a bad config, from :mod:`fedopt.records`: ``RunExistsError`` (a
+    started run without ``resume``), ``ResumeMismatchError``, ``MetricsError`` (rows missing
+    from metrics.jsonl) and ``RunLockedError`` (another process writes the folder), from
+    :mod:`fedopt.checkpoint`: ``CheckpointError`` (no checkpoint loads), and from
+    :mod:`fedopt.runfiles`: ``RunDirError`` (an OS error, naming the path).
     """
     from fedopt.progress import Progress
     from fedopt.records import RunRecorder

@@ -9,45 +9,40 @@ Layout of one run directory::
     checkpoints/         round_000010.safetensors, round_000020.safetensors (the newest ``keep``)
     .fedopt.lock         held (``flock``) by the one process writing the run
 
-Safety rules, all enforced here:
+Safety rules, all enforced here or by the modules named:
 
-* Every whole-file write goes through a temporary file in the same directory, ``fsync`` and
-  ``os.replace``, so a crash never leaves a half-written file in place of a good one. Every file
-  of a run is created with mode ``0o666 & ~umask`` (as ``open()`` does), temporaries included.
+* Every whole-file write is atomic and every file gets mode ``0o666 & ~umask``
+  (:mod:`fedopt.runfiles`); metrics rows are appended one ``write`` each.
 * Nothing fedopt did not write is deleted or replaced: a folder is taken over only when the
   files it holds under fedopt's names were written by fedopt (a ``versions.json`` record beside
   them), checkpoint pruning only removes ``round_*.safetensors`` files whose header says fedopt
   wrote them.
 * A run is *held* once it has a metrics row, a checkpoint or a summary; until then (e.g. the
   run failed while starting) a new run may take the folder over.
-* Checkpoints never execute code when loaded: tensors in a ``safetensors`` file, the nested
-  structure and scalars as JSON in its metadata, with a SHA-256 of both (see
-  :func:`encode_checkpoint`). Old pickle checkpoints (``.pt``) are refused, never unpickled.
+* Checkpoints never execute code when loaded (:mod:`fedopt.checkpoint`: safetensors + JSON
+  structure + SHA-256). Old pickle checkpoints (``.pt``) are refused, never unpickled.
 * One writer per run: an exclusive ``flock`` on ``.fedopt.lock`` (:class:`RunLockedError`).
 * Non-finite floats in metrics and summaries are written as the strings ``"nan"``, ``"inf"``,
-  ``"-inf"`` (``null`` means "not measured") and read back as floats by :func:`read_metrics`
-  and :func:`read_summary`.
-* Every ``OSError`` met while writing a run becomes a :class:`RunDirError` naming the path.
+  ``"-inf"`` (``null`` means "not measured"; :mod:`fedopt.jsonio`) and read back as floats by
+  :func:`read_metrics` and :func:`read_summary`.
+* Every ``OSError`` met while writing a run becomes a
+  :class:`~fedopt.runfiles.RunDirError` naming the path.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import datetime as _dt
-import enum
-import hashlib
 import json
-import math
 import os
-import platform
 import re
-import secrets
-import socket
-import sys
 import warnings
-from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
+
+from fedopt.checkpoint import (CheckpointError, encode_checkpoint, is_fedopt_checkpoint,
+                               load_checkpoint, pickle_checkpoint_error)
+from fedopt.environment import environment_info
+from fedopt.jsonio import from_jsonable_floats, read_json, to_json_line, to_jsonable
+from fedopt.runfiles import (FILE_MODE, RunDirError, atomic_write_bytes, atomic_write_json,
+                             run_dir_errors, write_all)
 
 try:
     import fcntl
@@ -63,13 +58,11 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".fedopt.lock"
 CHECKPOINT_SUFFIX = ".safetensors"
-CHECKPOINT_FORMAT = "fedopt-checkpoint/1"
 _ROUND_FILE = re.compile(r"^round_(\d+)\.safetensors$")
 _PICKLE_FILE = re.compile(r"^(round_\d+|latest)\.pt$")   # fedopt's old (pickle) checkpoints
 _TMP_FILE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 #: Config keys a resumed run may change: how long it runs (more rounds, a longer time budget).
 RESUMABLE_CHANGES = frozenset({"algorithm.rounds", "algorithm.time_budget"})
-_FILE_MODE = 0o666   # minus the umask, by the kernel: the mode open() gives new files
 
 
 class RunExistsError(FileExistsError, ValueError):
@@ -81,470 +74,12 @@ class ResumeMismatchError(ValueError):
     """A resumed run was given a config or seed that differs from the recorded one."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is damaged, not a fedopt checkpoint, or an old pickle checkpoint."""
-
-
 class MetricsError(ValueError):
     """``metrics.jsonl`` does not match the checkpoint a run resumes from (rows missing)."""
 
 
-class RunDirError(OSError):
-    """An operating-system error on a run directory (permissions, full disk, not a folder);
-    the message names the path."""
-
-
 class RunLockedError(RunDirError):
     """Another process is writing the same run directory."""
-
-
-@contextlib.contextmanager
-def _io(path: PathLike, action: str) -> Iterator[None]:
-    """Turn an ``OSError`` into one :class:`RunDirError` naming ``path``."""
-    try:
-        yield
-    except RunDirError:
-        raise
-    except OSError as e:
-        reason = e.strerror or str(e) or type(e).__name__
-        raise RunDirError(f"{os.fspath(path)}: cannot {action}: {reason}") from e
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-def _fsync_dir(directory: PathLike) -> None:
-    """Best effort: make the rename itself durable (not supported on every OS)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file + fsync + ``os.replace``).
-
-    The file gets mode ``0o666 & ~umask``. Raises ``TypeError`` for non-bytes ``data`` and
-    the ``OSError`` of a failed write, after removing the temporary file.
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data: expected bytes, got {type(data).__name__}")
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)   # our own temporary file
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def atomic_write_json(path: PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (see :func:`to_jsonable` for the conversions)."""
-    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode())
-
-
-# ----------------------------------------------------------------------------- JSON conversion
-
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def _float_text(x: float) -> float | str:
-    if math.isfinite(x):
-        return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-
-
-def to_jsonable(obj: Any, where: str = "value") -> Any:
-    """Plain JSON data from ``obj``: tensors and numpy values become numbers or lists,
-    non-finite floats the strings ``"nan"``, ``"inf"``, ``"-inf"`` (``None`` stays ``null``:
-    "not measured"), tuples lists, paths strings, dataclasses dicts.
-
-    Raises ``TypeError`` naming the offending entry for anything else.
-    """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return _float_text(float(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, enum.Enum):
-        return to_jsonable(obj.value, where)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj), where)
-    mod = type(obj).__module__
-    if mod.startswith("torch") and hasattr(obj, "tolist"):  # tensors, incl. 0-d
-        return to_jsonable(obj.detach().cpu().tolist(), where)
-    if mod.startswith("numpy") and hasattr(obj, "tolist"):  # ndarrays and numpy scalars
-        return to_jsonable(obj.tolist(), where)
-    if mod == "torch" and type(obj).__name__ in ("dtype", "device"):
-        return str(obj)
-    raise TypeError(f"{where}: cannot convert {type(obj).__name__} to JSON")
-
-
-def from_jsonable_floats(obj: Any) -> Any:
-    """Inverse of the non-finite rule of :func:`to_jsonable` on recorded values: the strings
-    ``"nan"``, ``"inf"``, ``"-inf"`` (anywhere in dicts and lists) become floats."""
-    if isinstance(obj, str):
-        return _NON_FINITE.get(obj, obj)
-    if isinstance(obj, dict):
-        return {k: from_jsonable_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_jsonable_floats(v) for v in obj]
-    return obj
-
-
-def _dumps_line(row: Mapping[str, Any]) -> str:
-    return json.dumps(to_jsonable(row, "metrics"), allow_nan=False)
-
-
-# ----------------------------------------------------------------------------- environment
-
-def _package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit(start: PathLike) -> str | None:
-    """HEAD commit of the git checkout holding ``start``, read from ``.git`` (no subprocess)."""
-    try:
-        here = Path(start).resolve()
-        for d in (here, *here.parents):
-            git = d / ".git"
-            if git.is_file():  # worktree / submodule: "gitdir: <path>"
-                text = git.read_text().strip()
-                if not text.startswith("gitdir:"):
-                    return None
-                git = (d / text.split(":", 1)[1].strip()).resolve()
-            if git.is_dir():
-                break
-        else:
-            return None
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head or None  # detached HEAD
-        ref = head.split(":", 1)[1].strip()
-        common = git
-        if (git / "commondir").is_file():
-            common = (git / (git / "commondir").read_text().strip()).resolve()
-        for base in (git, common):
-            if (base / ref).is_file():
-                return (base / ref).read_text().strip() or None
-        packed = common / "packed-refs"
-        if packed.is_file():
-            for line in packed.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[1] == ref:
-                    return parts[0]
-    except OSError:
-        return None
-    return None  # branch without commits yet
-
-
-def environment_info() -> dict[str, Any]:
-    """Versions and host facts worth recording next to a result (fast, never raises)."""
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "executable": sys.executable,
-        "fedopt": _package_version("fedopt"),
-        "torch": None,
-        "numpy": None,
-        "ray": _package_version("ray"),  # metadata only: importing ray takes seconds
-        "grpcio": _package_version("grpcio"),
-        "cuda": None,
-        "cuda_device": None,
-        "git_commit": _git_commit(Path(__file__).parent),
-        "hostname": socket.gethostname(),
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    try:
-        import numpy
-
-        info["numpy"] = numpy.__version__
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
-        if torch.cuda.is_available():
-            info["cuda_device"] = torch.cuda.get_device_name(0)
-    except Exception:  # a broken CUDA setup must not stop a run from being recorded
-        pass
-    return info
-
-
-# ----------------------------------------------------------------------------- checkpoint format
-
-def _tensor_name(path: str, taken: set[str]) -> str:
-    name = path or "tensor"
-    if name in taken or name == "__metadata__":
-        i = 1
-        while f"{name}#{i}" in taken:
-            i += 1
-        name = f"{name}#{i}"
-    taken.add(name)
-    return name
-
-
-class _Encoder:
-    """Nested Python/torch values -> (JSON structure, flat tensor dict). Every container and
-    every non-JSON leaf is a one-key object (``{"dict": [[k, v], ...]}``, ``{"tensor": name}``,
-    ...), so the structure is unambiguous; a tensor object met twice is stored once."""
-
-    _SAFE_INT = 2 ** 53
-
-    def __init__(self) -> None:
-        import torch
-
-        self.torch = torch
-        self.tensors: dict[str, Any] = {}
-        self.memo: dict[int, str] = {}
-        self.names: set[str] = set()
-
-    def _store(self, t: Any, path: str) -> str:
-        torch = self.torch
-        if t.layout != torch.strided:
-            raise TypeError(f"{path}: cannot store a {t.layout} tensor in a checkpoint")
-        if t.dtype not in _SAFETENSORS_DTYPES:
-            raise TypeError(f"{path}: cannot store a {t.dtype} tensor in a checkpoint")
-        key = id(t)
-        if key not in self.memo:
-            name = _tensor_name(path, self.names)
-            self.tensors[name] = t.detach().to("cpu", copy=True,
-                                               memory_format=torch.contiguous_format)
-            self.memo[key] = name
-        return self.memo[key]
-
-    def encode(self, obj: Any, path: str) -> Any:
-        torch = self.torch
-        if obj is None or isinstance(obj, (bool, str)):
-            return obj
-        if isinstance(obj, int):
-            return int(obj) if abs(obj) <= self._SAFE_INT else {"int": str(int(obj))}
-        if isinstance(obj, float):
-            return float(obj) if math.isfinite(obj) else {"float": _float_text(float(obj))}
-        if isinstance(obj, torch.Tensor):
-            out: dict[str, Any] = {"tensor": self._store(obj, path)}
-            if obj.requires_grad:
-                out["requires_grad"] = True
-            return out
-        if isinstance(obj, Mapping):
-            return {"dict": [[self.encode(k, f"{path}/<key>"),
-                              self.encode(v, f"{path}/{k}" if path else str(k))]
-                             for k, v in obj.items()]}
-        if type(obj) is list or type(obj) is tuple:
-            kind = type(obj).__name__
-            return {kind: [self.encode(v, f"{path}/{i}") for i, v in enumerate(obj)]}
-        mod = type(obj).__module__
-        if mod == "numpy":
-            import numpy as np
-
-            if isinstance(obj, np.ndarray):
-                if obj.dtype == object:
-                    raise TypeError(f"{path}: cannot store an object array in a checkpoint")
-                return {"ndarray": self._store(torch.from_numpy(np.ascontiguousarray(obj)), path)}
-            if isinstance(obj, np.generic):
-                return {"numpy": [obj.dtype.str, self.encode(obj.item(), path)]}
-        raise TypeError(f"{path or 'checkpoint'}: cannot store {type(obj).__name__} in a "
-                        f"checkpoint (tensors, numpy arrays, dicts, lists, tuples, str, int, "
-                        f"float, bool and None only)")
-
-
-def _decode(obj: Any, tensors: Mapping[str, Any], source: str) -> Any:
-    if obj is None or isinstance(obj, (bool, str, int, float)):
-        return obj
-    if isinstance(obj, dict) and len(obj) >= 1:
-        tag = next(iter(obj))
-        value = obj[tag]
-        if tag == "dict":
-            return {_decode(k, tensors, source): _decode(v, tensors, source) for k, v in value}
-        if tag == "list":
-            return [_decode(v, tensors, source) for v in value]
-        if tag == "tuple":
-            return tuple(_decode(v, tensors, source) for v in value)
-        if tag == "int":
-            return int(value)
-        if tag == "float":
-            return _NON_FINITE[value]
-        if tag == "tensor":
-            t = tensors[value]
-            return t.requires_grad_(True) if obj.get("requires_grad") else t
-        if tag == "ndarray":
-            return tensors[value].numpy()
-        if tag == "numpy":
-            import numpy as np
-
-            return np.dtype(value[0]).type(_decode(value[1], tensors, source))
-    raise CheckpointError(f"{source}: unknown entry {str(obj)[:80]!r} in the checkpoint structure")
-
-
-def _lazy_dtypes() -> frozenset:
-    import torch
-
-    names = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16",
-             "float32", "float64")
-    return frozenset(getattr(torch, n) for n in names)
-
-
-class _Dtypes:
-    """Dtypes a safetensors file can hold (built on first use: keeps ``import`` free of torch)."""
-
-    _set: frozenset | None = None
-
-    def __contains__(self, dtype: Any) -> bool:
-        if _Dtypes._set is None:
-            _Dtypes._set = _lazy_dtypes()
-        return dtype in _Dtypes._set
-
-
-_SAFETENSORS_DTYPES = _Dtypes()
-
-
-def _digest(structure: str, tensors: Mapping[str, Any]) -> str:
-    """SHA-256 of the structure JSON and of every tensor's name, dtype, shape and bytes."""
-    import torch
-
-    h = hashlib.sha256(structure.encode())
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        flat = t.contiguous().reshape(-1)
-        if flat.numel():
-            h.update(memoryview(flat.view(torch.uint8).numpy()))
-    return h.hexdigest()
-
-
-def encode_checkpoint(state: Mapping[str, Any]) -> bytes:
-    """The bytes of a checkpoint file: a ``safetensors`` file whose tensors are those of the
-    nested ``state`` (named by their path, e.g. ``server/params/fc.weight``) and whose metadata
-    holds the structure and scalars as JSON (``structure``), a SHA-256 of both (``sha256``) and
-    the format tag. Round-trips exactly through :func:`decode_checkpoint`: every tensor dtype
-    safetensors knows (bit for bit, incl. empty and non-contiguous tensors), nested
-    dicts (any JSON-able keys, order kept), lists, tuples, ``None``, bools, ints of any size,
-    floats incl. non-finite ones, numpy arrays and scalars.
-
-    Raises ``TypeError`` naming the path of a value it cannot store.
-    """
-    from safetensors.torch import save
-
-    if not isinstance(state, Mapping):
-        raise TypeError(f"state: expected a mapping, got {type(state).__name__}")
-    enc = _Encoder()
-    structure = json.dumps(enc.encode(state, ""), allow_nan=False, separators=(",", ":"))
-    meta = {"format": CHECKPOINT_FORMAT, "structure": structure,
-            "sha256": _digest(structure, enc.tensors)}
-    return save(enc.tensors, metadata=meta)
-
-
-def _is_pickle(data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"   # torch.save zip / raw pickle
-
-
-def _header(data: bytes, source: str, check_size: bool = True) -> dict[str, Any]:
-    if len(data) < 8:
-        raise CheckpointError(f"{source}: truncated ({len(data)} bytes)")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise CheckpointError(f"{source}: truncated (header of {n} bytes, file of {len(data)})")
-    try:
-        header = json.loads(data[8:8 + n])
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{source}: damaged (its header is not valid JSON)") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{source}: not a fedopt checkpoint (no {CHECKPOINT_FORMAT!r} "
-                              f"metadata)")
-    if check_size:
-        try:
-            ends = [int(e["data_offsets"][1]) for k, e in header.items() if k != "__metadata__"]
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise CheckpointError(f"{source}: damaged (bad tensor table)") from None
-        need = 8 + n + max(ends, default=0)
-        if len(data) < need:
-            raise CheckpointError(f"{source}: truncated ({len(data)} of {need} bytes)")
-    return meta
-
-
-def decode_checkpoint(data: bytes, source: str = "checkpoint") -> dict[str, Any]:
-    """The state encoded by :func:`encode_checkpoint`; never executes code from the file.
-
-    Raises :class:`CheckpointError` naming ``source`` when the bytes are truncated, damaged
-    (checksum mismatch), not a fedopt checkpoint, or a pickle (``torch.save``) checkpoint.
-    """
-    from safetensors.torch import load
-
-    if _is_pickle(data):
-        raise CheckpointError(
-            f"{source}: a pickle checkpoint (torch.save, written by an older fedopt); fedopt "
-            f"never unpickles files, since that can run arbitrary code; rerun into a new out "
-            f"directory")
-    meta = _header(data, source)
-    try:
-        tensors = load(bytes(data))
-    except Exception as e:   # safetensors' own error type: truncated or damaged tensor table
-        raise CheckpointError(f"{source}: damaged ({e})") from None
-    structure = meta.get("structure", "")
-    if _digest(structure, tensors) != meta.get("sha256"):
-        raise CheckpointError(f"{source}: damaged (checksum mismatch)")
-    try:
-        state = _decode(json.loads(structure), tensors, source)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{source}: damaged structure ({e})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{source}: not a fedopt checkpoint (got {type(state).__name__})")
-    return state
-
-
-def _written_by_fedopt(path: Path) -> bool:
-    """Whether ``path`` starts with a fedopt checkpoint header (reads the header only)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return False
-            n = int.from_bytes(head, "little")
-            if n > 100_000_000:
-                return False
-            _header(head + f.read(n), os.fspath(path), check_size=False)
-        return True
-    except (OSError, CheckpointError):
-        return False
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -623,12 +158,6 @@ def read_metrics(out_dir: PathLike) -> list[dict[str, Any]]:
     return [from_jsonable_floats(r) for r in _split_lines(path.read_bytes(), os.fspath(path))[1]]
 
 
-def read_json(path: PathLike) -> Any:
-    """Parse one JSON file (as written: no conversion of non-finite markers)."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def read_summary(path: PathLike) -> Any:
     """``summary.json`` of a run directory (or that file), with ``"nan"``/``"inf"``/``"-inf"``
     turned back into floats. Raises ``FileNotFoundError`` when it is missing."""
@@ -656,35 +185,6 @@ def latest_checkpoint(out_dir: PathLike) -> str | None:
     return os.fspath(files[-1][1]) if files else None
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load and verify a checkpoint written by :meth:`RunRecorder.save_checkpoint`
-    (a dict with key ``round``); tensors are moved to ``map_location``.
-
-    Raises :class:`CheckpointError` naming the file when it is truncated, damaged, not a
-    fedopt checkpoint or an old pickle checkpoint (never unpickled), ``FileNotFoundError``
-    when it is missing.
-    """
-    source = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    state = decode_checkpoint(data, source)
-    if map_location is not None and str(map_location) != "cpu":
-        state = _move(state, map_location)
-    return state
-
-
-def _move(obj: Any, device: Any) -> Any:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(v, device) for v in obj)
-    return obj
-
-
 def load_resume_checkpoint(out_dir: PathLike) -> dict[str, Any] | None:
     """The newest checkpoint of a run that loads and verifies, or ``None`` when there is none.
 
@@ -697,10 +197,7 @@ def load_resume_checkpoint(out_dir: PathLike) -> dict[str, Any] | None:
     if not files:
         old = sorted(p.name for p in _checkpoint_files(out_dir) if _PICKLE_FILE.match(p.name))
         if old:
-            raise CheckpointError(
-                f"{os.fspath(ckpt_dir / old[-1])}: a pickle checkpoint (torch.save, written by "
-                f"an older fedopt); fedopt never unpickles files, since that can run arbitrary "
-                f"code; rerun into a new out directory")
+            raise pickle_checkpoint_error(os.fspath(ckpt_dir / old[-1]))
         return None
     problems = []
     for r, path in reversed(files):
@@ -812,7 +309,7 @@ class RunRecorder:
         out = Path(self.out_dir)
         if out.exists() and not out.is_dir():
             raise RunDirError(f"out_dir: {self.out_dir} exists and is not a directory")
-        with _io(out, "create the run directory"):
+        with run_dir_errors(out, "create the run directory"):
             out.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
@@ -823,8 +320,8 @@ class RunRecorder:
 
     def _lock(self) -> None:
         path = Path(self.out_dir) / LOCK_FILE
-        with _io(path, "create the lock file"):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        with run_dir_errors(path, "create the lock file"):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         if fcntl is None:  # pragma: no cover
             self._lock_fd = fd
             return
@@ -854,9 +351,9 @@ class RunRecorder:
         if self.resume and (out / CONFIG_FILE).exists():
             warnings.warn(f"{self.out_dir}: no checkpoint or metrics row yet; starting the run "
                           f"from round 0", stacklevel=3)
-        with _io(out / VERSIONS_FILE, "write"):
+        with run_dir_errors(out / VERSIONS_FILE, "write"):
             atomic_write_json(out / VERSIONS_FILE, {**environment_info(), "seed": self.seed})
-        with _io(out / CONFIG_FILE, "write"):
+        with run_dir_errors(out / CONFIG_FILE, "write"):
             atomic_write_json(out / CONFIG_FILE, self.config)
         self._rows = 0 if not (out / METRICS_FILE).exists() else None
 
@@ -865,7 +362,7 @@ class RunRecorder:
         if not config_path.is_file():
             raise ResumeMismatchError(f"{config_path}: missing, so the recorded config cannot be "
                                       f"checked; rerun into a new out directory")
-        with _io(config_path, "read"):
+        with run_dir_errors(config_path, "read"):
             old = read_json(config_path)
         changed = [k for k in _diff_keys(old, self.config) if k not in RESUMABLE_CHANGES]
         if changed:
@@ -873,7 +370,7 @@ class RunRecorder:
                 f"{changed[0]}: differs from the recorded config of {self.out_dir} "
                 f"(changed: {', '.join(changed)}); resume with the same config or use another --out")
         versions_path = out / VERSIONS_FILE
-        with _io(versions_path, "read"):
+        with run_dir_errors(versions_path, "read"):
             versions = read_json(versions_path) if versions_path.is_file() else {"seed": self.seed}
         if versions.get("seed", self.seed) != self.seed:
             raise ResumeMismatchError(f"seed: {self.seed} differs from the recorded seed "
@@ -888,10 +385,10 @@ class RunRecorder:
         env = environment_info()
         versions.setdefault("resumed", []).append(
             {k: env[k] for k in ("time", "hostname", "git_commit", "fedopt", "torch")})
-        with _io(versions_path, "write"):
+        with run_dir_errors(versions_path, "write"):
             atomic_write_json(versions_path, versions)
         if old != self.config:  # a longer run: record the config the run now follows
-            with _io(config_path, "write"):
+            with run_dir_errors(config_path, "write"):
                 atomic_write_json(config_path, self.config)
 
     def apply_kept_values(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -921,13 +418,13 @@ class RunRecorder:
         Raises :class:`RunDirError` naming the file when the write fails."""
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics: expected a mapping, got {type(metrics).__name__}")
-        line = (_dumps_line(metrics) + "\n").encode()
-        with _io(self.metrics_path, "write"):
+        line = (to_json_line(metrics, "metrics") + "\n").encode()
+        with run_dir_errors(self.metrics_path, "write"):
             if self._metrics_fd is None:
                 self._metrics_fd = self._open_metrics()
             if self._rows is None:
                 self._rows = len(self.read_metrics())
-            _write_all(self._metrics_fd, line)
+            write_all(self._metrics_fd, line)
         self._rows += 1
 
     def _open_metrics(self) -> int:
@@ -938,14 +435,14 @@ class RunRecorder:
                 needs_newline = f.read(1) != b"\n"
             if needs_newline:  # a crash left a partial line: drop it first
                 self._rewrite_metrics(lambda row: True)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
 
     def _rewrite_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> int:
         path = Path(self.metrics_path)
         if not path.is_file():
             self._rows = 0
             return 0
-        with _io(path, "rewrite"):
+        with run_dir_errors(path, "rewrite"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 lines, rows = _split_lines(path.read_bytes(), os.fspath(path))
@@ -1000,7 +497,7 @@ class RunRecorder:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` atomically (non-finite floats as ``"nan"``/``"inf"``)."""
         path = _run_path(self.out_dir, SUMMARY_FILE)
-        with _io(path, "write"):
+        with run_dir_errors(path, "write"):
             atomic_write_json(path, summary)
 
     # --------------------------------------------------------------- checkpoints
@@ -1021,15 +518,15 @@ class RunRecorder:
         data = encode_checkpoint({**state, "round": round, "metrics_rows": self._rows})
         ckpt_dir = Path(self.checkpoint_dir)
         target = ckpt_dir / f"round_{round:06d}{CHECKPOINT_SUFFIX}"
-        with _io(target, "write"):
+        with run_dir_errors(target, "write"):
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, data)
         files = _round_files(ckpt_dir)
         stale = [p for r, p in files if r > round]  # from an abandoned, later trajectory
         older = [p for r, p in files if r < round]
         for p in stale + older[:max(0, len(older) - (self.keep - 1))]:
-            if _written_by_fedopt(p):
-                with _io(p, "remove"):
+            if is_fedopt_checkpoint(p):
+                with run_dir_errors(p, "remove"):
                     p.unlink(missing_ok=True)
         return os.fspath(target)
 
@@ -1086,7 +583,7 @@ def remove_run_dir(run_dir: PathLike, dry_run: bool = False) -> None:
                           f"{VERSIONS_FILE}); left alone")
     files: list[Path] = []
     dirs: list[Path] = []
-    with _io(d, "list"):
+    with run_dir_errors(d, "list"):
         for p in d.iterdir():
             if p.name in _RUN_FILES and p.is_file() and not p.is_symlink():
                 files.append(p)
@@ -1115,8 +612,8 @@ def remove_run_dir(run_dir: PathLike, dry_run: bool = False) -> None:
     if dry_run:
         return
     for p in files:
-        with _io(p, "remove"):
+        with run_dir_errors(p, "remove"):
             p.unlink()
     for p in [*dirs, d]:
-        with _io(p, "remove"):
+        with run_dir_errors(p, "remove"):
             p.rmdir()

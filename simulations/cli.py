@@ -57,8 +57,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         errors.append(ConfigError)
     except ImportError:
         pass
-    from fedopt.records import (CheckpointError, MetricsError, ResumeMismatchError, RunDirError,
-                                RunExistsError)
+    from fedopt.checkpoint import CheckpointError
+    from fedopt.records import MetricsError, ResumeMismatchError, RunExistsError
+    from fedopt.runfiles import RunDirError
 
     errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
@@ -179,9 +180,8 @@ def _load(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedopt.records import holds_run
-
-    from fedopt.records import RunDirError, RunExistsError
+    from fedopt.records import RunExistsError, holds_run
+    from fedopt.runfiles import RunDirError
 
     config = _load(args)
     out_dir = args.out or default_out_dir(args.config)
@@ -231,8 +231,9 @@ def _require_run_dir(run_dir: str) -> Path:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from fedopt.records import (CONFIG_FILE, SUMMARY_FILE, latest_checkpoint, read_json,
-                                read_metrics, read_summary)
+    from fedopt.jsonio import read_json
+    from fedopt.records import (CONFIG_FILE, SUMMARY_FILE, latest_checkpoint, read_metrics,
+                                read_summary)
 
     path = _require_run_dir(args.run_dir)
     print(f"run: {path}")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import fedopt
 from fedopt.config import load_config
-from fedopt.records import RunDirError, remove_run_dir
+from fedopt.records import remove_run_dir
+from fedopt.runfiles import RunDirError
 from simulations.plot import plot_runs, results_table
 
 CONFIGS = Path(__file__).parent / "configs"

@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fedopt.records import CONFIG_FILE, read_json, read_metrics
+from fedopt.jsonio import read_json
+from fedopt.records import CONFIG_FILE, read_metrics
 
 PathLike = str | os.PathLike
 

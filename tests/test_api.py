@@ -8,8 +8,8 @@ import torch
 
 import fedopt
 from fedopt import simulation
-from fedopt.records import (CheckpointError, MetricsError, RunExistsError, RunLockedError,
-                            RunRecorder, read_metrics)
+from fedopt.checkpoint import CheckpointError
+from fedopt.records import MetricsError, RunExistsError, RunLockedError, RunRecorder, read_metrics
 
 TIME_KEYS = {"wall_time_s", "train_time_s", "client_updates_per_s"}
 

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedopt import records
-from fedopt.records import (CheckpointError, MetricsError, ResumeMismatchError, RunDirError,
-                            RunExistsError, RunLockedError, RunRecorder, atomic_write_bytes,
-                            atomic_write_json, decode_checkpoint, encode_checkpoint,
-                            environment_info, holds_run, latest_checkpoint, load_checkpoint,
-                            load_resume_checkpoint, read_metrics, read_summary, remove_run_dir,
-                            to_jsonable)
+from fedopt import environment, runfiles
+from fedopt.checkpoint import (CheckpointError, decode_checkpoint, encode_checkpoint,
+                               load_checkpoint)
+from fedopt.environment import environment_info
+from fedopt.jsonio import to_jsonable
+from fedopt.records import (MetricsError, ResumeMismatchError, RunExistsError, RunLockedError,
+                            RunRecorder, holds_run, latest_checkpoint, load_resume_checkpoint,
+                            read_metrics, read_summary, remove_run_dir)
+from fedopt.runfiles import RunDirError, atomic_write_bytes, atomic_write_json
 
 CONFIG = {"seed": 3, "algorithm": {"name": "fedavg", "rounds": 5}, "data": {"num_clients": 4}}
 
@@ -46,7 +48,7 @@ def test_failure_mid_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     def broken_fsync(fd):  # data half-way to disk when the "crash" happens
         raise OSError("disk full")
 
-    monkeypatch.setattr(records.os, "fsync", broken_fsync)
+    monkeypatch.setattr(runfiles.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_json(path, {"a": 2, "b": "x" * 10_000})
     assert json.loads(path.read_text()) == {"a": 1}
@@ -62,10 +64,10 @@ def test_atomic_write_killed_mid_write_keeps_old_file(tmp_path, monkeypatch):
         real_write(fd, bytes(data)[:5])
         raise KeyboardInterrupt   # killed half-way
 
-    monkeypatch.setattr(records.os, "write", partial_write)
+    monkeypatch.setattr(runfiles.os, "write", partial_write)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(path, encode_checkpoint({"w": torch.zeros(3)}))
-    monkeypatch.setattr(records.os, "write", real_write)
+    monkeypatch.setattr(runfiles.os, "write", real_write)
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
     assert leftovers(tmp_path) == []
 
@@ -107,16 +109,16 @@ def test_environment_info_fields():
 
 
 def test_git_commit_reads_refs_and_tolerates_non_checkout(tmp_path):
-    assert records._git_commit(tmp_path) is None  # not a git checkout: no error
+    assert environment.git_commit(tmp_path) is None  # not a git checkout: no error
     git = tmp_path / "repo" / ".git"
     (git / "refs" / "heads").mkdir(parents=True)
     (git / "HEAD").write_text("ref: refs/heads/main\n")
-    assert records._git_commit(tmp_path / "repo") is None  # branch without commits
+    assert environment.git_commit(tmp_path / "repo") is None  # branch without commits
     (git / "packed-refs").write_text("# pack-refs\n" + "a" * 40 + " refs/heads/main\n")
-    assert records._git_commit(tmp_path / "repo") == "a" * 40
+    assert environment.git_commit(tmp_path / "repo") == "a" * 40
     (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
     (tmp_path / "repo" / "pkg").mkdir()
-    assert records._git_commit(tmp_path / "repo" / "pkg") == "b" * 40
+    assert environment.git_commit(tmp_path / "repo" / "pkg") == "b" * 40
 
 
 # ----------------------------------------------------------------------------- recorder
@@ -531,7 +533,7 @@ def test_full_disk_is_one_error_naming_the_file(tmp_path, monkeypatch):
     def no_space(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(records.os, "write", no_space)
+    monkeypatch.setattr(runfiles.os, "write", no_space)
     with pytest.raises(RunDirError, match=r"metrics\.jsonl: cannot write: No space left"):
         rec.log({"round": 2})
     with pytest.raises(RunDirError, match=r"round_000002\.safetensors: cannot write: No space"):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import fedopt
-from fedopt.records import latest_checkpoint, load_checkpoint, read_metrics
+from fedopt.checkpoint import load_checkpoint
+from fedopt.records import latest_checkpoint, read_metrics
 
 CLOCK = {"compute": {"name": "markov", "good": {"name": "exponential", "scale": 0.5},
                      "bad": {"name": "constant", "value": 4.0}},

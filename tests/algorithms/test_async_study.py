@@ -8,7 +8,8 @@ import yaml
 
 from fedopt.data import build_dataset
 from fedopt.config import load_config
-from fedopt.records import read_json, read_metrics
+from fedopt.jsonio import read_json
+from fedopt.records import read_metrics
 from simulations.studies.asynchrony import run as study_run
 
 STUDY = {

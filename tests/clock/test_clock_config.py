@@ -61,7 +61,7 @@ def test_a_recorded_config_loads_back_unchanged():
     """config.json writes +inf as null; the clock section must read it back as +inf."""
     import json
 
-    from fedopt.records import to_jsonable
+    from fedopt.jsonio import to_jsonable
 
     section = {"compute": {"name": "constant", "value": math.inf},
                "speed": {"name": "list", "values": [1.0, math.inf]},

@@ -17,7 +17,7 @@ import torch
 from fedopt.algorithms.base import ServerState
 from fedopt.clock import VirtualClock, validate_clock_config
 from fedopt.config import load_config
-from fedopt.records import decode_checkpoint, encode_checkpoint
+from fedopt.checkpoint import decode_checkpoint, encode_checkpoint
 from fedopt.simulation import Simulation
 from server.ray_async import delay_from_clock
 from server.realtime import RealTimeAsync
