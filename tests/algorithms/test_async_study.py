@@ -1,6 +1,8 @@
 """The asynchrony study's sweep end to end on a tiny study description: equal virtual-time
-budgets, the slow cohort resolved from the data, table and plots written."""
+budgets, the slow cohort resolved from the data, table and plots written; the studies write only
+into an output folder they created, atomically, NaN as "nan"."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,8 +11,10 @@ import yaml
 from fedopt.data import build_dataset
 from fedopt.config import load_config
 from fedopt.jsonio import read_json
-from fedopt.records import read_metrics
+from fedopt.records import RunExistsError, read_metrics
+from simulations.studies import STUDY_RECORD
 from simulations.studies.asynchrony import run as study_run
+from simulations.studies.drift import run as drift_run
 
 STUDY = {
     "num_clients": 6, "seeds": [0, 1], "eval_points": 5,
@@ -57,3 +61,66 @@ def test_tiny_study_end_to_end(tmp_path):
     assert curve[0]["virtual_time"] == 0.0 and curve[-1]["virtual_time"] == 12.0
     assert json.loads((out / "results.json").read_text())["rows"][0]["seeds"] == 2
     assert X_AXES == X_AXES_BEFORE                                  # left as it was
+    assert read_json(out / STUDY_RECORD)["study"] == "asynchrony"
+    again = study_run.run_study(out, study_file=tmp_path / "study.yaml",  # its own folder:
+                                scenario_dir=tmp_path / "scen", log=lambda *_: None)  # taken
+    assert [r["acc_T"] for r in again["summary"]] == [r["acc_T"] for r in res["summary"]]
+    assert not list(out.rglob("*.tmp"))
+
+
+def _tiny_study(tmp_path):
+    (tmp_path / "scen").mkdir()
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(STUDY))
+    (tmp_path / "scen" / "cohort.yaml").write_text(yaml.safe_dump(SCENARIO))
+    return {"study_file": tmp_path / "study.yaml", "scenario_dir": tmp_path / "scen",
+            "log": lambda *_: None}
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.read_bytes() if p.is_file() else None)
+            for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("study", ["asynchrony", "drift"])
+@pytest.mark.parametrize("foreign", ["results.md", "results.json", "curves/x/metrics.jsonl",
+                                     "notes.txt"])
+def test_a_study_never_overwrites_a_file_it_did_not_write(tmp_path, study, foreign):
+    """Regression: the studies wrote results.* and curves over whatever was in --out."""
+    out = tmp_path / "out"
+    (out / foreign).parent.mkdir(parents=True)
+    (out / foreign).write_text("mine, not the study's\n")
+    before = _snapshot(out)
+    with pytest.raises(RunExistsError, match="not written by the .* study"):
+        if study == "asynchrony":
+            study_run.run_study(out, **_tiny_study(tmp_path))
+        else:
+            drift_run.run_study(out, quick=True, verbose=False)
+    assert _snapshot(out) == before                   # nothing written, nothing replaced
+
+
+def test_a_study_refuses_the_folder_of_another_study(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / STUDY_RECORD).write_text(json.dumps({"study": "drift", "fedopt": "0.1.0"}))
+    (out / "results.md").write_text("the drift study's table\n")
+    before = _snapshot(out)
+    with pytest.raises(RunExistsError, match="output of the drift study"):
+        study_run.run_study(out, **_tiny_study(tmp_path))
+    assert _snapshot(out) == before
+    # the command line: one error line, exit status 2
+    assert study_run.main(["--out", str(out)]) == 2
+    assert "error: --out:" in capsys.readouterr().err
+
+
+def test_curves_are_written_atomically_with_nan_as_a_string(tmp_path):
+    rows = [{"round": 1, "virtual_time": 1.0, "client_updates": 3, "test_accuracy": 0.5,
+             "train_loss": math.nan, "test_loss": math.inf}]
+    initial = {"round": 0, "virtual_time": 0.0, "client_updates": 0, "test_accuracy": 0.25,
+               "train_loss": 1.0, "test_loss": 1.0}
+    path = study_run.write_curve(tmp_path / "curve", initial, rows, budget=2.0)
+    text = (path / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text and '"nan"' in text
+    back = read_metrics(path)
+    assert [r["virtual_time"] for r in back] == [0.0, 1.0, 2.0]
+    assert math.isnan(back[1]["train_loss"]) and back[2]["test_loss"] == math.inf
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -16,19 +16,23 @@ summary; a finished run found there is reused). Then it writes
 * ``DIR/plots/<dataset>/<scenario>/<metric>_vs_{virtual_time,client_updates}.png`` — curves
   averaged over seeds with a min/max band (drawn from ``DIR/curves/...``: each run's rows plus
   its initial model at t = 0 and its last state carried to t = T).
+
+DIR must be new, empty, or a folder this study created (its ``study.json``): the study never
+overwrites a file it did not write. Every file is written atomically, non-finite numbers as
+``"nan"``/``"inf"``/``"-inf"`` (:mod:`fedopt.jsonio`).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from simulations.studies import deep_merge
+from simulations.studies import claim_out_dir, deep_merge
 
 HERE = Path(__file__).parent
 STUDY_FILE = HERE / "study.yaml"
@@ -106,13 +110,14 @@ def write_curve(path: Path, initial: dict[str, Any], rows: list[dict[str, Any]],
     """Plot input of one run: the initial model at t = 0, the recorded rows, and the last row
     carried to t = T (the model does not change between server steps), so that the curves of
     all seeds span [0, T] in virtual time and start at 0 client updates."""
+    from fedopt.jsonio import to_json_line
     from fedopt.records import METRICS_FILE
+    from fedopt.runfiles import atomic_write_bytes
 
     path.mkdir(parents=True, exist_ok=True)
     tail = [{**rows[-1], "virtual_time": budget}] if rows[-1]["virtual_time"] < budget else []
-    with open(path / METRICS_FILE, "w") as f:
-        for r in [initial, *rows, *tail]:
-            f.write(json.dumps(r, default=lambda v: None) + "\n")
+    text = "".join(to_json_line(r) + "\n" for r in [initial, *rows, *tail])
+    atomic_write_bytes(path / METRICS_FILE, text.encode())
     return path
 
 
@@ -177,11 +182,12 @@ def run_study(out: str | Path, quick: bool = False, seeds: list[int] | None = No
               log=print) -> dict[str, Any]:
     from fedopt.api import run as fedopt_run
     from fedopt.records import SUMMARY_FILE, read_metrics
+    from fedopt.runfiles import atomic_write_bytes, atomic_write_json
 
     study = load_study(quick, Path(study_file), Path(scenario_dir))
     if seeds is not None:
         study["seeds"] = list(seeds)
-    out = Path(out)
+    out = claim_out_dir(out, "asynchrony")
     start = time.perf_counter()
     summary: list[dict[str, Any]] = []
     plots: list[str] = []
@@ -227,16 +233,14 @@ def run_study(out: str | Path, quick: bool = False, seeds: list[int] | None = No
             f"({total_runs} runs executed now), N = {study['num_clients']} clients all training; "
             f"wall time {elapsed:.1f} s.\n\n{scen}\n\nMean ± std over seeds "
             f"{study['seeds']}; '—': no server step finished by then.\n\n{table}\n")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(
-        {"rows": summary, "elapsed_s": elapsed, "seeds": study["seeds"], "quick": quick},
-        indent=1, default=lambda v: None))
+    atomic_write_bytes(out / "results.md", text.encode())
+    atomic_write_json(out / "results.json", {"rows": summary, "elapsed_s": elapsed,
+                                             "seeds": study["seeds"], "quick": quick})
     log(text)
     return {"summary": summary, "plots": plots, "elapsed_s": elapsed, "table": table}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory (runs, table, plots)")
     ap.add_argument("--quick", action="store_true", help="2 seeds, synthetic only, short budgets")
@@ -246,10 +250,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import torch
 
+    from fedopt.records import RunExistsError
+    from fedopt.runfiles import RunDirError
+
     torch.set_num_threads(1)
-    run_study(args.out, quick=args.quick, seeds=args.seeds, study_file=args.study,
-              scenario_dir=args.scenarios)
+    try:
+        run_study(args.out, quick=args.quick, seeds=args.seeds, study_file=args.study,
+                  scenario_dir=args.scenarios)
+    except (RunExistsError, RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

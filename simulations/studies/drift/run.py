@@ -11,18 +11,21 @@ and ``DIR/plots/<setting>/test_accuracy_vs_round.png`` (mean and min/max band ov
 Rounds to target: the first round at which the running maximum of the test accuracy reaches the
 target, linearly interpolated between evaluations (McMahan et al.'s monotonised curve); a seed
 that never reaches it counts as not reached ("n/3 seeds" in the table, mean over those that did).
+
+DIR must be new, empty, or a folder this study created (its ``study.json``): the study never
+overwrites a file it did not write. Every file is written atomically, non-finite numbers as
+``"nan"``/``"inf"``/``"-inf"`` (:mod:`fedopt.jsonio`).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from simulations.studies import deep_merge
+from simulations.studies import claim_out_dir, deep_merge
 
 STUDY_FILE = Path(__file__).with_name("study.yaml")
 
@@ -134,11 +137,12 @@ def run_study(out: str | Path, quick: bool = False, study_file: str | Path = STU
 
     import fedopt
     from fedopt.records import holds_run
+    from fedopt.runfiles import atomic_write_bytes, atomic_write_json
     from simulations.plot import plot_runs
 
     torch.set_num_threads(1)
-    out = Path(out)
     study = load_study(study_file, quick)
+    out = claim_out_dir(out, "drift")
     start = time.perf_counter()
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     dirs: dict[str, list[tuple[Path, str]]] = {}
@@ -171,10 +175,10 @@ def run_study(out: str | Path, quick: bool = False, study_file: str | Path = STU
               f"{c['algorithm']['clients_per_round']} per round, local SGD with batch "
               f"{c['client']['batch_size']}, seeds {study['seeds']}; total wall time "
               f"{total:.0f} s.\n\n")
-    (out / "results.md").write_text(header + table)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "runs": {
+    atomic_write_bytes(out / "results.md", (header + table).encode())
+    atomic_write_json(out / "results.json", {"rows": rows, "runs": {
         f"{k[0]}/{k[1]}": v for k, v in results.items()}, "wall_time_s": total,
-        "quick": quick, "study": study}, indent=1, default=_json_default))
+        "quick": quick, "study": study})
     for setting, pairs in dirs.items():
         plot_runs([d for d, _ in pairs], [a for _, a in pairs], out=out / "plots" / setting,
                   metrics=("test_accuracy", "test_loss"))
@@ -183,20 +187,22 @@ def run_study(out: str | Path, quick: bool = False, study_file: str | Path = STU
     return {"rows": rows, "wall_time_s": total}
 
 
-def _json_default(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    raise TypeError(type(v).__name__)
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory (runs, table, plots)")
     ap.add_argument("--quick", action="store_true", help="one seed, few rounds (< 30 s)")
     ap.add_argument("--study", default=str(STUDY_FILE), help="study description (YAML)")
     args = ap.parse_args(argv)
-    run_study(args.out, quick=args.quick, study_file=args.study)
+    from fedopt.records import RunExistsError
+    from fedopt.runfiles import RunDirError
+
+    try:
+        run_study(args.out, quick=args.quick, study_file=args.study)
+    except (RunExistsError, RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
