@@ -13,10 +13,14 @@ them (``ray.wait``); an injected delay ``delay_s(client_id, job_key) -> seconds`
 virtual-clock compute-time model, with ``job_key`` = the ``round_idx`` given to ``submit``)
 holds a job's answer until that many seconds after it started on its worker, so straggler
 studies run on real actors. A job whose worker dies is resubmitted (on a replacement or a live
-worker) and counted once; its late duplicate, if any, is never read.
+worker) and counted once; its late duplicate, if any, is never read; one that dies more than
+``executor.max_retries`` times raises :class:`~server.ray_faults.WorkerFailedError`. Clients
+whose results are NaN/±inf come back flagged (``ClientUpdate.nonfinite``, from the worker's check):
+the caller applies the run's ``on_nonfinite`` (:mod:`server.realtime`).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from protocols.ray_messages import Arrays, Params, to_arrays, to_tensors
+from server.ray_faults import WorkerFailedError, failure_cause
 from server.ray_pool import death_errors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,6 +85,9 @@ class ClientUpdate:
     elapsed_s: float     # submit -> result arrival, wall time on the coordinator
     compute_s: float     # local training time on the worker (the job's)
     finished_at: float   # worker's time.time() when it answered
+    #: the client's result had NaN/±inf values (checked on the worker, ``ShardResult.nonfinite``):
+    #: ``delta`` and ``mean_loss`` are then not to be used; the caller applies ``on_nonfinite``
+    nonfinite: bool = False
 
 
 class AsyncDispatcher:
@@ -130,15 +138,20 @@ class AsyncDispatcher:
         return jobs
 
     def _updates(self, job: RayJob, res) -> list[ClientUpdate]:
+        """The job's client updates; clients the worker found non-finite are flagged
+        (``nonfinite``, their mean loss NaN), the others' mean loss is over the finite ones (the
+        worker's sums leave the non-finite clients out)."""
         ref = next(iter(job.params.values()))
         local = to_tensors(res.local_params, ref.device, ref.dtype)
-        mean_loss = res.loss_sum / max(res.weight_sum, 1e-300)
+        bad = np.isin(job.client_ids, np.asarray(getattr(res, "nonfinite", ()), dtype=np.int64))
+        kept_w = float(np.sum(~bad))            # the job's clients are submitted with weight 1
+        mean_loss = res.loss_sum / max(kept_w, 1e-300)
         elapsed = time.monotonic() - job.submitted_at
         return [ClientUpdate(client_id=int(c), round_idx=job.round_idx,
                              delta={k: local[k][i] - job.params[k] for k in job.params},
-                             mean_loss=mean_loss, samples=res.samples, slot=job.slot,
-                             elapsed_s=elapsed, compute_s=res.compute_s,
-                             finished_at=res.finished_at)
+                             mean_loss=math.nan if bad[i] else mean_loss, samples=res.samples,
+                             slot=job.slot, elapsed_s=elapsed, compute_s=res.compute_s,
+                             finished_at=res.finished_at, nonfinite=bool(bad[i]))
                 for i, c in enumerate(job.client_ids)]
 
     def wait(self, jobs: list[RayJob], num_returns: int = 1, timeout: float | None = None
@@ -169,9 +182,10 @@ class AsyncDispatcher:
                                   clients=job.client_ids, detail=f"async job: {type(e).__name__}")
                     self.ex._restart_if_current(job.slot, job.actor, "died", job.round_idx)
                     if job.attempts >= self.ex.max_retries:
-                        raise RuntimeError(f"clients {job.client_ids.tolist()} (round "
-                                           f"{job.round_idx}): worker died {job.attempts + 1} "
-                                           f"times (executor.max_retries={self.ex.max_retries})") from e
+                        raise WorkerFailedError(
+                            clients=job.client_ids, round_idx=job.round_idx, slot=job.slot,
+                            attempts=job.attempts + 1, max_retries=self.ex.max_retries,
+                            cause=failure_cause(e)) from e
                     job.attempts += 1
                     faults.record("retried_shards", round_idx=job.round_idx, slot=job.slot,
                                   clients=job.client_ids, detail="async job resubmitted")

@@ -16,9 +16,9 @@ result equals the in-process executor's up to float summation order.
 Faults (counters in :attr:`RayExecutor.faults`, incidents in :attr:`RayExecutor.fault_events`):
 
 * a worker that dies mid-round: its whole shard is re-sent — to live workers at once, while a
-  replacement actor starts in the background — up to ``executor.max_retries`` times; its partial
-  work is never read, so every client update is counted exactly once and the round's result
-  equals the fault-free one;
+  replacement actor starts in the background — up to ``executor.max_retries`` times (then
+  :class:`~server.ray_faults.WorkerFailedError`); its partial work is never read, so every
+  client update is counted exactly once and the round's result equals the fault-free one;
 * a call that runs past ``executor.round_timeout_s`` (per call): the worker is a straggler; it is
   killed and replaced (a hung worker would stall later rounds) and its clients are handled by
   the straggler policy ``on_timeout``:
@@ -59,7 +59,7 @@ from fedopt.engine.local import LocalTrainer
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from server.ray_async import AsyncDispatcher, ClientUpdate, DelayFn, RayJob
 from server.ray_connect import RaySession, connect_ray
-from server.ray_faults import FaultLog
+from server.ray_faults import FaultLog, WorkerFailedError, failure_cause
 from server.ray_pool import WorkerPool, death_errors, gpu_plan
 
 log = logging.getLogger("server.ray")
@@ -282,10 +282,10 @@ class RayExecutor:
                                            clients=ids[task.positions], detail=type(e).__name__)
                     self._restart_if_current(task.slot, task.actor, "died", round_idx)
                     if not retry(task, "worker died: shard re-sent"):
-                        raise RuntimeError(
-                            f"round {round_idx}: clients {ids[task.positions].tolist()[:10]} lost "
-                            f"their worker {task.attempt + 1} times "
-                            f"(executor.max_retries={self.max_retries})") from e
+                        raise WorkerFailedError(
+                            clients=ids[task.positions], round_idx=round_idx, slot=task.slot,
+                            attempts=task.attempt + 1, max_retries=self.max_retries,
+                            cause=failure_cause(e)) from e
             now = time.monotonic()
             for ref, task in list(pending.items()):
                 if task.deadline is None or now < task.deadline:
@@ -297,10 +297,13 @@ class RayExecutor:
                 self._restart_if_current(task.slot, task.actor, "timed out", round_idx)
                 if not may_drop:
                     if not retry(task, "straggler re-sent (per-client results required)"):
-                        raise RuntimeError(
-                            f"round {round_idx}: clients {ids[task.positions].tolist()[:10]} timed "
-                            f"out {task.attempt + 1} times (executor.round_timeout_s="
-                            f"{self.round_timeout_s}) and per-client results are required")
+                        raise WorkerFailedError(
+                            clients=ids[task.positions], round_idx=round_idx, slot=task.slot,
+                            attempts=task.attempt + 1, max_retries=self.max_retries,
+                            what="timed out",
+                            cause=f"no answer within executor.round_timeout_s="
+                                  f"{self.round_timeout_s}, and this algorithm needs every "
+                                  f"client's result")
                 elif not (self.on_timeout == "retry" and retry(task, "straggler re-sent")):
                     drop(task)
         results.sort(key=lambda tr: int(tr[0].positions[0]))

@@ -10,6 +10,11 @@
 
 ``events`` keeps one :class:`FaultEvent` per incident (round, worker slot, clients, detail) and
 every incident is also logged as a warning on the ``server.ray`` logger.
+
+When a worker failure outlives ``executor.max_retries`` (the same clients' call died, or timed out
+where per-client results are required, once more than allowed) the executor raises
+:class:`WorkerFailedError`: one readable message naming the setting, the worker, the clients and
+the cause, printed by the ``fedopt`` CLI as one ``error:`` line.
 """
 from __future__ import annotations
 
@@ -18,6 +23,46 @@ import time
 from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger("server.ray")
+
+#: clients named in a :class:`WorkerFailedError` message before "... (N in all)"
+SHOWN_CLIENTS = 10
+
+
+class WorkerFailedError(RuntimeError):
+    """Clients' Ray calls failed more than ``executor.max_retries`` times (a worker died, or did
+    not answer within ``executor.round_timeout_s`` where per-client results are required).
+
+    Attributes: ``clients`` (ids), ``round_idx`` (0-based; for a real-time job its start
+    version), ``slot`` (the worker of the last attempt), ``attempts``, ``max_retries``,
+    ``cause`` (one line)."""
+
+    def __init__(self, *, clients, round_idx: int | None, slot: int | None, attempts: int,
+                 max_retries: int, cause: str, what: str = "died"):
+        self.clients = [int(c) for c in clients]
+        self.round_idx, self.slot, self.attempts = round_idx, slot, int(attempts)
+        self.max_retries, self.cause = int(max_retries), cause
+        shown = ", ".join(map(str, self.clients[:SHOWN_CLIENTS]))
+        more = (f", ... ({len(self.clients)} in all)" if len(self.clients) > SHOWN_CLIENTS
+                else "")
+        where = "" if round_idx is None else f"round {int(round_idx) + 1}: "
+        times = "once" if self.attempts == 1 else f"{self.attempts} times"
+        plural = "s" if len(self.clients) != 1 else ""
+        super().__init__(
+            f"{where}Ray worker {slot} {what} running client{plural} {shown}{more}; the call "
+            f"failed {times} (1 try + executor.max_retries={self.max_retries} re-sends; cause: "
+            f"{cause}). Raise executor.max_retries"
+            f"{' or executor.round_timeout_s' if what == 'timed out' else ''}, or check the "
+            f"workers (memory, killed processes, lost nodes)")
+
+
+def failure_cause(exc: BaseException) -> str:
+    """One line for ``exc``: its type and the first line of its message (at most 200 chars)."""
+    text = str(exc).strip().splitlines()
+    first = text[0].strip().rstrip(".") if text else ""
+    if len(first) > 200:
+        first = first[:197] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
 
 FAULT_KINDS = ("worker_deaths", "timeouts", "restarts", "retried_shards", "dropped_clients")
 

@@ -42,10 +42,21 @@ arrive (``now = wall seconds since the start``) and timers are in seconds.
 Stats of a step (the metrics row): ``virtual_time`` (the step's time in clock units: the virtual
 time with injected delays, the real one without, so real and virtual runs share an x axis),
 ``realtime_s`` (wall seconds from the start to the step, continued across resumes),
-``updates``, ``samples``, ``dropped``, ``staleness_mean``/``staleness_max`` (as in the virtual
-run, same code), ``local_loss`` (Σ ω_i L_i / Σ ω_i, as in the virtual run),
-``in_flight`` (jobs running on the workers after the step) and ``restarted`` (jobs restarted by
-resumes, cumulative).
+``updates`` (kept arrivals), ``samples``, ``dropped``, ``staleness_mean``/``staleness_max``
+(as in the virtual run, same code), ``local_loss`` (Σ ω_i L_i / Σ ω_i, as in the virtual run),
+``nonfinite_dropped`` (under ``on_nonfinite: drop``), ``in_flight`` (jobs running on the workers
+after the step) and ``restarted`` (jobs restarted by resumes, cumulative).
+
+Non-finite updates (NaN/±inf, found on the workers: ``ClientUpdate.nonfinite``) follow the
+run's ``on_nonfinite`` (the executor's ``on_nonfinite``) exactly as on the virtual clock: under
+``error`` the step that handles one raises one
+:class:`~fedopt.engine.nonfinite.NonFiniteError` naming the client(s) and the round their jobs
+started in; under ``drop`` they are left out of ``A(n)``, the step's sum is renormalised once over
+the kept arrivals (:func:`~fedopt.engine.executor.drop_scale`), a step that keeps none changes
+neither the model nor the server-optimizer state, ``updates`` counts the kept arrivals and
+``nonfinite_dropped`` (cumulative, in the checkpointed totals) the dropped ones. A server step
+whose new parameters or optimizer state are not finite raises under either policy; the model is
+never replaced by a non-finite one.
 
 Checkpoints. ``ServerState.client_state["realtime"]`` holds the scheduler's loop state (version,
 busy clients and their start versions and job counters, participation counts, timers), the
@@ -79,6 +90,8 @@ from fedopt.algorithms.async_schedule import LoopHooks, Scheduler, Step
 from fedopt.algorithms.base import Params, ServerState
 from fedopt.clock import DONE, EventQueue
 from fedopt.config import ConfigError
+from fedopt.engine.executor import drop_scale
+from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state, client_error
 from server.ray_async import ClientUpdate, RayJob
 from server.realtime_clock import RealTimeClock
 
@@ -244,14 +257,21 @@ class RealTimeAsync:
         rt["realtime_s"] = time.monotonic() - self._origin
         stats: dict[str, Any] = {"virtual_time": step.time, "realtime_s": rt["realtime_s"]}
         params, opt_state = state.params, state.opt_state
+        lost = 0
         if len(step.clients):
             w = self.alg.weights(step, rt["sched"])
-            delta, loss = self._combine(step, w, state.params)
+            delta, loss, lost = self._combine(step, w, state.params,
+                                              getattr(executor, "on_nonfinite", "error"))
             if loss is not None:
                 stats["local_loss"] = loss
-            params, opt_state = self.alg.server_optimizer.step(state.params, delta, opt_state)
+            if delta is not None:        # None: every arrival was non-finite and dropped
+                params, opt_state = self.alg.server_optimizer.step(state.params, delta,
+                                                                   opt_state)
+                check_server_state(n, params, opt_state)
         self._submit(step.dispatched, params, executor, optimizer)
         stats.update(self.alg.step_stats(rt, step, executor))
+        if lost:                         # updates aggregated: the kept arrivals
+            stats["updates"] -= lost
         stats.update({"in_flight": len(self._jobs), "restarted": rt["restarted"]})
         return ServerState(params=params, opt_state=opt_state, round=n + 1,
                            client_state=state.client_state), stats
@@ -407,15 +427,28 @@ class RealTimeAsync:
                 self._jobs[i] = _InFlight(by_client.get(i), int(version), int(job_count[i]) - 1,
                                           params)
 
-    def _combine(self, step: Step, w: np.ndarray, current: Params
-                 ) -> tuple[Params, float | None]:
-        """``Σ_i ω_i Δ_i`` ("delta") or ``Σ_i ω_i (θ^{ρ_i} + Δ_i − θ^n)`` ("model"), and the
-        local loss ``Σ_i ω_i L_i / Σ_i ω_i`` of the aggregated updates (as on the virtual
-        clock; None when no weight is positive)."""
+    def _combine(self, step: Step, w: np.ndarray, current: Params, policy: str = "error"
+                 ) -> tuple[Params | None, float | None, int]:
+        """``Σ_i ω_i Δ_i`` ("delta") or ``Σ_i ω_i (θ^{ρ_i} + Δ_i − θ^n)`` ("model"), the local
+        loss ``Σ_i ω_i L_i / Σ_i ω_i`` of the aggregated updates (as on the virtual clock; None
+        when no weight is positive) and the number of arrivals left out as non-finite.
+
+        Non-finite arrivals (flagged by the workers) follow ``policy`` as on the virtual clock:
+        ``"error"`` raises one :class:`~fedopt.engine.nonfinite.NonFiniteError` naming them and
+        their start rounds; ``"drop"`` leaves them out, renormalises the sum once over the kept
+        arrivals (:func:`~fedopt.engine.executor.drop_scale`) and counts them in
+        ``totals["nonfinite_dropped"]`` (cumulative, checkpointed); the sum is None when none is
+        kept."""
+        arrivals = [self._arrived.pop((i, serial))
+                    for i, serial in zip(step.clients.tolist(), step.jobs.tolist())]
+        lost = np.array([bool(getattr(a.update, "nonfinite", False)) for a in arrivals])
+        if lost.any() and policy != "drop":
+            raise client_error(step.clients[lost], step.versions[lost])
         acc: Params | None = None
         loss_num = loss_den = 0.0
-        for k, (i, serial) in enumerate(zip(step.clients.tolist(), step.jobs.tolist())):
-            arr = self._arrived.pop((i, serial))
+        for k, arr in enumerate(arrivals):
+            if lost[k]:
+                continue
             term = arr.update.delta
             if self.alg.combine == "model":
                 term = {n: term[n] + (arr.base[n] - current[n]) for n in term}
@@ -424,4 +457,14 @@ class RealTimeAsync:
                    else {n: acc[n] + term[n] * wk for n in acc})
             loss_num += wk * float(arr.update.mean_loss)
             loss_den += wk
-        return acc, (loss_num / loss_den if loss_den > 0 else None)
+        loss = loss_num / loss_den if loss_den > 0 else None
+        if not lost.any():
+            return acc, loss, 0
+        totals = self._rt["totals"]
+        totals[DROPPED_KEY] = int(totals.get(DROPPED_KEY, 0)) + int(lost.sum())
+        if acc is None:
+            return None, None, int(lost.sum())
+        scale = drop_scale(float(np.sum(w)), float(np.sum(w[~lost])))
+        if scale != 1.0:
+            acc = {n: v * scale for n, v in acc.items()}
+        return acc, loss, int(lost.sum())

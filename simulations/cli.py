@@ -63,8 +63,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
+    from server.ray_faults import WorkerFailedError   # no Ray import: only the error types
 
-    return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError)
+    return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError, WorkerFailedError)
 
 
 def invoked_as() -> str:

@@ -144,3 +144,55 @@ def test_run_loses_a_worker_between_rounds_and_finishes_identically(ray_session)
         assert_params_close(local.state.params, sim.state.params)
     finally:
         sim.executor.close()
+
+
+def test_worker_dying_past_max_retries_is_one_readable_error(ray_session, fresh, local_sim,
+                                                             monkeypatch, capsys, tmp_path):
+    """``max_retries: 0`` and a worker killed mid-call: the synchronous round and a real-time
+    job each raise :class:`WorkerFailedError` naming the setting, the worker, the clients and
+    the cause; the CLI prints it as one ``error:`` line (exit 2, no traceback)."""
+    from server.ray_faults import WorkerFailedError
+    from simulations import cli
+
+    ex, _ = fresh
+    ids, w = _inputs(local_sim, 5)
+    victim_client = int(next(i for i in ids if i % 2 == 1))        # a client of worker 1
+    monkeypatch.setattr(ex, "max_retries", 0)
+    errors = []
+    try:
+        ex.delay_s = lambda c, r: 1.0 if c == victim_client else 0.0
+        victim = ex.pool.actor(1)
+        timer = threading.Timer(0.3, lambda: ray_session.kill(victim))
+        timer.start()
+        with pytest.raises(WorkerFailedError) as sync:
+            ex.run_round(local_sim.state.params, ids, w, 5)
+        timer.join()
+        errors.append(sync.value)
+        assert ex.wait_ready(timeout=60)
+        ex.delay_s = None
+        jobs = ex.submit(local_sim.state.params, [0, 1], round_idx=6,
+                         delay_s=lambda c, r: 1.0 if c == 1 else 0.0)
+        timer = threading.Timer(0.3, lambda: ray_session.kill(jobs[1].actor))
+        timer.start()
+        with pytest.raises(WorkerFailedError) as job:
+            ex.wait(jobs, num_returns=2)
+        timer.join()
+        errors.append(job.value)
+    finally:
+        assert ex.wait_ready(timeout=60)
+    shard = sorted(int(c) for c in ids if c % 2 == 1)
+    for e, clients, round_no in [(errors[0], shard, 6), (errors[1], [1], 7)]:
+        assert isinstance(e, RuntimeError) and e.clients == clients and e.max_retries == 0
+        msg = str(e)
+        assert msg.startswith(f"round {round_no}: Ray worker ") and " died running client" in msg
+        assert "executor.max_retries=0" in msg and ", ".join(map(str, clients)) in msg
+        assert "Error" in e.cause and f"; cause: {e.cause})" in msg and "\n" not in msg
+
+    def failing(*a, **k):
+        raise errors[0]
+
+    monkeypatch.setattr(cli, "load_config", lambda source, overrides=(): {})
+    monkeypatch.setattr(cli, "run_experiment", failing)
+    code = cli.main(["run", "cfg.yaml", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and err == f"error: {errors[0]}\n"
