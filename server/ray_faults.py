@@ -55,6 +55,11 @@ class WorkerFailedError(RuntimeError):
             f"workers (memory, killed processes, lost nodes)")
 
 
+class RayPoolError(RuntimeError):
+    """The Ray worker pool cannot run clients at all: workers did not start in time, one failed
+    to start, or none is alive and none could be restarted. Printed by the CLI as one line."""
+
+
 def failure_cause(exc: BaseException) -> str:
     """One line for ``exc``: its type and the first line of its message (at most 200 chars)."""
     text = str(exc).strip().splitlines()

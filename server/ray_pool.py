@@ -19,7 +19,7 @@ import numpy as np
 
 from client.ray_worker import ShardWorker, WorkerSpec
 from client.shard import fingerprints_match
-from server.ray_faults import FaultLog
+from server.ray_faults import FaultLog, RayPoolError, failure_cause
 
 log = logging.getLogger("server.ray")
 
@@ -144,8 +144,10 @@ class WorkerPool:
         done, pending = self.ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout_s)
         if pending:
             self.close()
-            raise RuntimeError(f"Ray workers did not start within {self.start_timeout_s:g} s "
-                               f"({len(pending)} of {len(refs)} pending)")
+            raise RayPoolError(f"Ray workers did not start within {self.start_timeout_s:g} s "
+                               f"({len(pending)} of {len(refs)} pending): the cluster may lack "
+                               f"the resources asked for (executor.num_workers x "
+                               f"executor.num_cpus_per_worker / num_gpus_per_worker)")
         for slot in self.slots:
             try:
                 self._accept(slot, self.ray.get(slot.ready_ref))
@@ -153,7 +155,8 @@ class WorkerPool:
                 self.close()
                 if isinstance(e, ValueError):
                     raise
-                raise RuntimeError(f"Ray worker {slot.index} failed to start: {e}") from None
+                raise RayPoolError(f"Ray worker {slot.index} failed to start: "
+                                   f"{failure_cause(e)}") from None
 
     def _accept(self, slot: Slot, info: dict[str, Any]) -> None:
         fp = info.get("fingerprint")
@@ -224,7 +227,7 @@ class WorkerPool:
         """Slot of each client: its home ``i mod W`` when ready, else ``live[i mod |live|]``.
 
         With no live slot it waits (up to ``wait_s``, default the start timeout) for a
-        replacement to come up; raises ``RuntimeError`` when none does.
+        replacement to come up; raises :class:`~server.ray_faults.RayPoolError` when none does.
         """
         self.poll()
         live = [j for j in self.live() if j not in exclude]
@@ -232,7 +235,8 @@ class WorkerPool:
             self.wait_ready_any(self.start_timeout_s if wait_s is None else wait_s)
             live = [j for j in self.live() if j not in exclude] or self.live()
         if not live:
-            raise RuntimeError("no Ray worker is alive (all died and could not be restarted)")
+            raise RayPoolError("no Ray worker is alive (all died and could not be restarted); "
+                               "check the workers (memory, killed processes, lost nodes)")
         ids = np.asarray(client_ids, dtype=np.int64)
         home = ids % self.num_workers
         ok = np.isin(home, live)

@@ -63,9 +63,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
-    from server.ray_faults import WorkerFailedError   # no Ray import: only the error types
+    from server.ray_faults import RayPoolError, WorkerFailedError   # no Ray import
 
-    return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError, WorkerFailedError)
+    return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError, WorkerFailedError,
+            RayPoolError)
 
 
 def invoked_as() -> str:

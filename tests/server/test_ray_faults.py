@@ -196,3 +196,29 @@ def test_worker_dying_past_max_retries_is_one_readable_error(ray_session, fresh,
     code = cli.main(["run", "cfg.yaml", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE and err == f"error: {errors[0]}\n"
+
+
+def test_a_pool_with_no_live_worker_is_one_readable_error(monkeypatch, capsys, tmp_path):
+    """Every worker dead and none restartable: :class:`RayPoolError` (not a bare RuntimeError),
+    printed by the CLI as one ``error:`` line (exit 2)."""
+    from server.ray_faults import RayPoolError
+    from server.ray_pool import WorkerPool
+    from simulations import cli
+
+    pool = object.__new__(WorkerPool)              # the assignment logic alone, no Ray
+    pool.poll, pool.live = (lambda: None), (lambda: [])
+    pool.wait_ready_any, pool.start_timeout_s = (lambda timeout: None), 0.0
+    with pytest.raises(RayPoolError, match="no Ray worker is alive") as e:
+        pool.assign(np.arange(4))
+
+    def fail(*args, **kwargs):
+        raise e.value
+
+    monkeypatch.setattr(cli, "run_experiment", fail)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("data: {name: synthetic, num_clients: 4}\n"
+                   "algorithm: {name: fedavg, rounds: 1, clients_per_round: 2}\n"
+                   "client: {local_steps: 1}\n")
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {e.value}\n"
