@@ -296,17 +296,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]
         data = f.read()
     state = decode_checkpoint(data, source)
     if map_location is not None and str(map_location) != "cpu":
-        state = _move(state, map_location)
+        from fedopt import tree
+
+        state = tree.to(state, map_location)
     return state
-
-
-def _move(obj: Any, device: Any) -> Any:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(v, device) for v in obj)
-    return obj

@@ -16,20 +16,13 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fedopt import tree
 from fedopt.optim.core import FunctionalOptimizer, State
 from fedopt.optim.hessian import draw_probe, hutchinson_diag_autograd
 
 #: state keys restored with their saved dtype on load (torch casts other tensors to the
 #: parameter's dtype)
 EXACT_KEYS = ("step", "beta_pows")
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device=device)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
 
 
 class FunctionalAdapter(torch.optim.Optimizer):
@@ -167,7 +160,7 @@ class FunctionalAdapter(torch.optim.Optimizer):
                 continue
             for k in EXACT_KEYS:
                 if k in saved:
-                    self.state[p][k] = _to_device(saved[k], p.device)
+                    self.state[p][k] = tree.to(saved[k], p.device)
 
 
 class HessianAdapter(FunctionalAdapter):

@@ -40,6 +40,8 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import Tensor
 
+from fedopt import tree
+
 Params = dict[str, Tensor]
 State = dict[str, Any]
 Scalar = float | Tensor
@@ -66,12 +68,10 @@ def masked_select(mask: Tensor, new: Any, old: Any) -> Any:
 
     Clients where ``mask`` is False keep ``old`` exactly (params and every state tensor).
     """
-    if isinstance(new, Mapping):
-        return {k: masked_select(mask, new[k], old[k]) for k in new}
-    if isinstance(new, Tensor):
-        m = mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim))
-        return torch.where(m, new, old)
-    return new
+    def pick(n: Tensor, o: Tensor) -> Tensor:
+        return torch.where(mask.reshape(mask.shape + (1,) * (n.ndim - mask.ndim)), n, o)
+
+    return tree.zip_map(pick, new, old)
 
 
 def check_hparam(name: str, value: Any, *, low: float | None = None, high: float | None = None,
