@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedopt import tree
+
 Params = dict[str, Tensor]
 
 
@@ -172,12 +174,4 @@ class ClientTable:
 
     def copy(self) -> "ClientTable":
         """A deep copy (a snapshot that later in-place puts do not touch)."""
-        return ClientTable(_clone(self.data))
-
-
-def _clone(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    return obj
+        return ClientTable(tree.clone(self.data))
