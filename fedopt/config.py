@@ -1,11 +1,17 @@
 """Run configuration: load (YAML or dict), apply ``--set`` overrides, validate, fill defaults.
 
-Everything is checked before anything runs. An unknown key, a wrong type or an impossible
-value raises one :class:`ConfigError` whose message starts with the dotted field name, e.g.
-``algorithm.clients_per_round: 200 exceeds data.num_clients (100)``. :func:`validate` runs every
-check that building a run does (data spec, model shapes, client/server optimizers, the
-algorithm's own build, clock, device) without building the data, so ``fedopt validate``
-refuses exactly what ``fedopt run`` would.
+Everything is checked before anything runs. The sections are declarative schemas (pydantic, see
+:mod:`fedopt.schema`), each beside what it configures: the data sets' beside their builders
+(:mod:`fedopt.data`), the models' in :mod:`fedopt.models.registry`, each algorithm's in its
+module (``ALGORITHM_SPECS``), the clock's in :mod:`fedopt.clock.config`, each executor's with it
+(:mod:`fedopt.executors`: ``local`` in the core, others such as Ray through entry points). This
+module assembles them (it imports them; none imports it) and adds the checks that span sections.
+
+An unknown key, a wrong type or an impossible value raises one :class:`ConfigError` whose
+message starts with the dotted field name, e.g. ``algorithm.clients_per_round: 200 exceeds
+data.num_clients (100)``. :func:`validate` runs every check that building a run does (data spec,
+model shapes, client/server optimizers, the algorithm's own build, clock, device) without
+building the data, so ``fedopt validate`` refuses exactly what ``fedopt run`` would.
 
 Values as users write them: YAML is read with YAML 1.2 floats (``1e-3``, ``1E5``, ``.5e-2`` are
 numbers, not strings) and a repeated key is an error naming it and its lines (config files and
@@ -16,229 +22,74 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from functools import lru_cache
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 import yaml
+from pydantic import Field, create_model, model_validator
 
-REQUIRED = object()
+from fedopt.algorithms import ServerOptimizer, algorithm_specs
+from fedopt.algorithms.server_opt import DEFAULTS, RULE_KEYS
+from fedopt.clock.config import ClockConfig
+from fedopt.data.registry import DataSpec, check_dataset_spec
+from fedopt.executors import LocalExecutorConfig, executor_entries, executor_schemas
+from fedopt.models.registry import MODEL_SCHEMAS, ModelSpec
+from fedopt.schema import (SEED_MAX, Bool, Check, ConfigError, Float, NonNegativeInt,  # noqa: F401
+                           PositiveInt, Schema, Seed, Str, check_clients_per_round, fail, join,
+                           named_union, parse, plain)
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Field:
-    """One config key: accepted types, default, and an optional value check.
-
-    ``check(value)`` returns an error string (without the field name) or None.
-    """
-
-    types: tuple[type, ...]
-    default: Any = REQUIRED
-    check: Callable[[Any], str | None] | None = None
-    doc: str = ""
-    allow_inf: bool = False   # ±inf is an error unless the field gives it a meaning
+_plain = plain   # numpy/torch scalars -> Python numbers (kept under its old name)
 
 
-#: seeds are 64-bit: the keyed RNG (:mod:`fedopt.rng`) and torch's generators take 0..2**64 − 1
-SEED_MAX = 2 ** 64 - 1
+class ClientConfig(Schema):
+    """``client:``: local training of every sampled client."""
+
+    what = "client"
+    local_steps: Optional[PositiveInt] = Field(None, description="local steps per round")
+    local_epochs: Optional[PositiveInt] = Field(
+        None, description="local epochs: u_i = E·⌈n_i/B⌉ steps (finished clients are masked)")
+    batch_size: PositiveInt = 10
+    optimizer: Optional[dict[str, Any]] = Field(
+        None, description="{name: <any fedopt.optim optimizer>, <its keywords>} (sgd, lr 0.01)")
+    lr_decay: Annotated[Float, Check(lambda v: 0 < v <= 1, "in (0, 1]")] = Field(
+        1.0, description="client lr multiplied by lr_decay**round")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> "ClientConfig":
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise fail("local_steps", "give exactly one of client.local_steps and "
+                                      "client.local_epochs")
+        return self
 
 
-def seed_range(v) -> str | None:
-    return None if 0 <= v <= SEED_MAX else \
-        f"must be an integer in [0, 2**64 - 1] (the RNG's 64-bit seed range), got {v!r}"
-
-
-def positive(v) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v!r}"
-
-
-def non_negative(v) -> str | None:
-    return None if v >= 0 else f"must be >= 0, got {v!r}"
-
-
-def one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(v):
-        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}, got {v!r}"
-    return check
-
-
-INT, FLOAT, BOOL, STR = (int,), (int, float), (bool,), (str,)
-OPT_INT = (int, type(None))
-
-#: null (the default) means "not given": each rule fills its own defaults for the keys it
-#: reads, and a key the chosen rule does not read is an error (fedopt.algorithms.server_opt)
-SERVER_OPTIMIZER_FIELDS = {
-    "name": Field(STR, "sgd", one_of("sgd", "adam", "yogi", "adagrad")),
-    "lr": Field(FLOAT, 1.0, positive, "server learning rate η"),
-    "momentum": Field(FLOAT + (type(None),), None,
-                      lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v!r}",
-                      "sgd only (default 0)"),
-    "nesterov": Field(BOOL + (type(None),), None, doc="sgd only (default false)"),
-    "betas": Field((list, tuple, type(None)), None,
-                   doc="adam/yogi: [β1, β2]; paper-style adagrad: [β1]"),
-    "tau": Field(FLOAT + (type(None),), None, positive, "adaptivity τ (adaptive rules, default 1e-3)"),
-    "style": Field(STR + (type(None),), None, one_of("paper", "tff"),
-                   "adaptive rules: paper (default) or tff"),
-}
-
-ALGORITHM_COMMON = {
-    "name": Field(STR, "fedavg"),
-    "rounds": Field(INT, REQUIRED, positive),
-    "clients_per_round": Field(INT, REQUIRED, positive),
-    "aggregation_weights": Field(STR, "num_samples", one_of("num_samples", "uniform", "unbiased")),
-    "server_optimizer": Field((dict, type(None)), None),
-}
-
-CLIENT_FIELDS = {
-    "local_steps": Field(OPT_INT, None, lambda v: None if v is None or v > 0 else f"must be > 0, got {v!r}"),
-    "local_epochs": Field(OPT_INT, None, lambda v: None if v is None or v > 0 else f"must be > 0, got {v!r}"),
-    "batch_size": Field(INT, 10, positive),
-    "optimizer": Field((dict, type(None)), None),
-    "lr_decay": Field(FLOAT, 1.0, lambda v: None if 0 < v <= 1 else f"must be in (0, 1], got {v!r}",
-                      "client lr multiplied by lr_decay**round"),
-}
-
-EXECUTOR_FIELDS = {
-    "name": Field(STR, "local", one_of("local", "ray")),
-    "device": Field(STR, "cpu"),
-    "chunk_size": Field(OPT_INT, None, lambda v: None if v is None or v > 0 else f"must be > 0, got {v!r}",
-                        "clients per vectorized chunk (null: automatic from free memory)"),
-    "dtype": Field(STR, "float32", one_of("float32", "float64")),
-    "num_threads": Field(OPT_INT, None, lambda v: None if v is None or v > 0 else f"must be > 0, got {v!r}",
-                         "torch intra-op threads (null: leave torch's default)"),
-    # Ray executor (server/ and client/): ignored by the local executor
-    "num_workers": Field(INT, 2, positive),
-    "num_cpus_per_worker": Field(FLOAT, 1.0, non_negative),
-    "num_gpus_per_worker": Field(FLOAT, 0.0, non_negative),
-    "address": Field((str, type(None)), None, doc="null: start a local Ray; 'auto' or ray://host:port"),
-    "round_timeout_s": Field((int, float, type(None)), None, doc="a worker slower than this is a straggler"),
-    "max_retries": Field(INT, 2, non_negative),
-    "on_timeout": Field(STR, "drop", one_of("drop", "retry"),
-                        "a straggling worker's clients: dropped (renormalised FedAvg) or re-sent"),
-    "realtime": Field(BOOL, False, doc="asynchronous algorithms on Ray workers in real time "
-                                       "(server/realtime.py) instead of on the virtual clock"),
-    "seconds_per_unit": Field((int, float, type(None)), None,
-                              lambda v: None if v is None or v > 0 else f"must be > 0, got {v!r}",
-                              "real time: seconds per clock unit; clock: job times are injected "
-                              "as delays (null: no delays, intervals/timeouts in seconds)"),
-}
-
-TOP_FIELDS = {
-    "seed": Field(INT, 0, seed_range),
-    "name": Field((str, type(None)), None),
-    "data": Field((dict,), REQUIRED),
-    "model": Field((dict, type(None)), None),
-    "algorithm": Field((dict,), REQUIRED),
-    "client": Field((dict,), REQUIRED),
-    "executor": Field((dict, type(None)), None),
-    "eval_every": Field(INT, 1, positive),
-    "eval_train": Field(BOOL, True),
-    "checkpoint_every": Field(INT, 10, non_negative),
-    "on_nonfinite": Field(STR, "error", one_of("error", "drop"),
-                          doc="a client whose update is NaN/inf: 'error' stops the run naming it; "
-                              "'drop' leaves it out of the aggregate and counts it"),
-    "clock": Field((dict, type(None)), None, doc="virtual-clock models of client compute/communication time"),
-}
-
-
-def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and bool not in types:
-        return False  # True is not an int here
-    return isinstance(value, types)
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "integer", float: "number", bool: "true/false", str: "string", list: "list",
-             tuple: "list", dict: "mapping", type(None): "null"}
-    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
-
-
-def join(path: str, key: Any) -> str:
-    """``path.key`` (just ``key`` at the top level: error paths never start with a dot)."""
-    return f"{path}.{key}" if path else str(key)
-
-
-def validate_section(values: Mapping[str, Any] | None, fields: Mapping[str, Field],
-                     path: str) -> dict[str, Any]:
-    """Check keys/types/values of one mapping and fill defaults; errors name ``path.key``."""
-    values = {} if values is None else values
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {type(values).__name__}")
-    unknown = [k for k in values if k not in fields]
-    if unknown:
-        raise ConfigError(f"{join(path, unknown[0])}: unknown key (valid keys: {', '.join(fields)})")
-    out: dict[str, Any] = {}
-    for key, f in fields.items():
-        where = join(path, key)
-        if key not in values:
-            if f.default is REQUIRED:
-                raise ConfigError(f"{where}: required")
-            out[key] = copy.deepcopy(f.default)
-            continue
-        v = values[key]
-        if f.allow_inf and v == "inf":   # how a recorded config.json writes +inf
-            v = math.inf
-        if not _type_ok(v, f.types):
-            raise ConfigError(f"{where}: expected {_type_name(f.types)}, got {v!r}")
-        if isinstance(v, float) and v != v:
-            raise ConfigError(f"{where}: NaN is not allowed")
-        if isinstance(v, float) and v in (float("inf"), float("-inf")) and not f.allow_inf:
-            raise ConfigError(f"{where}: must be finite, got {v!r}")
-        if f.check is not None and v is not None:
-            msg = f.check(v)
-            if msg:
-                raise ConfigError(f"{where}: {msg}")
-        out[key] = v
-    return out
-
-
-def _fields_from_defaults(defaults: Mapping[str, Any]) -> dict[str, Field]:
-    """Fields for a registry section described by {key: default} (types from the default)."""
-    fields = {}
-    for k, d in defaults.items():
-        if d is None:
-            types: tuple[type, ...] = (object,)
-        elif isinstance(d, bool):
-            types = BOOL
-        elif isinstance(d, int):
-            types = INT
-        elif isinstance(d, float):
-            types = FLOAT
-        elif isinstance(d, (list, tuple)):
-            types = (list, tuple)
-        elif isinstance(d, dict):
-            types = (dict, str)  # a sub-spec such as partition: {name: dirichlet} or its name
-        else:
-            types = (type(d),)
-        fields[k] = Field(types, copy.deepcopy(d))
-    return fields
-
-
-def _registry_section(values: Mapping[str, Any] | None, registry: Mapping[str, Mapping[str, Any]],
-                      default_name: str | None, path: str) -> dict[str, Any]:
-    values = dict(values or {})
-    name = values.get("name", default_name)
-    if name is None:
-        raise ConfigError(f"{path}.name: required (one of {', '.join(registry)})")
-    if name not in registry:
-        raise ConfigError(f"{path}.name: unknown {name!r} (choose one of {', '.join(registry)})")
-    fields = {"name": Field(STR, name), **_fields_from_defaults(
-        {k: v for k, v in registry[name].items() if k != "name"})}
-    return validate_section(values, fields, path)
-
-
-def _as_config_error(resolve: Callable[[Any], Any], section: Any) -> Any:
-    """``resolve(section)``, its ValueError (whose message names the field) as a ConfigError."""
-    try:
-        return resolve(section)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+@lru_cache(maxsize=None)
+def run_schema() -> type[Schema]:
+    """The whole run config: every registered algorithm and executor (assembled on first use)."""
+    algorithms = [spec.schema for spec in algorithm_specs().values()]
+    executors = executor_schemas()
+    model = create_model(
+        "RunConfig", __base__=Schema, __doc__="A run: data, model, algorithm, clients, executor.",
+        seed=(Seed, 0),
+        name=(Optional[Str], None),
+        data=(DataSpec, ...),
+        model=(ModelSpec, Field(default_factory=MODEL_SCHEMAS[0])),
+        algorithm=(named_union(algorithms, default="fedavg"), ...),
+        client=(ClientConfig, ...),
+        executor=(named_union(executors, default="local"),
+                  Field(default_factory=LocalExecutorConfig)),
+        eval_every=(PositiveInt, 1),
+        eval_train=(Bool, True),
+        checkpoint_every=(NonNegativeInt, 10),
+        on_nonfinite=(Literal["error", "drop"], Field(
+            "error", description="a client whose update is NaN/inf: 'error' stops the run "
+                                 "naming it; 'drop' leaves it out of the aggregate and counts it")),
+        clock=(Optional[ClockConfig], Field(
+            None, description="virtual-clock models of client compute/communication time")),
+    )
+    model.what = ""
+    return model
 
 
 def _optimizer_section(values: Mapping[str, Any] | None, path: str) -> dict[str, Any]:
@@ -285,111 +136,44 @@ def _optimizer_error_path(message: str, path: str, values: Mapping[str, Any]) ->
 
 def _server_optimizer_section(spec: Any, user: Mapping[str, Any] | None, name: str
                               ) -> dict[str, Any]:
-    """``algorithm.server_optimizer``: the algorithm's defaults under the user's keys, checked
-    against what the algorithm's name fixes, and resolved to the keys its rule reads."""
-    from fedopt.algorithms import ServerOptimizer
-    from fedopt.algorithms.server_opt import DEFAULTS, RULE_KEYS
-
-    path = "algorithm.server_optimizer"
-    if user is not None and not isinstance(user, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {type(user).__name__}")
-    so = validate_section({**spec.server_optimizer, **(user or {})}, SERVER_OPTIMIZER_FIELDS, path)
+    """``algorithm.server_optimizer``: the algorithm's defaults under the keys the user gave
+    (checked by the schema), checked against what the algorithm's name fixes and by the rule
+    itself, and resolved to the keys its rule reads."""
+    given = {k: v for k, v in (user or {}).items() if v is not None}
+    so = {"name": "sgd", "lr": 1.0, **spec.server_optimizer, **given}
+    spec.check_server_optimizer(name, so)
     try:
-        spec.check_server_optimizer(name, so)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    given = {k: v for k, v in so.items() if v is not None}
-    if isinstance(given.get("betas"), list):
-        given["betas"] = tuple(given["betas"])
-    try:
-        ServerOptimizer(**given)
+        ServerOptimizer(**{k: tuple(v) if isinstance(v, list) else v for k, v in so.items()})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"algorithm.{e}") from None
     out = {"name": so["name"], "lr": so["lr"]}
     for key in RULE_KEYS[so["name"]]:
-        out[key] = so[key] if so[key] is not None else DEFAULTS.get(key)
+        out[key] = so.get(key, DEFAULTS.get(key))
     return out
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and 0-d arrays, 0-d torch tensors -> the Python numbers they hold;
-    numpy arrays and tuples -> lists (as YAML and config.json hold them); mappings and lists
-    converted recursively."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    module = type(value).__module__
-    if module == "numpy":
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return _plain(value.tolist())
-    elif module.startswith("torch"):
-        import torch
-
-        if isinstance(value, torch.Tensor) and value.ndim == 0:
-            return value.item()
-    return value
-
-
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved config (defaults filled) or a :class:`ConfigError` naming the field.
+    """The resolved config (defaults filled; a plain dict) or a :class:`ConfigError` naming the
+    field.
 
     Runs every check that :class:`fedopt.simulation.Simulation` makes while building a run,
-    without building the data: the data spec's checks (``check_dataset_spec``), the model's
-    shape checks (on the meta device), the optimizers, the algorithm's ``build`` with unit
-    client counts, the clock and the device."""
-    from fedopt.algorithms import algorithm_specs
-    from fedopt.data import DATASET_KEYS, resolve_dataset_spec
-    from fedopt.data.registry import check_dataset_spec
-    from fedopt.models import MODEL_KEYS, resolve_model_spec
-
+    without building the data: the schemas, the data spec's checks (``check_dataset_spec``),
+    the model's shape checks (on the meta device), the optimizers, the algorithm's ``build``
+    with unit client counts, the clock and the device."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
-    config = _plain(config)
-    cfg = validate_section(config, TOP_FIELDS, "")
-    cfg["data"] = _registry_section(cfg["data"], DATASET_KEYS, None, "data")
-    cfg["model"] = _registry_section(cfg["model"], MODEL_KEYS, "logreg", "model")
-    cfg["data"] = _as_config_error(resolve_dataset_spec, cfg["data"])     # nested keys, e.g.
-    cfg["model"] = _as_config_error(resolve_model_spec, cfg["model"])     # data.partition.*
-    facts = _as_config_error(check_dataset_spec, cfg["data"])
+    cfg = parse(run_schema(), config).model_dump()
+    spec = algorithm_specs()[cfg["algorithm"]["name"]]
+    alg = cfg["algorithm"]
+    alg["server_optimizer"] = _server_optimizer_section(spec, alg["server_optimizer"], alg["name"])
+    cfg["client"]["optimizer"] = _optimizer_section(cfg["client"]["optimizer"], "client.optimizer")
 
-    alg = dict(cfg["algorithm"])
-    name = alg.get("name", "fedavg")
-    algorithms = algorithm_specs()
-    if name not in algorithms:
-        raise ConfigError(f"algorithm.name: unknown {name!r} (choose one of {', '.join(algorithms)})")
-    spec = algorithms[name]
-    alg = validate_section(alg, {**ALGORITHM_COMMON, **spec.fields}, "algorithm")
-    alg["server_optimizer"] = _server_optimizer_section(spec, alg["server_optimizer"], name)
-    cfg["algorithm"] = alg
-
-    client = validate_section(cfg["client"], CLIENT_FIELDS, "client")
-    if (client["local_steps"] is None) == (client["local_epochs"] is None):
-        raise ConfigError("client.local_steps: give exactly one of client.local_steps and client.local_epochs")
-    client["optimizer"] = _optimizer_section(client["optimizer"], "client.optimizer")
-    cfg["client"] = client
-    cfg["executor"] = validate_section(cfg["executor"], EXECUTOR_FIELDS, "executor")
-    if cfg["executor"]["realtime"] and cfg["executor"]["name"] != "ray":
-        raise ConfigError("executor.realtime: runs on Ray workers; set executor.name: ray")
+    facts = check_dataset_spec(cfg["data"])
     _check_device(cfg["executor"]["device"])
-    if cfg["clock"] is not None:
-        try:
-            from fedopt.clock import validate_clock_config
-        except ImportError:
-            raise ConfigError("clock: virtual clocks are not available in this version") from None
-        cfg["clock"] = validate_clock_config(cfg["clock"])
-
-    n = facts.num_clients
-    if n is not None and alg["clients_per_round"] > n:
-        raise ConfigError(f"algorithm.clients_per_round: {alg['clients_per_round']} exceeds "
-                          f"data.num_clients ({n})")
+    check_clients_per_round(alg["clients_per_round"], facts.num_clients)
     if facts.feature_shape is not None:
         _check_model_shape(cfg["model"], facts.feature_shape, facts.num_classes or 2)
-    _dry_build(spec, cfg, n)
+    _dry_build(spec, cfg, facts.num_clients)
     return cfg
 
 
@@ -423,7 +207,7 @@ def _check_model_shape(model: dict[str, Any], feature_shape: tuple[int, ...],
     try:
         with torch.device("meta"):
             cls(feature_shape, num_classes, **kwargs)
-    except ValueError as e:
+    except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("model") else f"model: {msg}") from None
 
@@ -433,8 +217,6 @@ def _dry_build(spec: Any, cfg: dict[str, Any], num_clients: int | None) -> None:
     counts, so its checks (FedBuff's buffer_size against clients_per_round, the clock's
     per-client lists, ...) run now; and the real-time driver's, when asked for."""
     import numpy as np
-
-    from fedopt.algorithms import ServerOptimizer
 
     if num_clients is None:
         return
@@ -446,10 +228,11 @@ def _dry_build(spec: Any, cfg: dict[str, Any], num_clients: int | None) -> None:
                            ServerOptimizer(**so), cfg)
     except ConfigError:
         raise
-    except ValueError as e:
+    except ValueError as e:   # an algorithm's constructor names its own key (relative)
         msg = str(e)
         raise ConfigError(msg if "." in msg.split(":")[0] else f"algorithm.{msg}") from None
-    if cfg["executor"]["realtime"]:
+    ex = cfg["executor"]
+    if ex.get("realtime") and executor_entries()[ex["name"]].realtime is not None:
         missing = [a for a in ("policy", "weights", "server_optimizer", "clock_config")
                    if not hasattr(built, a)]
         if missing:
@@ -550,7 +333,7 @@ def load_config(source: str | os.PathLike | Mapping[str, Any],
 
     Raises ConfigError naming the field (or the file: missing, unreadable, invalid YAML)."""
     if isinstance(source, Mapping):
-        raw = _plain(copy.deepcopy(dict(source)))
+        raw = plain(copy.deepcopy(dict(source)))
     else:
         name = os.fspath(source)
         try:

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from fedopt.algorithms import ServerOptimizer, ServerState, algorithm_specs
-from fedopt.config import ConfigError
+from fedopt.executors import executor_entries, realtime_driver
+from fedopt.schema import ConfigError, check_clients_per_round
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.data.dataset import check_values
 from fedopt.engine.batches import capped_batch_size
@@ -50,18 +51,15 @@ class Simulation:
 
     def __init__(self, config: dict[str, Any], *, dataset: FederatedDataset | None = None,
                  model: nn.Module | None = None):
+        # builders raise ConfigError for a user's configuration mistake; any other error is a
+        # bug and keeps its traceback
         try:
-            try:
-                self._build(config, dataset, model)
-            except BaseException:   # a failure after the executor was built: release it
-                executor = getattr(self, "executor", None)
-                if executor is not None:
-                    executor.close()
-                raise
-        except ConfigError:
+            self._build(config, dataset, model)
+        except BaseException:   # a failure after the executor was built: release it
+            executor = getattr(self, "executor", None)
+            if executor is not None:
+                executor.close()
             raise
-        except ValueError as e:   # builders name the field (data.partition.alpha: ...)
-            raise ConfigError(str(e)) from e
 
     def _build(self, config: dict[str, Any], dataset: FederatedDataset | None,
                model: nn.Module | None) -> None:
@@ -70,7 +68,7 @@ class Simulation:
         ex = config["executor"]
         self.device = torch.device(ex["device"])
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"executor.device: {ex['device']!r} requested but CUDA is not available")
+            raise ConfigError(f"executor.device: {ex['device']!r} requested but CUDA is not available")
         self.dtype = DTYPES[ex["dtype"]]
         if ex["num_threads"]:
             torch.set_num_threads(ex["num_threads"])
@@ -78,15 +76,14 @@ class Simulation:
         # Every user model and data set enters here, whichever executor runs it: the checks
         # below run once, before any executor (in-process or Ray) is built.
         if dataset is not None and not isinstance(dataset, FederatedDataset):
-            raise ValueError(f"dataset must be a fedopt.data.FederatedDataset (see "
-                             f"fedopt.data.build_from_arrays), got {type(dataset).__name__}")
+            raise ConfigError(f"dataset must be a fedopt.data.FederatedDataset (see "
+                              f"fedopt.data.build_from_arrays), got {type(dataset).__name__}")
         if dataset is not None:
             check_values(dataset)       # what fedopt's own loaders check (finite features)
         data = dataset if dataset is not None else build_dataset(config["data"], seed=seed)
         alg = config["algorithm"]
-        if alg["clients_per_round"] > data.num_clients:
-            raise ValueError(f"algorithm.clients_per_round: {alg['clients_per_round']} exceeds "
-                             f"the data set's number of clients ({data.num_clients})")
+        check_clients_per_round(alg["clients_per_round"], data.num_clients,
+                                "the data set's number of clients")
         self.data = data.to(self.device, dtype=self.dtype)
         # a user's module (checked by check_model: no running statistics, vmap-able, float
         # parameters, [B, num_classes] logits) or the config's built-in model (sized first)
@@ -109,9 +106,9 @@ class Simulation:
         self.trainer = LocalTrainer(self.fmodel, self.client_optimizer, seed=seed,
                                     **self.algorithm.local_options())
         self.executor = build_executor(config, self.data, self.trainer)
-        if ex["realtime"]:
+        if ex.get("realtime"):   # an executor whose schema has it (Ray)
             try:
-                self.algorithm = _import(REALTIME_DRIVER)(self.algorithm, config)
+                self.algorithm = realtime_driver(ex["name"])(self.algorithm, config)
             except TypeError as e:   # not an asynchronous algorithm
                 self.executor.close()
                 raise ConfigError(f"algorithm.name: {e}") from None
@@ -225,32 +222,9 @@ class Simulation:
                 or (done is not None and done(self.state)))
 
 
-#: Executors by config name: "module:factory", imported on use (the Ray executor lives in the
-#: server/ layer above the core; naming it here keeps ``import fedopt`` free of Ray).
-EXECUTORS = {
-    "local": "fedopt.engine.executor:VectorizedExecutor.from_config",
-    "ray": "server.ray_executor:RayExecutor.from_config",
-}
-
-
-#: ``executor.realtime``: wraps an asynchronous algorithm so it drives Ray workers in real time
-REALTIME_DRIVER = "server.realtime:RealTimeAsync.from_config"
-
-
-def _import(target: str) -> Any:
-    """The object named ``"module:attr.attr"``, imported on use."""
-    import importlib
-
-    module, attr = target.split(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def build_executor(config: dict[str, Any], data: FederatedDataset, trainer: LocalTrainer):
     """``factory(config, dataset, trainer)`` with ``run_round(...) -> RoundOutput`` and ``close()``."""
-    return _import(EXECUTORS[config["executor"]["name"]])(config, data, trainer)
+    return executor_entries()[config["executor"]["name"]].load_factory()(config, data, trainer)
 
 
 def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,

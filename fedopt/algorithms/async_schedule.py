@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from fedopt.clock import DONE, TIMEOUT, TIMER, EventQueue, VirtualClock
-from fedopt.config import ConfigError
+from fedopt.schema import ConfigError
 from fedopt.rng import STREAM_SAMPLING, round_generator
 
 DISPATCH_MODES = ("on_aggregation", "on_arrival")

@@ -56,7 +56,7 @@ from fedopt.algorithms.async_weights import (STALENESS, WEIGHT_RULES, Arrivals, 
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.clock import VirtualClock, validate_clock_config
-from fedopt.config import ConfigError
+from fedopt.schema import ConfigError
 from fedopt.engine.batches import local_step_counts
 from fedopt.engine.executor import drop_scale
 from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state
@@ -479,66 +479,83 @@ class _WeightedMean:
 # ------------------------------------------------------------------------------ registry
 
 def _specs() -> dict[str, AlgorithmSpec]:
-    from fedopt.config import BOOL, FLOAT, INT, STR, Field, non_negative, one_of, positive
+    from typing import Annotated, Literal, Optional
 
-    def rule_name(v: str) -> str | None:
-        return None if v in WEIGHT_RULES else \
-            f"must be a registered weight rule ({', '.join(map(repr, WEIGHT_RULES))}), got {v!r}"
+    from pydantic import Field
 
-    def opt_positive(v) -> str | None:
-        return None if v is None or v > 0 else f"must be > 0, got {v!r}"
+    from fedopt.algorithms.base import AlgorithmConfig, schema
+    from fedopt.schema import Bool, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Str
+    from fedopt.schema import Check
 
-    def weights(default: str) -> dict[str, Field]:
+    Rule = Annotated[Str, Check(lambda v: v in WEIGHT_RULES,
+                                f"a registered weight rule ({', '.join(map(repr, WEIGHT_RULES))})")]
+    Dispatch = Literal["on_aggregation", "on_arrival"]
+
+    def weights(default: str) -> dict[str, Any]:
         return {
-            "aggregation_weights": Field(STR, default, rule_name, "weight rule d_i"),
-            "importance": Field(STR, "num_samples", one_of(*IMPORTANCE), "p_i: n_i/n or 1/N"),
-            "participation": Field(STR, "auto", one_of(*PARTICIPATION),
-                                   "P(i in A(n)) for the unbiased rule"),
+            "aggregation_weights": (Rule, Field(default, description="weight rule d_i")),
+            "importance": (Literal[IMPORTANCE], Field("num_samples",
+                                                      description="p_i: n_i/n or 1/N")),
+            "participation": (Literal[PARTICIPATION], Field(
+                "auto", description="P(i in A(n)) for the unbiased rule")),
         }
 
-    def staleness(default: str, a: float = 0.5, b: float = 4.0) -> dict[str, Field]:
-        return {"staleness": Field(STR, default, one_of(*STALENESS), "staleness function φ(s)"),
-                "staleness_a": Field(FLOAT, a, non_negative, "φ exponent / hinge slope a"),
-                "staleness_b": Field(FLOAT, b, non_negative, "hinge threshold b (steps)")}
+    def staleness(default: str, a: float = 0.5, b: float = 4.0) -> dict[str, Any]:
+        return {"staleness": (Literal[tuple(STALENESS)], Field(
+                    default, description="staleness function φ(s)")),
+                "staleness_a": (NonNegativeFloat, Field(a, description="φ exponent / hinge "
+                                                                       "slope a")),
+                "staleness_b": (NonNegativeFloat, Field(b, description="hinge threshold b "
+                                                                       "(steps)"))}
 
-    deadline = {"deadline": Field(FLOAT + (type(None),), None, opt_positive,
-                                  "also aggregate this long after the previous aggregation")}
-    dispatch = {"dispatch": Field(STR, "on_aggregation", one_of("on_aggregation", "on_arrival"),
-                                  "when freed clients get a new job")}
-    budget = {"time_budget": Field(FLOAT + (type(None),), None, opt_positive,
-                                   "stop before the first server step ending after this virtual "
-                                   "time (the run also stops at `rounds` steps)")}
+    deadline = {"deadline": (Optional[PositiveFloat], Field(
+        None, description="also aggregate this long after the previous aggregation"))}
+
+    def dispatch(default: str) -> dict[str, Any]:
+        return {"dispatch": (Dispatch, Field(default, description="when freed clients get a "
+                                                                  "new job"))}
+
+    budget = {"time_budget": (Optional[PositiveFloat], Field(
+        None, description="stop before the first server step ending after this virtual time "
+                          "(the run also stops at `rounds` steps)"))}
+
+    def spec(name: str, kind: str, doc: str, fields: dict[str, Any]) -> AlgorithmSpec:
+        return AlgorithmSpec(schema(name, doc, AlgorithmConfig, **fields), sgd, _build(kind), doc)
+
     sgd = {"name": "sgd", "lr": 1.0}
     return {
-        "fedavg_sync": AlgorithmSpec(
+        "fedavg_sync": spec(
+            "fedavg_sync", "sync", "Synchronous FedAvg on the virtual clock (deadline / drop slowest)",
             {**budget, **weights("num_samples"), **deadline,
-             "drop_slowest": Field(INT, 0, non_negative, "aggregate the first m − k arrivals")},
-            sgd, _build("sync"), "Synchronous FedAvg on the virtual clock (deadline / drop slowest)"),
-        "fedfix": AlgorithmSpec(
+             "drop_slowest": (NonNegativeInt, Field(0, description="aggregate the first m − k "
+                                                                   "arrivals"))}),
+        "fedfix": spec(
+            "fedfix", "fedfix", "FedFix (Fraboni et al. 2023)",
             {**budget, **weights("unbiased"), **staleness("constant"),
-             "interval": Field(FLOAT, 1.0, positive, "Δt: aggregate at Δt, 2Δt, ...")},
-            sgd, _build("fedfix"), "FedFix (Fraboni et al. 2023)"),
-        "async_fedavg": AlgorithmSpec(
-            {**budget, **weights("unbiased"), **staleness("constant")},
-            sgd, _build("async"), "Asynchronous FedAvg: one server step per arrival"),
-        "fedasync": AlgorithmSpec(
+             "interval": (PositiveFloat, Field(1.0, description="Δt: aggregate at Δt, 2Δt, ..."))}),
+        "async_fedavg": spec(
+            "async_fedavg", "async", "Asynchronous FedAvg: one server step per arrival",
+            {**budget, **weights("unbiased"), **staleness("constant")}),
+        "fedasync": spec(
+            "fedasync", "fedasync", "FedAsync (Xie et al. 2019): per-arrival model mixing",
             {**budget, **weights("uniform"), **staleness("polynomial"),
-             "mixing_alpha": Field(FLOAT, 0.6, positive, "α of θ ← (1 − α_s)θ + α_s y")},
-            sgd, _build("fedasync"), "FedAsync (Xie et al. 2019): per-arrival model mixing"),
-        "fedbuff": AlgorithmSpec(
+             "mixing_alpha": (PositiveFloat, Field(0.6, description="α of θ ← (1 − α_s)θ + α_s y"))}),
+        "fedbuff": spec(
+            "fedbuff", "fedbuff", "FedBuff (Nguyen et al. 2022)",
             {**budget, **weights("uniform"), **staleness("polynomial"), **deadline,
-             **{**dispatch, "dispatch": Field(STR, "on_arrival",
-                                              one_of("on_aggregation", "on_arrival"))},
-             "buffer_size": Field(INT, 10, positive, "K: aggregate every K arrivals")},
-            sgd, _build("fedbuff"), "FedBuff (Nguyen et al. 2022)"),
-        "async_general": AlgorithmSpec(
-            {**budget, **weights("uniform"), **staleness("constant"), **deadline, **dispatch,
-             "buffer_size": Field(INT + (type(None),), 1, opt_positive, "c (null with interval)"),
-             "interval": Field(FLOAT + (type(None),), None, opt_positive, "Δt (FedFix trigger)"),
-             "cancel_stragglers": Field(BOOL, False, doc="drop unfinished jobs at aggregation"),
-             "combine": Field(STR, "delta", one_of(*COMBINES), "delta (§2.1) or model (mixing)"),
-             "mixing_alpha": Field(FLOAT, 1.0, positive, "α for combine: model")},
-            sgd, _build("general"), "The general scheme with stochastic aggregation weights"),
+             **dispatch("on_arrival"),
+             "buffer_size": (PositiveInt, Field(10, description="K: aggregate every K arrivals"))}),
+        "async_general": spec(
+            "async_general", "general", "The general scheme with stochastic aggregation weights",
+            {**budget, **weights("uniform"), **staleness("constant"), **deadline,
+             **dispatch("on_aggregation"),
+             "buffer_size": (Optional[PositiveInt], Field(1, description="c (null with interval)")),
+             "interval": (Optional[PositiveFloat], Field(None, description="Δt (FedFix trigger)")),
+             "cancel_stragglers": (Bool, Field(False, description="drop unfinished jobs at "
+                                                                  "aggregation")),
+             "combine": (Literal[COMBINES], Field("delta", description="delta (§2.1) or model "
+                                                                       "(mixing)")),
+             "mixing_alpha": (PositiveFloat, Field(1.0, description="α for combine: model"))}),
     }
 
 
@@ -583,10 +600,7 @@ def _policy(kind: str, cfg: dict[str, Any], n: int) -> tuple[SchedulePolicy, dic
 def _build(kind: str) -> Callable[..., AsyncFederated]:
     def build(cfg: dict[str, Any], counts: np.ndarray, seed: int,
               server_optimizer: ServerOptimizer, config: dict[str, Any]) -> AsyncFederated:
-        n = len(counts)
-        if cfg["clients_per_round"] > n:
-            raise ConfigError(f"algorithm.clients_per_round: {cfg['clients_per_round']} exceeds "
-                              f"the number of clients ({n})")
+        n = len(counts)   # clients_per_round <= n: checked by the config (fedopt.schema)
         policy, extra = _policy(kind, cfg, n)
         client = config.get("client") or {}
         samples = client_optimizer = None

@@ -19,10 +19,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Annotated, Any, Callable, Literal, Optional, Protocol
 
 import numpy as np
+from pydantic import Field
 from torch import Tensor
+
+from fedopt.schema import (Bool, Check, ConfigError, Float, PositiveFloat, PositiveInt, Schema,
+                           Str, variant)
 
 Params = dict[str, Tensor]
 
@@ -67,10 +71,46 @@ class Requirement:
     what: str
 
 
+class ServerOptimizerConfig(Schema):
+    """``algorithm.server_optimizer``: the keys as given (null: not given). The algorithm's
+    defaults are merged under them and the chosen rule's own checks run after (a key the rule
+    does not read is an error, see :mod:`fedopt.algorithms.server_opt`)."""
+
+    what = "the server optimizer"
+    name: Optional[Literal["sgd", "adam", "yogi", "adagrad"]] = None
+    lr: Optional[PositiveFloat] = Field(None, description="server learning rate η")
+    momentum: Optional[Annotated[Float, Check(lambda v: 0 <= v < 1, "in [0, 1)")]] = Field(
+        None, description="sgd only (default 0)")
+    nesterov: Optional[Bool] = Field(None, description="sgd only (default false)")
+    betas: Optional[list[Annotated[Float, Check(lambda v: 0 <= v < 1, "in [0, 1)")]]] = Field(
+        None, description="adam/yogi: [β1, β2]; paper-style adagrad: [β1]")
+    tau: Optional[PositiveFloat] = Field(None, description="adaptivity τ (adaptive rules, "
+                                                           "default 1e-3)")
+    style: Optional[Literal["paper", "tff"]] = Field(
+        None, description="adaptive rules: paper (default) or tff")
+
+
+class AlgorithmConfig(Schema):
+    """The keys every algorithm reads; an algorithm's schema adds its own (:func:`schema`)."""
+
+    what = "algorithm"
+    name: Str = "fedavg"
+    rounds: PositiveInt = Field(..., description="server steps")
+    clients_per_round: PositiveInt = Field(..., description="clients sampled per server step")
+    aggregation_weights: Literal["num_samples", "uniform", "unbiased"] = "num_samples"
+    server_optimizer: Optional[ServerOptimizerConfig] = None
+
+
+def schema(name: str, doc: str = "", base: type[AlgorithmConfig] = AlgorithmConfig,
+           **fields: Any) -> type[AlgorithmConfig]:
+    """The schema of algorithm ``name``: ``base``'s keys and ``fields`` (``(type, default)``)."""
+    return variant(base, name, what=f"algorithm {name!r}", doc=doc, **fields)
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """Config keys of an algorithm (``fedopt.config.Field`` objects), the server optimizer it
-    defaults to, and ``build(alg_cfg, counts, seed, server_optimizer, config) -> Algorithm``
+    """An algorithm's config schema (:class:`AlgorithmConfig` with its own keys; see
+    :func:`schema`), the server optimizer it defaults to, and ``build(alg_cfg, counts, seed, server_optimizer, config) -> Algorithm``
     (``config``: the whole validated run config).
 
     ``requires``: server-optimizer settings the name itself stands for (``fedadam`` is FedAvg
@@ -80,19 +120,19 @@ class AlgorithmSpec:
     with unit client counts to run the same checks as a run.
     """
 
-    fields: dict[str, Any]
+    schema: type[AlgorithmConfig]
     server_optimizer: dict[str, Any]
     build: Callable[[dict[str, Any], np.ndarray, int, Any, dict[str, Any]], Any]
     doc: str = ""
     requires: tuple[Requirement, ...] = ()
 
     def check_server_optimizer(self, name: str, server_optimizer: dict[str, Any]) -> None:
-        """Raise ValueError naming ``algorithm.server_optimizer.<key>`` and ``algorithm.name``
+        """Raise ConfigError naming ``algorithm.server_optimizer.<key>`` and ``algorithm.name``
         when the (merged) server-optimizer section contradicts what ``name`` stands for."""
         for req in self.requires:
             value = server_optimizer.get(req.key)
             if not req.ok(value):
-                raise ValueError(
+                raise ConfigError(
                     f"algorithm.server_optimizer.{req.key}: {value!r} conflicts with "
                     f"algorithm.name: {name}, which needs {req.key} {req.what}; remove "
                     f"algorithm.server_optimizer.{req.key}, or use algorithm.name: fedavg to "

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import Field
 
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.server_opt import ServerOptimizer
@@ -188,8 +189,8 @@ def _build(prox: bool):
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
-    from fedopt.algorithms.base import Requirement
-    from fedopt.config import FLOAT, Field, non_negative
+    from fedopt.algorithms.base import Requirement, schema
+    from fedopt.schema import NonNegativeFloat
 
     def rule(name: str) -> Requirement:
         return Requirement("name", lambda v: v == name, f"= {name!r}")
@@ -197,18 +198,20 @@ def _specs() -> dict[str, AlgorithmSpec]:
     momentum = Requirement("momentum", lambda v: isinstance(v, (int, float)) and v > 0, "> 0")
     plain = _build(False)
     return {
-        "fedavg": AlgorithmSpec({}, {"name": "sgd", "lr": 1.0}, plain,
+        "fedavg": AlgorithmSpec(schema("fedavg"), {"name": "sgd", "lr": 1.0}, plain,
                                 "FedAvg (any server optimizer: the FedOpt family)"),
-        "fedavgm": AlgorithmSpec({}, {"name": "sgd", "lr": 1.0, "momentum": 0.9}, plain,
-                                 "FedAvg with server momentum", (rule("sgd"), momentum)),
-        "fedadam": AlgorithmSpec({}, {"name": "adam", "lr": 0.1}, plain, "FedAdam",
-                                 (rule("adam"),)),
-        "fedyogi": AlgorithmSpec({}, {"name": "yogi", "lr": 0.1}, plain, "FedYogi",
-                                 (rule("yogi"),)),
-        "fedadagrad": AlgorithmSpec({}, {"name": "adagrad", "lr": 0.1}, plain, "FedAdagrad",
-                                    (rule("adagrad"),)),
-        "fedprox": AlgorithmSpec({"mu": Field(FLOAT, 0.01, non_negative, "proximal coefficient μ")},
-                                 {"name": "sgd", "lr": 1.0}, _build(True), "FedProx"),
+        "fedavgm": AlgorithmSpec(schema("fedavgm"), {"name": "sgd", "lr": 1.0, "momentum": 0.9},
+                                 plain, "FedAvg with server momentum", (rule("sgd"), momentum)),
+        "fedadam": AlgorithmSpec(schema("fedadam"), {"name": "adam", "lr": 0.1}, plain,
+                                 "FedAdam", (rule("adam"),)),
+        "fedyogi": AlgorithmSpec(schema("fedyogi"), {"name": "yogi", "lr": 0.1}, plain,
+                                 "FedYogi", (rule("yogi"),)),
+        "fedadagrad": AlgorithmSpec(schema("fedadagrad"), {"name": "adagrad", "lr": 0.1}, plain,
+                                    "FedAdagrad", (rule("adagrad"),)),
+        "fedprox": AlgorithmSpec(
+            schema("fedprox", mu=(NonNegativeFloat, Field(0.01, description="proximal "
+                                                                            "coefficient μ"))),
+            {"name": "sgd", "lr": 1.0}, _build(True), "FedProx"),
     }
 
 

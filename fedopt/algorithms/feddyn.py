@@ -136,12 +136,15 @@ def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
-    from fedopt.config import FLOAT, Field, positive
+    from pydantic import Field
 
-    fields = {"alpha": Field(FLOAT, 0.01, positive,
-                             "dynamic-regularization coefficient α (local gradient "
-                             "∇ℓ + α(w − θ) + α H_i); official CIFAR-10 value 0.01")}
-    return {"feddyn": AlgorithmSpec(fields, {"name": "sgd", "lr": 1.0}, _build,
+    from fedopt.algorithms.base import schema
+    from fedopt.schema import PositiveFloat
+
+    alpha = Field(0.01, description="dynamic-regularization coefficient α (local gradient "
+                                    "∇ℓ + α(w − θ) + α H_i); official CIFAR-10 value 0.01")
+    return {"feddyn": AlgorithmSpec(schema("feddyn", alpha=(PositiveFloat, alpha)),
+                                    {"name": "sgd", "lr": 1.0}, _build,
                                     "FedDyn (dynamic regularization)")}
 
 

@@ -92,32 +92,38 @@ def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
-    from fedopt.config import BOOL, FLOAT, STR, Field, non_negative, one_of, positive
+    from typing import Annotated, Literal, Optional
 
-    def unit(v: float) -> str | None:
-        return None if 0 <= v <= 1 else f"must be in [0, 1], got {v!r}"
+    from pydantic import Field
+
+    from fedopt.algorithms.base import schema
+    from fedopt.schema import Bool, Check, Float, InfFloat, NonNegativeFloat
 
     fields = {
-        "lam": Field(FLOAT, 10.0, positive,
-                     "paper's λ: local prox gradient (1/λ)(w − x_t) and correction (1/λ)H_i; "
-                     "the reference code's --lamb is 1/λ (0.1 ↔ λ = 10); .inf: no prox term",
-                     allow_inf=True),
-        "rho": Field(FLOAT, 0.1, non_negative, "perturbation radius ρ (0: no ascent step)"),
-        "alpha": Field(FLOAT, 1.0, unit,
-                       "quasi-gradient mixing α: (1 − α)g1 + α g2 (1 = the code's pure SAM)"),
-        "variant": Field(STR, "code", one_of(*VARIANTS),
-                         "'code' (reference code, default): normalised perturbation, add-back "
-                         "mean over all clients; 'paper': unnormalised, over the sampled clients"),
-        "normalize_perturbation": Field(BOOL + (type(None),), None,
-                                        doc="override the variant: e = ρ g/‖g‖ (true) or ρ g"),
-        "correction_average": Field(STR + (type(None),), None, one_of(*CORRECTION_AVERAGES),
-                                    "override the variant: add back mean_all(H) ('all') or "
-                                    "mean_P(H_i) ('sampled')"),
-        "prox_correction": Field(BOOL, True,
-                                 doc="false: no correction H_i and no server add-back "
-                                     "(FedProx(1/λ) + SAM; the ablation of §3.7)"),
+        "lam": (Annotated[InfFloat, Check(lambda v: v > 0, "> 0")], Field(
+            10.0, description="paper's λ: local prox gradient (1/λ)(w − x_t) and correction "
+                              "(1/λ)H_i; the reference code's --lamb is 1/λ (0.1 ↔ λ = 10); "
+                              ".inf: no prox term")),
+        "rho": (NonNegativeFloat, Field(0.1, description="perturbation radius ρ (0: no ascent "
+                                                         "step)")),
+        "alpha": (Annotated[Float, Check(lambda v: 0 <= v <= 1, "in [0, 1]")], Field(
+            1.0, description="quasi-gradient mixing α: (1 − α)g1 + α g2 (1 = the code's pure "
+                             "SAM)")),
+        "variant": (Literal[tuple(VARIANTS)], Field(
+            "code", description="'code' (reference code, default): normalised perturbation, "
+                                "add-back mean over all clients; 'paper': unnormalised, over "
+                                "the sampled clients")),
+        "normalize_perturbation": (Optional[Bool], Field(
+            None, description="override the variant: e = ρ g/‖g‖ (true) or ρ g")),
+        "correction_average": (Optional[Literal[CORRECTION_AVERAGES]], Field(
+            None, description="override the variant: add back mean_all(H) ('all') or "
+                              "mean_P(H_i) ('sampled')")),
+        "prox_correction": (Bool, Field(
+            True, description="false: no correction H_i and no server add-back "
+                              "(FedProx(1/λ) + SAM; the ablation of §3.7)")),
     }
-    return {"fedspeed": AlgorithmSpec(fields, {"name": "sgd", "lr": 1.0}, _build,
+    return {"fedspeed": AlgorithmSpec(schema("fedspeed", **fields), {"name": "sgd", "lr": 1.0},
+                                      _build,
                                       "FedSpeed (prox-correction + gradient perturbation)")}
 
 

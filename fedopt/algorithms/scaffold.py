@@ -163,12 +163,16 @@ def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
-    from fedopt.config import STR, Field, one_of
+    from typing import Literal
 
-    fields = {"option": Field(STR, "II", one_of(*OPTIONS),
-                              "client control-variate update: 'I' (∇F_i at the server model) or "
-                              "'II' (c_i − c + (x − y_i)/(u_i η_l))")}
-    return {"scaffold": AlgorithmSpec(fields, {"name": "sgd", "lr": 1.0}, _build,
+    from pydantic import Field
+
+    from fedopt.algorithms.base import schema
+
+    option = Field("II", description="client control-variate update: 'I' (∇F_i at the server "
+                                     "model) or 'II' (c_i − c + (x − y_i)/(u_i η_l))")
+    return {"scaffold": AlgorithmSpec(schema("scaffold", option=(Literal[OPTIONS], option)),
+                                      {"name": "sgd", "lr": 1.0}, _build,
                                       "SCAFFOLD (control variates)")}
 
 

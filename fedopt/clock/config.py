@@ -19,155 +19,157 @@ means the same, as does the string ``"inf"`` (a run's recorded config.json write
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Literal, Mapping, Optional
 
-from fedopt.config import FLOAT, INT, REQUIRED, ConfigError, Field, seed_range, validate_section
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-Check = Callable[[Any], "str | None"]
-NONE = (type(None),)
+from fedopt.schema import (Check, Float, InfFloat, Int, NullInf, Schema, Seed, fail, named_union,
+                           parse, variant)
 
-
-def _check(ok: Callable[[float], bool], what: str) -> Check:
-    def check(v):
-        return None if ok(v) else f"must be {what}, got {v!r}"
-    return check
-
-
-time_or_inf = _check(lambda v: v >= 0, ">= 0 (+inf for never)")
-finite_non_negative = _check(lambda v: 0 <= v < math.inf, "a finite number >= 0")
-finite_positive = _check(lambda v: 0 < v < math.inf, "a finite number > 0")
-positive_or_inf = _check(lambda v: v > 0, "> 0 (+inf allowed)")
-finite = _check(math.isfinite, "finite")
-probability = _check(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+#: a time: >= 0, +inf for never (null: +inf)
+TimeOrInf = Annotated[NullInf, Check(lambda v: v >= 0, ">= 0 (+inf for never)")]
+FiniteNonNegative = Annotated[Float, Check(lambda v: v >= 0, "a finite number >= 0")]
+FinitePositive = Annotated[Float, Check(lambda v: v > 0, "a finite number > 0")]
+PositiveOrInf = Annotated[NullInf, Check(lambda v: v > 0, "> 0 (+inf allowed)")]
+Probability = Annotated[Float, Check(lambda v: 0 <= v <= 1, "a probability in [0, 1]")]
 #: a job's failure probability: 1 would mean no update ever arrives, which no run can use
-failure_probability = _check(lambda v: 0 <= v < 1,
-                             "a probability in [0, 1) (at 1 no client job ever returns)")
-percent = _check(lambda v: 0 <= v < 100, "a percentage in [0, 100)")
+FailureProbability = Annotated[Float, Check(lambda v: 0 <= v < 1,
+                                            "a probability in [0, 1) (at 1 no client job "
+                                            "ever returns)")]
+Percent = Annotated[Float, Check(lambda v: 0 <= v < 100, "a percentage in [0, 100)")]
+ClientId = Annotated[Int, Check(lambda v: v >= 0, "a client id (integer >= 0)")]
 
 
-def _positive_list(v) -> str | None:
-    for k, x in enumerate(v):
-        if x is None or x == "inf":
-            continue   # null or "inf" (a recorded config.json): +inf
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x <= 0:
-            return f"entry {k} must be a number > 0 (+inf: never returns), got {x!r}"
-    return None if len(v) else "must not be empty"
+class Law(Schema):
+    """A compute-time law X_{i,j} (:mod:`fedopt.clock.laws`)."""
+    what = "compute law"
 
 
-def _id_list(v) -> str | None:
-    for k, x in enumerate(v):
-        if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-            return f"entry {k} must be a client id (integer >= 0), got {x!r}"
-    return None
+class Factors(Schema):
+    """Per-client factors s_i (:mod:`fedopt.clock.factors`)."""
+    what = "client factors"
 
 
-LAWS: dict[str, dict[str, Field]] = {
-    "constant": {"value": Field(FLOAT + NONE, 1.0, time_or_inf, "X = value (null: +inf)", allow_inf=True)},
-    "exponential": {"shift": Field(FLOAT, 0.0, finite_non_negative, "minimum time"),
-                    "scale": Field(FLOAT, 1.0, finite_positive, "mean of the exponential part")},
-    "lognormal": {"mu": Field(FLOAT, 0.0, finite, "mean of log X"),
-                  "sigma": Field(FLOAT, 0.5, finite_non_negative, "std of log X")},
-    "pareto": {"scale": Field(FLOAT, 1.0, finite_positive, "minimum time x_m"),
-               "shape": Field(FLOAT, 1.5, finite_positive, "tail index α (mean finite iff α > 1)")},
-    "markov": {"good": Field((dict, str), {"name": "constant", "value": 1.0}),
-               "bad": Field((dict, str), {"name": "constant", "value": 10.0}),
-               "p_good_to_bad": Field(FLOAT, 0.1, probability),
-               "p_bad_to_good": Field(FLOAT, 0.5, probability)},
-}
-
-FACTORS: dict[str, dict[str, Field]] = {
-    "constant": {},
-    "linear": {"spread": Field(FLOAT, 80.0, percent, "fastest client is spread % faster")},
-    "list": {"values": Field((list, tuple), REQUIRED, _positive_list, "one factor per client")},
-    "lognormal": {"sigma": Field(FLOAT, 0.5, finite_non_negative)},
-    "cohort": {"factor": Field(FLOAT + NONE, 10.0, positive_or_inf, "slowdown of the cohort", allow_inf=True),
-               "clients": Field((list, tuple, type(None)), None, _id_list, "cohort client ids"),
-               "fraction": Field(FLOAT, 0.2, probability, "random cohort size when no clients")},
-}
-
-AVAILABILITY: dict[str, dict[str, Field]] = {
-    "always": {},
-    "onoff": {"mean_online": Field(FLOAT, 10.0, finite_positive),
-              "mean_offline": Field(FLOAT + NONE, 1.0, positive_or_inf, "null: +inf", allow_inf=True),
-              "leave_prob": Field(FLOAT, 0.0, probability,
-                                  "an offline period is permanent with this probability")},
-}
-
-COMMUNICATION: dict[str, Field] = {
-    "bandwidth": Field(FLOAT + NONE, math.inf, positive_or_inf,
-                       "bytes per virtual time unit (null: unlimited)", allow_inf=True),
-    "latency": Field(FLOAT, 0.0, finite_non_negative, "per message (two per job)"),
-    "down_bytes": Field(FLOAT + NONE, None, finite_non_negative, "null: the model's size"),
-    "up_bytes": Field(FLOAT + NONE, None, finite_non_negative, "null: the model's size"),
-    "link": Field((dict, str), {"name": "constant"}, doc="per-client transfer-time factors"),
-}
-
-CLOCK_FIELDS: dict[str, Field] = {
-    "compute": Field((dict, str), {"name": "constant", "value": 1.0}),
-    "speed": Field((dict, str), {"name": "constant"}),
-    "availability": Field((dict, str), {"name": "always"}),
-    "communication": Field((dict, type(None)), None),
-    "failure_prob": Field(FLOAT, 0.0, failure_probability),
-    "timeout": Field(FLOAT + NONE, None, positive_or_inf, allow_inf=True),
-    "seed": Field(INT + NONE, None, seed_range, "null: the run's seed"),
-}
+class Availability(Schema):
+    """When a client is online (:mod:`fedopt.clock.availability`)."""
+    what = "availability model"
 
 
-def _named(spec: Any, registry: Mapping[str, Mapping[str, Field]], path: str) -> dict[str, Any]:
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with a 'name', got {spec!r}")
-    name = spec.get("name")
-    if name not in registry:
-        raise ConfigError(f"{path}.name: must be one of {', '.join(map(repr, registry))}, "
-                          f"got {name!r}")
-    fields = {"name": Field((str,), name), **registry[name]}
-    return _null_is_inf(validate_section(spec, fields, path))
+CONSTANT_LAW = variant(Law, "constant", value=(TimeOrInf, Field(1.0, description="X = value (null: +inf)")))
+STATE_LAWS = [
+    CONSTANT_LAW,
+    variant(Law, "exponential",
+            shift=(FiniteNonNegative, Field(0.0, description="minimum time")),
+            scale=(FinitePositive, Field(1.0, description="mean of the exponential part"))),
+    variant(Law, "lognormal",
+            mu=(Float, Field(0.0, description="mean of log X")),
+            sigma=(FiniteNonNegative, Field(0.5, description="std of log X"))),
+    variant(Law, "pareto",
+            scale=(FinitePositive, Field(1.0, description="minimum time x_m")),
+            shape=(FinitePositive, Field(1.5, description="tail index α (mean finite iff α > 1)"))),
+]
 
 
-#: fields where null stands for +inf (see the module docstring)
-_INF_FIELDS = ("value", "factor", "mean_offline", "bandwidth")
+def _not_markov(v: Any) -> Any:
+    name = v if isinstance(v, str) else v.get("name") if isinstance(v, Mapping) else None
+    if name == "markov":
+        raise fail("name", "a markov state's law cannot itself be 'markov'")
+    return v
 
 
-def _null_is_inf(section: dict[str, Any]) -> dict[str, Any]:
-    for key in _INF_FIELDS:
-        if key in section and section[key] is None:
-            section[key] = math.inf
-    if isinstance(section.get("values"), (list, tuple)):
-        section["values"] = [math.inf if x is None or x == "inf" else x
-                             for x in section["values"]]
-    return section
+StateLaw = Annotated[named_union(STATE_LAWS), BeforeValidator(_not_markov)]
 
 
-def validate_law(spec: Any, path: str, nested: bool = False) -> dict[str, Any]:
-    out = _named(spec, LAWS, path)
-    if out["name"] == "markov":
-        if nested:
-            raise ConfigError(f"{path}.name: a markov state's law cannot itself be 'markov'")
-        out["good"] = validate_law(out["good"], f"{path}.good", nested=True)
-        out["bad"] = validate_law(out["bad"], f"{path}.bad", nested=True)
-        if out["p_good_to_bad"] + out["p_bad_to_good"] == 0:
-            raise ConfigError(f"{path}.p_good_to_bad: p_good_to_bad + p_bad_to_good must be "
-                              f"> 0 (the chain needs a stationary law)")
-    return out
+class MarkovLaw(Law):
+    """Two-state Markov-modulated times: a state's own law, switching probabilities per job."""
+    what = "compute law 'markov'"
+    name: Literal["markov"] = "markov"
+    good: StateLaw = Field(default_factory=lambda: CONSTANT_LAW(value=1.0))
+    bad: StateLaw = Field(default_factory=lambda: CONSTANT_LAW(value=10.0))
+    p_good_to_bad: Probability = 0.1
+    p_bad_to_good: Probability = 0.5
+
+    @model_validator(mode="after")
+    def _stationary(self) -> "MarkovLaw":
+        if self.p_good_to_bad + self.p_bad_to_good == 0:
+            raise fail("p_good_to_bad", "p_good_to_bad + p_bad_to_good must be > 0 (the chain "
+                                        "needs a stationary law)")
+        return self
 
 
-def validate_factors(spec: Any, path: str) -> dict[str, Any]:
-    return _named(spec, FACTORS, path)
+LAWS = [*STATE_LAWS, MarkovLaw]
+ComputeLaw = named_union(LAWS)
+
+FACTORS = [
+    variant(Factors, "constant"),
+    variant(Factors, "linear", spread=(Percent, Field(80.0, description="fastest client is spread % faster"))),
+    variant(Factors, "list", values=(Annotated[list[Annotated[NullInf, Check(
+        lambda v: v > 0, "a number > 0 (+inf: never returns)")]], Field(min_length=1)],
+        Field(..., description="one factor per client"))),
+    variant(Factors, "lognormal", sigma=(FiniteNonNegative, 0.5)),
+    variant(Factors, "cohort",
+            factor=(PositiveOrInf, Field(10.0, description="slowdown of the cohort")),
+            clients=(Optional[list[ClientId]], Field(None, description="cohort client ids")),
+            fraction=(Probability, Field(0.2, description="random cohort size when no clients"))),
+]
+ClientFactors = named_union(FACTORS)
+
+AVAILABILITY = [
+    variant(Availability, "always"),
+    variant(Availability, "onoff",
+            mean_online=(FinitePositive, 10.0),
+            mean_offline=(PositiveOrInf, Field(1.0, description="null: +inf")),
+            leave_prob=(Probability, Field(0.0, description="an offline period is permanent "
+                                                            "with this probability"))),
+]
+AvailabilityModel = named_union(AVAILABILITY)
+
+
+def _none_is_empty(v: Any) -> Any:
+    return {} if v is None else v
+
+
+class Communication(Schema):
+    """Transfer times: ``latency + bytes / bandwidth`` per message, times per-client factors."""
+    what = "clock.communication"
+    bandwidth: PositiveOrInf = Field(math.inf, description="bytes per virtual time unit (null: unlimited)")
+    latency: FiniteNonNegative = Field(0.0, description="per message (two per job)")
+    down_bytes: Optional[FiniteNonNegative] = Field(None, description="null: the model's size")
+    up_bytes: Optional[FiniteNonNegative] = Field(None, description="null: the model's size")
+    link: ClientFactors = Field(default_factory=lambda: FACTORS[0](),
+                                description="per-client transfer-time factors")
+
+
+def _timeout(v: Any) -> Any:
+    return None if v == "inf" or (isinstance(v, float) and v == math.inf) else v
+
+
+class ClockConfig(Schema):
+    """The ``clock:`` section (see the module docstring)."""
+    what = "clock"
+    compute: ComputeLaw = Field(default_factory=lambda: CONSTANT_LAW(value=1.0))
+    speed: ClientFactors = Field(default_factory=lambda: FACTORS[0]())
+    availability: AvailabilityModel = Field(default_factory=lambda: AVAILABILITY[0]())
+    communication: Annotated[Communication, BeforeValidator(_none_is_empty)] = Field(
+        default_factory=Communication)
+    failure_prob: FailureProbability = 0.0
+    timeout: Annotated[Optional[Annotated[InfFloat, Check(lambda v: v > 0, "> 0 (+inf allowed)")]],
+                       AfterValidator(_timeout)] = None
+    seed: Optional[Seed] = Field(None, description="null: the run's seed")
 
 
 def validate_clock_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
     """The ``clock:`` section with every default filled, or a :class:`ConfigError` whose
     message starts with the offending field (``clock.compute.scale: ...``)."""
-    cfg = validate_section(section, CLOCK_FIELDS, "clock")
-    cfg["compute"] = validate_law(cfg["compute"], "clock.compute")
-    cfg["speed"] = validate_factors(cfg["speed"], "clock.speed")
-    cfg["availability"] = _named(cfg["availability"], AVAILABILITY, "clock.availability")
-    comm = _null_is_inf(validate_section(cfg["communication"], COMMUNICATION,
-                                         "clock.communication"))
-    comm["link"] = validate_factors(comm["link"], "clock.communication.link")
-    cfg["communication"] = comm
-    if cfg["timeout"] is not None and math.isinf(cfg["timeout"]):
-        cfg["timeout"] = None
-    return cfg
+    return parse(ClockConfig, {} if section is None else section, "clock").model_dump()
+
+
+def validate_law(spec: Any, path: str = "clock.compute") -> dict[str, Any]:
+    """A compute-time law spec (a name or ``{name, ...}``) with its defaults, checked by its
+    schema; ConfigError naming ``<path>.<key>``."""
+    return parse(ComputeLaw, spec, path).model_dump()
+
+
+def validate_factors(spec: Any, path: str = "clock.speed") -> dict[str, Any]:
+    """A per-client factors spec with its defaults; ConfigError naming ``<path>.<key>``."""
+    return parse(ClientFactors, spec, path).model_dump()

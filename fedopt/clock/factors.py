@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedopt.config import ConfigError
+from fedopt.schema import ConfigError
 from fedopt.rng import STREAM_CLOCK, keyed_normal, keyed_uniform
 
 

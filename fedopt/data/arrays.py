@@ -12,6 +12,7 @@ from fedopt.data.checks import fraction, positive_int, seed_streams
 from fedopt.data.dataset import FederatedDataset
 from fedopt.data.partition import partition as partition_rows
 from fedopt.data.partition import resolve_partition
+from fedopt.schema import ConfigError
 
 ArrayLike = Any  # numpy array, torch tensor, or anything np.asarray accepts
 
@@ -23,7 +24,7 @@ def to_numpy(a: ArrayLike, field: str) -> np.ndarray:
     try:
         return np.asarray(a)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{field}: cannot be read as an array ({e})") from e
+        raise ConfigError(f"{field}: cannot be read as an array ({e})") from e
 
 
 def check_features(x: ArrayLike, field: str) -> np.ndarray:
@@ -34,17 +35,17 @@ def check_features(x: ArrayLike, field: str) -> np.ndarray:
     """
     x = to_numpy(x, field)
     if x.dtype.kind not in "biuf":
-        raise ValueError(f"{field}: must be numeric (bool, integer or float), got dtype {x.dtype}")
+        raise ConfigError(f"{field}: must be numeric (bool, integer or float), got dtype {x.dtype}")
     if x.ndim < 2:
-        raise ValueError(f"{field}: must have shape [rows, *feature_shape] (at least 2 dims), "
-                         f"got shape {x.shape}")
+        raise ConfigError(f"{field}: must have shape [rows, *feature_shape] (at least 2 dims), "
+                          f"got shape {x.shape}")
     if 0 in x.shape[1:]:
-        raise ValueError(f"{field}: feature shape {x.shape[1:]} has a dimension of size 0")
+        raise ConfigError(f"{field}: feature shape {x.shape[1:]} has a dimension of size 0")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise ValueError(f"{field} contains NaN or inf values")
+        raise ConfigError(f"{field} contains NaN or inf values")
     out = x.astype(np.float32)
     if not np.isfinite(out).all():
-        raise ValueError(f"{field} has values too large for float32")
+        raise ConfigError(f"{field} has values too large for float32")
     return out
 
 
@@ -58,19 +59,19 @@ def check_index(a: ArrayLike, field: str, rows: int, rows_field: str, what: str)
     """
     a = to_numpy(a, field)
     if a.ndim != 1:
-        raise ValueError(f"{field}: must be 1-D (one entry per row), got shape {a.shape}")
+        raise ConfigError(f"{field}: must be 1-D (one entry per row), got shape {a.shape}")
     if a.shape[0] != rows:
-        raise ValueError(f"{field} has {a.shape[0]} rows but {rows_field} has {rows}")
+        raise ConfigError(f"{field} has {a.shape[0]} rows but {rows_field} has {rows}")
     if a.dtype.kind == "f":
         if not np.isfinite(a).all() or not (a == np.round(a)).all():
             bad = a[~np.isfinite(a) | (a != np.round(a))][0]
-            raise ValueError(f"{field}: {what} must be integers, found {bad!r}")
+            raise ConfigError(f"{field}: {what} must be integers, found {bad!r}")
     elif a.dtype.kind not in "iub":
-        raise ValueError(f"{field}: {what} must be integers, got dtype {a.dtype}")
+        raise ConfigError(f"{field}: {what} must be integers, got dtype {a.dtype}")
     if a.size and a.min() < 0:
-        raise ValueError(f"{field}: {what} must be non-negative, found {a.min()!r}")
+        raise ConfigError(f"{field}: {what} must be non-negative, found {a.min()!r}")
     if a.size and a.dtype.kind in "uf" and a.max() >= 2.0 ** 63:
-        raise ValueError(f"{field}: {what} must be below 2**63, found {a.max()!r}")
+        raise ConfigError(f"{field}: {what} must be below 2**63, found {a.max()!r}")
     return a.astype(np.int64)
 
 
@@ -94,15 +95,15 @@ def infer_num_classes(num_classes: int | None, labels: dict[str, np.ndarray]) ->
             if v.size and int(v.max()) > top:
                 top, where = int(v.max()), field
         if top + 1 > MAX_INFERRED_CLASSES:
-            raise ValueError(f"{where}: label {top} would make {top + 1} classes (max label + 1); "
-                             f"more than {MAX_INFERRED_CLASSES:,} classes are only accepted when "
-                             f"data.num_classes gives the number of classes")
+            raise ConfigError(f"{where}: label {top} would make {top + 1} classes (max label + 1); "
+                              f"more than {MAX_INFERRED_CLASSES:,} classes are only accepted when "
+                              f"data.num_classes gives the number of classes")
         return max(top + 1, 1)
     num_classes = positive_int(num_classes, "data.num_classes")
     for field, v in labels.items():
         if v.size and int(v.max()) >= num_classes:
-            raise ValueError(f"{field}: label {int(v.max())} >= data.num_classes={num_classes} "
-                             f"(labels must lie in 0..{num_classes - 1})")
+            raise ConfigError(f"{field}: label {int(v.max())} >= data.num_classes={num_classes} "
+                              f"(labels must lie in 0..{num_classes - 1})")
     return num_classes
 
 
@@ -127,11 +128,11 @@ def build_from_arrays(x: ArrayLike, y: ArrayLike, num_clients: int,
     ys = check_index(y, "y", xs.shape[0], "x", "labels")
     labels = {"y": ys}
     if (x_test is None) != (y_test is None):
-        raise ValueError("x_test and y_test must be given together")
+        raise ConfigError("x_test and y_test must be given together")
     if x_test is not None:
         xt = check_features(x_test, "x_test")
         if xt.shape[1:] != xs.shape[1:]:
-            raise ValueError(f"x_test has feature shape {xt.shape[1:]} but x has {xs.shape[1:]}")
+            raise ConfigError(f"x_test has feature shape {xt.shape[1:]} but x has {xs.shape[1:]}")
         yt = check_index(y_test, "y_test", xt.shape[0], "x_test", "labels")
         labels["y_test"] = yt
     num_classes = infer_num_classes(num_classes, labels)

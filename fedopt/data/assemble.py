@@ -21,6 +21,7 @@ import torch
 
 from fedopt.data.checks import fraction
 from fedopt.data.dataset import FederatedDataset
+from fedopt.schema import ConfigError
 
 
 def split_counts(rows_per_client: np.ndarray, test_fraction: float) -> np.ndarray:
@@ -74,8 +75,8 @@ def assemble(x: np.ndarray, y: np.ndarray, client: np.ndarray, num_clients: int,
     client = np.asarray(client, dtype=np.int64)
     counts = np.bincount(client, minlength=num_clients)
     if counts.shape[0] != num_clients or (counts == 0).any():
-        raise ValueError(f"every client 0..{num_clients - 1} needs at least one row "
-                         f"(empty: {np.flatnonzero(counts == 0)[:10].tolist()})")
+        raise ConfigError(f"every client 0..{num_clients - 1} needs at least one row "
+                          f"(empty: {np.flatnonzero(counts == 0)[:10].tolist()})")
     if x_test is None:
         if rng is None:
             raise ValueError("assemble needs rng to split off test rows")

@@ -4,15 +4,20 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import numpy as np
+
+from fedopt.schema import Check, ConfigError, Float
+
+#: a test fraction (schema type): in [0, 1)
+TestFraction = Annotated[Float, Check(lambda v: 0 <= v < 1, "in [0, 1)")]
 
 
 def positive_int(value: Any, field: str) -> int:
     """``value`` as an int ``>= 1``; ValueError naming ``field`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{field}: must be a positive integer, got {value!r}")
+        raise ConfigError(f"{field}: must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -20,19 +25,19 @@ def real(value: Any, field: str, *, low: float | None = None, high: float | None
          low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite float in the given interval; ValueError naming ``field`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{field}: must be a finite number, got {value!r}")
+        raise ConfigError(f"{field}: must be a finite number, got {value!r}")
     v = float(value)
     if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{field}: must be {'>' if low_open else '>='} {low}, got {value!r}")
+        raise ConfigError(f"{field}: must be {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and (v > high or (high_open and v == high)):
-        raise ValueError(f"{field}: must be {'<' if high_open else '<='} {high}, got {value!r}")
+        raise ConfigError(f"{field}: must be {'<' if high_open else '<='} {high}, got {value!r}")
     return v
 
 
 def boolean(value: Any, field: str) -> bool:
     """``value`` as a bool (Python or numpy bool only; no truthy strings)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{field}: must be true or false, got {value!r}")
+        raise ConfigError(f"{field}: must be true or false, got {value!r}")
     return bool(value)
 
 
@@ -48,7 +53,7 @@ def seed_streams(seed: Any, count: int) -> list[np.random.Generator]:
     which client owns a row.
     """
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(count)]
 
 
@@ -58,16 +63,16 @@ def resolve_named(spec: Any, registry: Mapping[str, Mapping[str, Any]], path: st
     of ``registry`` (name -> {key: default}); ValueError naming ``<path>``, ``<path>.name`` or
     ``<path>.<key>`` for a non-mapping, a missing/unknown name or an unknown key."""
     if not isinstance(spec, Mapping):
-        raise ValueError(f"{path} must be a mapping with a 'name', got {type(spec).__name__}")
+        raise ConfigError(f"{path} must be a mapping with a 'name', got {type(spec).__name__}")
     known = ", ".join(sorted(registry))
     if "name" not in spec:
-        raise ValueError(f"{path}.name is required (one of: {known})")
+        raise ConfigError(f"{path}.name is required (one of: {known})")
     name = spec["name"]
     if name not in registry:
-        raise ValueError(f"{path}.name: unknown {what} {name!r} (known: {known})")
+        raise ConfigError(f"{path}.name: unknown {what} {name!r} (known: {known})")
     allowed = registry[name]
     for key in spec:
         if key != "name" and key not in allowed:
-            raise ValueError(f"{path}.{key}: unknown key for {what} {name!r} "
-                             f"(accepted: {', '.join(['name', *allowed])})")
+            raise ConfigError(f"{path}.{key}: unknown key for {what} {name!r} "
+                              f"(accepted: {', '.join(['name', *allowed])})")
     return {"name": name, **copy.deepcopy(dict(allowed)), **copy.deepcopy(dict(spec))}

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedopt.schema import ConfigError
 
 #: the largest ``[K, C]`` histogram :meth:`FederatedDataset.label_counts` builds (2 GiB of int64)
 MAX_LABEL_COUNTS = 2**28
@@ -190,4 +191,4 @@ def check_values(d: FederatedDataset) -> None:
     for field in ("x", "x_test"):
         t = getattr(d, field)
         if t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"FederatedDataset.{field} contains NaN or inf values")
+            raise ConfigError(f"FederatedDataset.{field} contains NaN or inf values")

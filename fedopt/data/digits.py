@@ -9,16 +9,31 @@ split per client like any array data set (:func:`fedopt.data.build_from_arrays`)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from fedopt.data.arrays import build_from_arrays
-from fedopt.data.checks import boolean
+from fedopt.data.checks import TestFraction, boolean
 from fedopt.data.dataset import FederatedDataset
+from fedopt.data.partition import IidPartition, PartitionSpec
+from fedopt.schema import Bool, PositiveInt, Schema
 
 DIGITS_PATH = Path(__file__).with_name("assets") / "digits.npz"
 DIGITS_ROWS = 1797
 DIGITS_CLASSES = 10
+
+
+class DigitsData(Schema):
+    """``data: {name: digits, ...}``: the bundled 8x8 digits, partitioned over clients."""
+
+    what = "data set 'digits'"
+    name: Literal["digits"] = "digits"
+    num_clients: PositiveInt = 100
+    partition: PartitionSpec = Field(default_factory=IidPartition)
+    test_fraction: TestFraction = 0.2
+    flatten: Bool = Field(True, description="64 features (true) or (1, 8, 8) images (false)")
 
 
 def load_digits_arrays(flatten: bool = True) -> tuple[np.ndarray, np.ndarray]:

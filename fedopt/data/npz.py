@@ -26,20 +26,38 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import BeforeValidator, Field
 
 from fedopt.data.arrays import (build_from_arrays, check_features, check_index,
                                 infer_num_classes)
 from fedopt.data.assemble import assemble
-from fedopt.data.checks import positive_int
+from fedopt.data.checks import TestFraction, positive_int
 from fedopt.data.dataset import FederatedDataset
+from fedopt.data.partition import IidPartition, PartitionSpec
 from fedopt.memory import available_memory_bytes
+from fedopt.schema import ConfigError, PositiveInt, Schema, Str, path_like
 
 DEFAULT_PLAIN_CLIENTS = 100
 FEDERATED_ARRAYS = ("x_train", "y_train", "client_train", "x_test", "y_test", "client_test")
+
+
+class NpzData(Schema):
+    """``data: {name: npz, path: ...}``: a user's data set in one ``.npz`` file (layouts above)."""
+
+    what = "data set 'npz'"
+    name: Literal["npz"] = "npz"
+    path: Annotated[Str, BeforeValidator(path_like)] = Field(
+        ..., description="the .npz file (federated or plain layout)")
+    num_clients: Optional[PositiveInt] = Field(
+        None, description="null: max(client_train) + 1, or 100 for the plain layouts")
+    partition: PartitionSpec = Field(default_factory=IidPartition,
+                                     description="plain layouts: rows over clients")
+    test_fraction: TestFraction = 0.2
+    num_classes: Optional[PositiveInt] = Field(None, description="null: max label + 1")
 
 
 def _layouts_hint() -> str:
@@ -69,50 +87,50 @@ def inspect_npz(path: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     call this to check ``data.path`` without loading the data.
     """
     if path is None:
-        raise ValueError(f"data.path is required for data set 'npz': the path to {_layouts_hint()}")
+        raise ConfigError(f"data.path is required for data set 'npz': the path to {_layouts_hint()}")
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"data.path must be a file path, got {type(path).__name__}")
+        raise ConfigError(f"data.path must be a file path, got {type(path).__name__}")
     p = Path(path).expanduser()
     if not p.exists():
-        raise ValueError(f"data.path: no such file: {p} (expected {_layouts_hint()})")
+        raise ConfigError(f"data.path: no such file: {p} (expected {_layouts_hint()})")
     if p.is_dir():
-        raise ValueError(f"data.path: {p} is a directory; expected {_layouts_hint()}")
+        raise ConfigError(f"data.path: {p} is a directory; expected {_layouts_hint()}")
     if not p.is_file():
-        raise ValueError(f"data.path: {p} is not a regular file; expected {_layouts_hint()}")
+        raise ConfigError(f"data.path: {p} is not a regular file; expected {_layouts_hint()}")
     try:
         with open(p, "rb") as raw:
             magic = raw.read(6)
             if magic == np.lib.format.MAGIC_PREFIX:
-                raise ValueError(f"data.path: {p} holds a single array (.npy), not an .npz "
-                                 f"archive; expected {_layouts_hint()}")
+                raise ConfigError(f"data.path: {p} holds a single array (.npy), not an .npz "
+                                  f"archive; expected {_layouts_hint()}")
             raw.seek(0)
             if not zipfile.is_zipfile(raw):
-                raise ValueError(f"data.path: {p} is not an .npz (zip) archive; "
-                                 f"expected {_layouts_hint()}")
+                raise ConfigError(f"data.path: {p} is not an .npz (zip) archive; "
+                                  f"expected {_layouts_hint()}")
             out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
             with zipfile.ZipFile(raw) as z:
                 for info in z.infolist():
                     name = info.filename[:-4] if info.filename.endswith(".npy") else None
                     if name is None:
-                        raise ValueError(f"data.path: {p} holds {info.filename!r}, which is not "
-                                         f"a .npy array; expected {_layouts_hint()}")
+                        raise ConfigError(f"data.path: {p} holds {info.filename!r}, which is not "
+                                          f"a .npy array; expected {_layouts_hint()}")
                     with z.open(info) as fh:
                         version = np.lib.format.read_magic(fh)
                         shape, dtype = _read_header(fh, version)
                     out[name] = (shape, dtype)
     except PermissionError as e:
-        raise ValueError(f"data.path: {p} cannot be read ({e.strerror})") from None
+        raise ConfigError(f"data.path: {p} cannot be read ({e.strerror})") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         if isinstance(e, ValueError) and str(e).startswith("data.path"):
             raise
-        raise ValueError(f"data.path: {p} is not a readable .npz file ({e})") from e
+        raise ConfigError(f"data.path: {p} is not a readable .npz file ({e})") from e
     for name, (shape, dtype) in out.items():
         if dtype.hasobject:
-            raise ValueError(f"{name}: object array in {p}; fedopt loads .npz files without "
-                             f"pickle, store numeric arrays")
+            raise ConfigError(f"{name}: object array in {p}; fedopt loads .npz files without "
+                              f"pickle, store numeric arrays")
         if dtype.kind not in "biuf":
-            raise ValueError(f"{name}: dtype {dtype} in {p} is not numeric (bool, integer or "
-                             f"float)")
+            raise ConfigError(f"{name}: dtype {dtype} in {p} is not numeric (bool, integer or "
+                              f"float)")
     return out
 
 
@@ -135,14 +153,14 @@ def load_npz_arrays(path: Any) -> dict[str, np.ndarray]:
     need, free = 2 * npz_nbytes(meta), available_memory_bytes(torch.device("cpu"))
     if need > free:
         big = max(meta, key=lambda k: math.prod(meta[k][0]) * meta[k][1].itemsize)
-        raise ValueError(f"data.path: loading {p} needs about {need / 2**30:.1f} GiB "
-                         f"({big}: shape {list(meta[big][0])}, {meta[big][1]}), more than the "
-                         f"{free / 2**30:.1f} GiB of free memory")
+        raise ConfigError(f"data.path: loading {p} needs about {need / 2**30:.1f} GiB "
+                          f"({big}: shape {list(meta[big][0])}, {meta[big][1]}), more than the "
+                          f"{free / 2**30:.1f} GiB of free memory")
     try:
         with np.load(p, allow_pickle=False) as f:
             return {key: f[key] for key in f.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise ValueError(f"data.path: {p} is not a readable .npz file ({e})") from e
+        raise ConfigError(f"data.path: {p} is not a readable .npz file ({e})") from e
 
 
 def build_npz(path: str | Path, seed: int, *, num_clients: int | None = None,
@@ -168,15 +186,15 @@ def build_npz(path: str | Path, seed: int, *, num_clients: int | None = None,
         return build_from_arrays(arrays["x_train"], arrays["y_train"], num_clients, partition,
                                  seed, test_fraction, arrays["x_test"], arrays["y_test"],
                                  num_classes=num_classes, name=name)
-    raise ValueError(f"data.path: {path} has arrays {sorted(arrays)}; expected "
-                     f"{', '.join(FEDERATED_ARRAYS)} (or x, y)")
+    raise ConfigError(f"data.path: {path} has arrays {sorted(arrays)}; expected "
+                      f"{', '.join(FEDERATED_ARRAYS)} (or x, y)")
 
 
 def _require(arrays: dict[str, Any], names: tuple[str, ...], layout: str) -> None:
     for key in names:
         if key not in arrays:
-            raise ValueError(f"{key}: array missing from the .npz ({layout} needs "
-                             f"{', '.join(names)}; found {', '.join(sorted(arrays))})")
+            raise ConfigError(f"{key}: array missing from the .npz ({layout} needs "
+                              f"{', '.join(names)}; found {', '.join(sorted(arrays))})")
 
 
 def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
@@ -185,7 +203,7 @@ def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
     x = check_features(arrays["x_train"], "x_train")
     xt = check_features(arrays["x_test"], "x_test")
     if xt.shape[1:] != x.shape[1:]:
-        raise ValueError(f"x_test has feature shape {xt.shape[1:]} but x_train has {x.shape[1:]}")
+        raise ConfigError(f"x_test has feature shape {xt.shape[1:]} but x_train has {x.shape[1:]}")
     y = check_index(arrays["y_train"], "y_train", x.shape[0], "x_train", "labels")
     yt = check_index(arrays["y_test"], "y_test", xt.shape[0], "x_test", "labels")
     c = check_index(arrays["client_train"], "client_train", x.shape[0], "x_train",
@@ -193,29 +211,29 @@ def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
     ct = check_index(arrays["client_test"], "client_test", xt.shape[0], "x_test",
                      "client indices")
     if c.size == 0:
-        raise ValueError("client_train is empty: the data set needs train rows")
+        raise ConfigError("client_train is empty: the data set needs train rows")
     # every client 0..K-1 owns a train row, so K <= rows: bound before bincount allocates K
     rows = c.shape[0]
     if int(c.max()) >= rows:
-        raise ValueError(f"client_train: client index {int(c.max())} is not below the number "
-                         f"of train rows ({rows}); clients are numbered 0..K-1 and each needs "
-                         f"a train row")
+        raise ConfigError(f"client_train: client index {int(c.max())} is not below the number "
+                          f"of train rows ({rows}); clients are numbered 0..K-1 and each needs "
+                          f"a train row")
     if num_clients is not None and num_clients > rows:
-        raise ValueError(f"data.num_clients: {num_clients} clients cannot each own a train row "
-                         f"of the {rows} in x_train")
+        raise ConfigError(f"data.num_clients: {num_clients} clients cannot each own a train row "
+                          f"of the {rows} in x_train")
     k = int(c.max()) + 1 if num_clients is None else num_clients
     if int(c.max()) >= k:
-        raise ValueError(f"client_train: client index {int(c.max())} out of range for "
-                         f"data.num_clients={k}")
+        raise ConfigError(f"client_train: client index {int(c.max())} out of range for "
+                          f"data.num_clients={k}")
     counts = np.bincount(c, minlength=k)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0)
-        raise ValueError(f"client_train: client {int(missing[0])} has no train rows "
-                         f"(clients must be numbered 0..K-1 = 0..{k - 1} and each needs a "
-                         f"train row; {missing.size} without)")
+        raise ConfigError(f"client_train: client {int(missing[0])} has no train rows "
+                          f"(clients must be numbered 0..K-1 = 0..{k - 1} and each needs a "
+                          f"train row; {missing.size} without)")
     if ct.size and int(ct.max()) >= k:
-        raise ValueError(f"client_test: client index {int(ct.max())} out of range: the train "
-                         f"set has clients 0..{k - 1}")
+        raise ConfigError(f"client_test: client index {int(ct.max())} out of range: the train "
+                          f"set has clients 0..{k - 1}")
     num_classes = infer_num_classes(num_classes, {"y_train": y, "y_test": yt})
     return assemble(x, y, c, k, num_classes=num_classes, name=name,
                     x_test=xt, y_test=yt, client_test=ct)

@@ -25,18 +25,36 @@ import heapq
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import Field
 
-from fedopt.data.checks import positive_int, real, resolve_named
+from fedopt.data.checks import positive_int, real
+from fedopt.schema import (ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Schema,
+                           defaults_table, named_union, parse, variant)
 
 Partition = Callable[..., np.ndarray]
 
+
+class PartitionConfig(Schema):
+    """A ``data.partition`` section: which client owns each row."""
+    what = "partition"
+
+
+#: the partitions' schemas (``name`` and its keys)
+PARTITION_SCHEMAS = [
+    variant(PartitionConfig, "iid"),
+    variant(PartitionConfig, "dirichlet",
+            alpha=(PositiveFloat, Field(0.5, description="Dirichlet concentration α"))),
+    variant(PartitionConfig, "shards",
+            shards_per_client=(PositiveInt, Field(2, description="shards s per client"))),
+    variant(PartitionConfig, "power_law",
+            sigma=(NonNegativeFloat, Field(1.0, description="log-normal σ of client weights"))),
+]
+IidPartition = PARTITION_SCHEMAS[0]
+#: a partition spec: its name alone, or ``{name: ..., key: value}`` (default ``iid``)
+PartitionSpec = named_union(PARTITION_SCHEMAS, default="iid")
+
 #: accepted keys (besides ``name``) and their defaults, per partition.
-PARTITION_KEYS: dict[str, dict[str, Any]] = {
-    "iid": {},
-    "dirichlet": {"alpha": 0.5},
-    "shards": {"shards_per_client": 2},
-    "power_law": {"sigma": 1.0},
-}
+PARTITION_KEYS: dict[str, dict[str, Any]] = defaults_table(PARTITION_SCHEMAS)
 
 
 def _check_sizes(labels: np.ndarray, num_clients: int, needed: int | None = None) -> np.ndarray:
@@ -50,8 +68,8 @@ def _check_sizes(labels: np.ndarray, num_clients: int, needed: int | None = None
 
 def _require_rows(num_rows: int, num_clients: int, needed: int) -> None:
     if num_rows < needed:
-        raise ValueError(f"data.num_clients: cannot give {num_clients} clients at least one row "
-                         f"each from {num_rows} rows (need at least {needed} rows)")
+        raise ConfigError(f"data.num_clients: cannot give {num_clients} clients at least one row "
+                          f"each from {num_rows} rows (need at least {needed} rows)")
 
 
 def _deal(order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -166,26 +184,11 @@ PARTITIONS: dict[str, Partition] = {
 
 def resolve_partition(spec: str | dict | None, prefix: str = "data.partition") -> dict[str, Any]:
     """Normalise a partition spec (``None``, a name, or ``{name: ..., key: value}``) to a full
-    dict with defaults filled and values checked (``alpha`` a finite number > 0, ``sigma`` a
-    finite number >= 0, ``shards_per_client`` a positive integer); unknown names/keys and bad
-    values raise ValueError naming ``<prefix>.<key>``. Needs no data: the config validator
-    calls it."""
-    if spec is None:
-        spec = {"name": "iid"}
-    elif isinstance(spec, str):
-        spec = {"name": spec}
-    elif not isinstance(spec, dict):
-        raise ValueError(f"{prefix} must be a partition name or a mapping with a 'name', "
-                         f"got {type(spec).__name__}")
-    full = resolve_named({"name": "iid", **spec}, PARTITION_KEYS, prefix, "partition")
-    if full["name"] == "dirichlet":
-        full["alpha"] = real(full["alpha"], f"{prefix}.alpha", low=0.0, low_open=True)
-    elif full["name"] == "power_law":
-        full["sigma"] = real(full["sigma"], f"{prefix}.sigma", low=0.0)
-    elif full["name"] == "shards":
-        full["shards_per_client"] = positive_int(full["shards_per_client"],
-                                                 f"{prefix}.shards_per_client")
-    return full
+    dict with defaults filled and values checked by its schema (``alpha`` a finite number > 0,
+    ``sigma`` a finite number >= 0, ``shards_per_client`` a positive integer); unknown
+    names/keys and bad values raise ConfigError naming ``<prefix>.<key>``. Needs no data: the
+    config validator calls it."""
+    return parse(PartitionSpec, spec, prefix).model_dump()
 
 
 def required_rows(spec: dict[str, Any], num_clients: int) -> int:

@@ -1,14 +1,15 @@
 """``build_dataset(spec, seed)``: the config's ``data:`` section to a :class:`FederatedDataset`.
 
-``DATASET_KEYS[name]`` lists every key a builder accepts (besides ``name``) with its default
-(``None`` where the default is decided by the data, or, for ``npz``'s ``path``, where the builder
-requires a value); the ``partition`` key's own keys are in
-:data:`~fedopt.data.partition.PARTITION_KEYS`. :func:`resolve_dataset_spec`
-checks a spec against them and fills defaults, and :func:`check_dataset_spec` runs every check
-of the builder that needs no data (values, row counts known in advance, the npz file's
-existence and layout) and says what is known before building: the number of clients, the
-feature shape and the number of classes. The config validator calls them, so ``fedopt validate``
-refuses what ``fedopt run`` would, without building the data.
+Each data set's schema lives beside its builder (:class:`~fedopt.data.synthetic.SyntheticData`,
+:class:`~fedopt.data.digits.DigitsData`, :class:`~fedopt.data.npz.NpzData`); :data:`DataSpec`
+is their union on ``name`` and ``DATASET_KEYS[name]`` lists every key a builder accepts (besides
+``name``) with its default (``None`` where the default is decided by the data, or, for ``npz``'s
+``path``, where the builder requires a value). :func:`resolve_dataset_spec` checks a spec and
+fills defaults, and :func:`check_dataset_spec` runs every check of the builder that needs no
+data (row counts known in advance, the npz file's existence and layout) and says what is known
+before building: the number of clients, the feature shape and the number of classes. The config
+validator calls them, so ``fedopt validate`` refuses what ``fedopt run`` would, without building
+the data.
 """
 from __future__ import annotations
 
@@ -19,25 +20,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fedopt.data.checks import boolean, fraction, positive_int, resolve_named
 from fedopt.data.dataset import FederatedDataset
-from fedopt.data.digits import DIGITS_CLASSES, DIGITS_ROWS, build_digits
-from fedopt.data.npz import DEFAULT_PLAIN_CLIENTS, build_npz
-from fedopt.data.partition import check_partition_rows, resolve_partition
-from fedopt.data.synthetic import build_synthetic, check_synthetic
+from fedopt.data.digits import DIGITS_CLASSES, DIGITS_ROWS, DigitsData, build_digits
+from fedopt.data.npz import DEFAULT_PLAIN_CLIENTS, NpzData, build_npz
+from fedopt.data.partition import check_partition_rows
+from fedopt.data.synthetic import SyntheticData, build_synthetic
+from fedopt.schema import ConfigError, defaults_table, named_union, parse
 
-_IID = {"name": "iid"}
-
-DATASET_KEYS: dict[str, dict[str, Any]] = {
-    "synthetic": {
-        "alpha": 1.0, "beta": 1.0, "num_clients": 100, "iid": False, "num_features": 60,
-        "num_classes": 10, "test_fraction": 0.2, "min_samples": 50, "max_samples": 1000,
-        "lognormal_mean": 4.0, "lognormal_sigma": 2.0,
-    },
-    "digits": {"num_clients": 100, "partition": _IID, "test_fraction": 0.2, "flatten": True},
-    "npz": {"path": None, "num_clients": None, "partition": _IID, "test_fraction": 0.2,
-            "num_classes": None},
-}
+#: the built-in data sets' schemas
+DATASET_SCHEMAS = [SyntheticData, DigitsData, NpzData]
+#: a ``data:`` section: one of the data sets, selected by its ``name`` (no default)
+DataSpec = named_union(DATASET_SCHEMAS)
+DATASET_KEYS: dict[str, dict[str, Any]] = defaults_table(DATASET_SCHEMAS)
 
 _BUILDERS: dict[str, Callable[..., FederatedDataset]] = {
     "synthetic": build_synthetic,
@@ -49,16 +43,10 @@ _BUILDERS: dict[str, Callable[..., FederatedDataset]] = {
 def resolve_dataset_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """A full copy of ``spec`` with defaults filled and ``partition`` normalised to a dict.
 
-    Raises ValueError naming ``data.name`` (missing/unknown), ``data.<key>`` (unknown key, or
-    ``data.path`` missing for ``npz``) or ``data.partition.<key>``.
+    Raises ConfigError naming ``data.name`` (missing/unknown), ``data.<key>`` (unknown key, a
+    bad value, or ``data.path`` missing for ``npz``) or ``data.partition.<key>``.
     """
-    full = resolve_named(spec, DATASET_KEYS, "data", "data set")
-    name = full["name"]
-    if name == "npz" and full["path"] is None:
-        raise ValueError("data.path is required for data set 'npz' (path to a .npz file)")
-    if "partition" in full:
-        full["partition"] = resolve_partition(full["partition"])
-    return full
+    return parse(DataSpec, spec, "data").model_dump()
 
 
 @dataclass(frozen=True)
@@ -71,28 +59,20 @@ class DataFacts:
 
 
 def check_dataset_spec(full: dict[str, Any]) -> DataFacts:
-    """Every check of the builder of a resolved spec (:func:`resolve_dataset_spec`) that needs
-    no data; ValueError naming ``data.<key>``. Cheap for any number of clients: an npz file is
+    """Every check of the builder of a resolved spec (:func:`resolve_dataset_spec`: its values
+    are already checked by the schema) that needs no data; ConfigError naming ``data.<key>``. Cheap for any number of clients: an npz file is
     only opened to read its member names and array headers (and ``client_train`` when the
     number of clients is not given)."""
     name = full["name"]
     if name == "synthetic":
-        k = check_synthetic(**{key: v for key, v in full.items() if key != "name"})
-        return DataFacts(k["num_clients"], (k["num_features"],), k["num_classes"])
+        return DataFacts(full["num_clients"], (full["num_features"],), full["num_classes"])
     if name == "digits":
-        n = positive_int(full["num_clients"], "data.num_clients")
-        fraction(full["test_fraction"], "data.test_fraction")
-        flat = boolean(full["flatten"], "data.flatten")
+        n = full["num_clients"]
         check_partition_rows(full["partition"], DIGITS_ROWS, n)
-        return DataFacts(n, (64,) if flat else (1, 8, 8), DIGITS_CLASSES)
+        return DataFacts(n, (64,) if full["flatten"] else (1, 8, 8), DIGITS_CLASSES)
     if name == "npz":
         n = full["num_clients"]
-        if n is not None:
-            n = positive_int(n, "data.num_clients")
-        fraction(full["test_fraction"], "data.test_fraction")
         classes = full["num_classes"]
-        if classes is not None:
-            classes = positive_int(classes, "data.num_classes")
         members, shape, rows, clients = _npz_outline(full["path"], n is None)
         federated = "client_train" in members or "client_test" in members
         if n is None:
@@ -109,12 +89,12 @@ def _npz_outline(path: Any, need_clients: bool
     the array header) and, when asked, ``max(client_train) + 1`` (None when that array is unusable: the
     builder then names the problem)."""
     if not isinstance(path, (str, Path)):
-        raise ValueError(f"data.path must be a file path, got {type(path).__name__}")
+        raise ConfigError(f"data.path must be a file path, got {type(path).__name__}")
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ValueError(f"data.path: {p} is a directory; expected a .npz file")
+        raise ConfigError(f"data.path: {p} is a directory; expected a .npz file")
     if not p.is_file():
-        raise ValueError(f"data.path: no such file: {p}")
+        raise ConfigError(f"data.path: no such file: {p}")
     try:
         with zipfile.ZipFile(p) as z:
             members = {m[:-4] for m in z.namelist() if m.endswith(".npy")}
@@ -130,7 +110,7 @@ def _npz_outline(path: Any, need_clients: bool
                         shape, rows = tuple(full_shape[1:]), int(full_shape[0])
                     break
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise ValueError(f"data.path: {p} is not an .npz (zip) archive of arrays ({e})") from None
+        raise ConfigError(f"data.path: {p} is not an .npz (zip) archive of arrays ({e})") from None
     clients = None
     if need_clients and "client_train" in members:
         try:
@@ -145,7 +125,7 @@ def _npz_outline(path: Any, need_clients: bool
 
 def build_dataset(spec: dict[str, Any], seed: int) -> FederatedDataset:
     """Build the data set named by ``spec["name"]``; the same ``(spec, seed)`` gives identical
-    tensors. Raises ValueError naming the field; each builder makes the checks of
+    tensors. Raises ConfigError naming the field; each builder makes the checks of
     :func:`check_dataset_spec` itself (synthetic through :func:`check_synthetic`, partitions
     through :func:`resolve_partition`), so validation and building agree."""
     full = resolve_dataset_spec(spec)

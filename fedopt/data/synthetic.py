@@ -25,12 +25,40 @@ Labels are computed in float64 from the stored float32 features, so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from fedopt.data.assemble import assemble
-from fedopt.data.checks import boolean, fraction, positive_int, real, seed_streams
+from fedopt.data.checks import TestFraction, seed_streams
 from fedopt.data.dataset import FederatedDataset
+from fedopt.schema import Bool, Float, NonNegativeFloat, PositiveInt, Schema, fail, parse
+
+
+class SyntheticData(Schema):
+    """``data: {name: synthetic, ...}``: FedProx's Synthetic(α, β) (see the module docstring)."""
+
+    what = "data set 'synthetic'"
+    name: Literal["synthetic"] = "synthetic"
+    alpha: NonNegativeFloat = Field(1.0, description="α: how much the local models differ")
+    beta: NonNegativeFloat = Field(1.0, description="β: how much the local feature means differ")
+    num_clients: PositiveInt = 100
+    iid: Bool = Field(False, description="Synthetic-IID: one shared model, v_k = 0")
+    num_features: PositiveInt = 60
+    num_classes: PositiveInt = 10
+    test_fraction: TestFraction = 0.2
+    min_samples: PositiveInt = 50
+    max_samples: Optional[PositiveInt] = Field(1000, description="null: uncapped")
+    lognormal_mean: Float = 4.0
+    lognormal_sigma: NonNegativeFloat = 2.0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "SyntheticData":
+        if self.max_samples is not None and self.max_samples < self.min_samples:
+            raise fail("max_samples", f"must be >= data.min_samples ({self.min_samples}), "
+                                      f"got {self.max_samples}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -78,29 +106,16 @@ def check_synthetic(*, alpha: float = 1.0, beta: float = 1.0, num_clients: int =
                     test_fraction: float = 0.2, min_samples: int = 50,
                     max_samples: int | None = 1000, lognormal_mean: float = 4.0,
                     lognormal_sigma: float = 2.0) -> dict:
-    """The keys of :func:`synthetic_with_model`, checked and normalised without drawing any
-    data (the config validator calls it). ValueError naming ``data.<key>``: α, β and the
-    log-normal σ must be finite and >= 0, counts positive integers, ``test_fraction`` in
-    [0, 1), ``max_samples >= min_samples``."""
-    out = {
-        "alpha": real(alpha, "data.alpha", low=0.0),
-        "beta": real(beta, "data.beta", low=0.0),
-        "num_clients": positive_int(num_clients, "data.num_clients"),
-        "iid": boolean(iid, "data.iid"),
-        "num_features": positive_int(num_features, "data.num_features"),
-        "num_classes": positive_int(num_classes, "data.num_classes"),
-        "test_fraction": fraction(test_fraction, "data.test_fraction"),
-        "min_samples": positive_int(min_samples, "data.min_samples"),
-        "max_samples": None,
-        "lognormal_mean": real(lognormal_mean, "data.lognormal_mean"),
-        "lognormal_sigma": real(lognormal_sigma, "data.lognormal_sigma", low=0.0),
-    }
-    if max_samples is not None:
-        out["max_samples"] = positive_int(max_samples, "data.max_samples")
-        if out["max_samples"] < out["min_samples"]:
-            raise ValueError(f"data.max_samples ({max_samples}) must be >= data.min_samples "
-                             f"({min_samples})")
-    return out
+    """The keys of :func:`synthetic_with_model`, checked by :class:`SyntheticData` and
+    normalised without drawing any data (the config validator runs the same schema).
+    ConfigError naming ``data.<key>``: α, β and the log-normal σ must be finite and >= 0,
+    counts positive integers, ``test_fraction`` in [0, 1), ``max_samples >= min_samples``."""
+    keys = {"alpha": alpha, "beta": beta, "num_clients": num_clients, "iid": iid,
+            "num_features": num_features, "num_classes": num_classes,
+            "test_fraction": test_fraction, "min_samples": min_samples,
+            "max_samples": max_samples, "lognormal_mean": lognormal_mean,
+            "lognormal_sigma": lognormal_sigma}
+    return parse(SyntheticData, keys, "data").model_dump(exclude={"name"})
 
 
 def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, SyntheticModel]:

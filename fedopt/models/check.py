@@ -21,6 +21,7 @@ from torch.func import functional_call, grad, vmap
 
 from fedopt.models.shapes import normalize_input_shape
 
+from fedopt.schema import ConfigError
 
 def check_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
     """Raise ValueError (naming ``model``) if ``model`` breaks a requirement above.
@@ -35,20 +36,20 @@ def check_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: int
     run inside ``torch.random.fork_rng``, so the caller's global RNG state is left as it was.
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise ConfigError(f"model must be an nn.Module, got {type(model).__name__}")
     shape = normalize_input_shape(input_shape)
     for name, m in model.named_modules():
         if getattr(m, "track_running_stats", False):
-            raise ValueError(f"model: layer {name or '<root>'} ({type(m).__name__}) keeps running "
-                             f"statistics; use GroupNorm/LayerNorm for federated training")
+            raise ConfigError(f"model: layer {name or '<root>'} ({type(m).__name__}) keeps running "
+                              f"statistics; use GroupNorm/LayerNorm for federated training")
     params = dict(model.named_parameters())
     for k, p in params.items():
         if not p.dtype.is_floating_point:
-            raise ValueError(f"model: parameter {k!r} has dtype {p.dtype}; parameters must be "
-                             f"floating point (store integer constants as buffers)")
+            raise ConfigError(f"model: parameter {k!r} has dtype {p.dtype}; parameters must be "
+                              f"floating point (store integer constants as buffers)")
     trainable = {k: p for k, p in params.items() if p.requires_grad}
     if not trainable:
-        raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+        raise ConfigError("model has no trainable parameters (none with requires_grad=True)")
     first = next(iter(trainable.values()))
     device = first.device
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
@@ -78,12 +79,12 @@ def _check_forward_and_grads(model: nn.Module, shape: tuple[int, ...], num_class
         out2 = model(x[0])
     if not isinstance(out1, Tensor) or tuple(out1.shape) != (rows, num_classes):
         got = tuple(out1.shape) if isinstance(out1, Tensor) else type(out1).__name__
-        raise ValueError(f"model: input [{rows}, {', '.join(map(str, shape))}] gave output "
-                         f"{got}, expected ({rows}, {num_classes}) logits")
+        raise ConfigError(f"model: input [{rows}, {', '.join(map(str, shape))}] gave output "
+                          f"{got}, expected ({rows}, {num_classes}) logits")
     if not out1.dtype.is_floating_point:
-        raise ValueError(f"model: output dtype {out1.dtype}; logits must be floating point")
+        raise ConfigError(f"model: output dtype {out1.dtype}; logits must be floating point")
     if not torch.equal(out1, out2):
-        raise ValueError("model: forward is not deterministic (dropout or other randomness?)")
+        raise ConfigError("model: forward is not deterministic (dropout or other randomness?)")
     _check_buffers(model, buffers_before, "forward")
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     _check_vmap_grad(model, params, x, y)
@@ -93,9 +94,9 @@ def _check_forward_and_grads(model: nn.Module, shape: tuple[int, ...], num_class
 def _check_buffers(model: nn.Module, before: dict[str, Tensor], during: str) -> None:
     for k, b in model.named_buffers():
         if k not in before or b.shape != before[k].shape or not torch.equal(b, before[k]):
-            raise ValueError(f"model: buffer {k!r} changed during {during}; the client engine "
-                             f"needs forward to be a pure function of parameters and input "
-                             f"(a buffer written in training is never averaged across clients)")
+            raise ConfigError(f"model: buffer {k!r} changed during {during}; the client engine "
+                              f"needs forward to be a pure function of parameters and input "
+                              f"(a buffer written in training is never averaged across clients)")
 
 
 def _check_vmap_grad(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor) -> None:
@@ -107,8 +108,8 @@ def _check_vmap_grad(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: 
     try:
         grads = vmap(grad(loss))(stacked, x, y)
     except Exception as e:  # report any functorch failure as a model problem
-        raise ValueError(f"model is not compatible with torch.func vmap(grad(...)) over "
-                         f"clients: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"model is not compatible with torch.func vmap(grad(...)) over "
+                          f"clients: {type(e).__name__}: {e}") from e
     own = getattr(model, "batched_forward", None)
     if own is not None:   # the engine uses it in place of vmap(forward): they must agree
         with torch.no_grad():
@@ -116,12 +117,12 @@ def _check_vmap_grad(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: 
             try:
                 got = own(stacked, x)
             except Exception as e:
-                raise ValueError(f"model: batched_forward(params, x) failed on stacked "
-                                 f"parameters: {type(e).__name__}: {e}") from e
+                raise ConfigError(f"model: batched_forward(params, x) failed on stacked "
+                                  f"parameters: {type(e).__name__}: {e}") from e
         if (not isinstance(got, Tensor) or got.shape != ref.shape
                 or not torch.allclose(got, ref, rtol=1e-4, atol=1e-5)):
-            raise ValueError("model: batched_forward(params, x) does not match "
-                             "vmap(forward) over the stacked clients")
+            raise ConfigError("model: batched_forward(params, x) does not match "
+                              "vmap(forward) over the stacked clients")
     for k, gk in grads.items():
         if gk.shape != stacked[k].shape or not torch.isfinite(gk).all():
-            raise ValueError(f"model: per-client gradient of {k!r} is malformed or not finite")
+            raise ConfigError(f"model: per-client gradient of {k!r} is malformed or not finite")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from fedopt.models import batched
 from fedopt.models.shapes import normalize_input_shape, split_lead
+from fedopt.schema import ConfigError
 
 
 class CNN(nn.Module):
@@ -32,16 +33,16 @@ class CNN(nn.Module):
         super().__init__()
         self.input_shape = normalize_input_shape(input_shape)
         if len(self.input_shape) != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"model.name=cnn needs images of shape (channels, height, width), got input "
                 f"shape {self.input_shape} (for digits set data.flatten: false)")
         c, h, w = self.input_shape
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"model.kernel_size must be a positive odd int, got {kernel_size!r}")
+            raise ConfigError(f"model.kernel_size must be a positive odd int, got {kernel_size!r}")
         shrink = 2 ** len(channels)
         if h < shrink or w < shrink:
-            raise ValueError(f"model.channels: {len(channels)} pooling stages need images of at "
-                             f"least {shrink}x{shrink}, got {h}x{w}")
+            raise ConfigError(f"model.channels: {len(channels)} pooling stages need images of at "
+                              f"least {shrink}x{shrink}, got {h}x{w}")
         convs = []
         for c_in, c_out in zip([c, *channels[:-1]], channels):
             convs.append(nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2))

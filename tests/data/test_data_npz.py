@@ -127,7 +127,7 @@ def test_object_arrays_file_and_path_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="data.path"):
         build_dataset({"name": "npz", "path": str(tmp_path / "junk.npz")}, seed=0)
-    with pytest.raises(ValueError, match=r"data\.path is required"):
+    with pytest.raises(ValueError, match=r"^data\.path: required"):
         build_dataset({"name": "npz"}, seed=0)
 
 
