@@ -16,6 +16,11 @@ gradient ("pseudo-gradient" −Δ_t). All rules are elementwise:
         FedAdagrad without a first moment, x_{t+1} = x_t + η Δ_t/(√v_t + τ).
 
 τ is the "adaptivity" hyperparameter (start at 1e-3), not a numerical epsilon.
+
+The math is not written here: each rule is a :mod:`fedopt.optim` functional rule (``sgd``,
+``adamtau``, ``yogi``, ``adagrad``, exact rules in docs/optimizers.md) applied to the
+pseudo-gradient g = −Δ_t, with τ as its ε (:meth:`ServerOptimizer.rule`). This module holds the
+config keys, their validation and the server state's checkpoint layout.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedopt.optim import make as make_optimizer
+from fedopt import tree
+from fedopt.optim import FunctionalOptimizer, make as make_optimizer
+from fedopt.optim.core import coef_dtype
 
 Params = dict[str, Tensor]
 
@@ -132,44 +139,84 @@ class ServerOptimizer:
             return 0.9, None
         return (0.9, 0.99) if self.resolved_style == "paper" else (0.9, 0.999)
 
+    # -- the rule, from the fedopt.optim core ---------------------------------------------------
+    def rule(self) -> FunctionalOptimizer:
+        """The :mod:`fedopt.optim` rule this server optimizer applies to the pseudo-gradient −Δ_t:
+        ``sgd`` (momentum, Nesterov), ``adamtau``/``yogi`` (ε = τ; paper: v_0 = τ², no bias
+        correction; tff: v_0 = 0, bias-corrected step size) or ``adagrad`` (ε = τ; paper: β1,
+        v_0 = τ²; tff: no first moment, v_0 = 0)."""
+        if self.name == "sgd":
+            return make_optimizer("sgd", lr=self.lr, nesterov=bool(self.nesterov),
+                                  momentum=DEFAULTS["momentum"] if self.momentum is None
+                                  else self.momentum)
+        b1, b2 = self.resolved_betas
+        tau, paper = self.resolved_tau, self.resolved_style == "paper"
+        v0 = tau ** 2 if paper else 0.0
+        if self.name == "adagrad":
+            return make_optimizer("adagrad", lr=self.lr, beta1=b1 if paper else 0.0, eps=tau,
+                                  initial_accumulator_value=v0)
+        return make_optimizer(_RULES[self.name], lr=self.lr, betas=(b1, b2), eps=tau,
+                              initial_accumulator_value=v0, bias_correction=not paper)
+
     # -- pure state machine ------------------------------------------------------------------
     def init(self, params: Params) -> dict[str, Any]:
+        """The state before round 0: sgd keeps the core's state; the adaptive rules keep
+        ``{"t": 0, "m": {name: 0}, "v": {name: v_0}}`` (see :meth:`step`)."""
+        rule = self.rule()
         if self.name == "sgd":
-            return self._sgd().init(params)
-        v0 = self.resolved_tau ** 2 if self.resolved_style == "paper" else 0.0
-        return {"t": 0,
-                "m": {k: torch.zeros_like(p) for k, p in params.items()},
-                "v": {k: torch.full_like(p, v0) for k, p in params.items()}}
-
-    def _sgd(self):
-        return make_optimizer("sgd", lr=self.lr,
-                              momentum=DEFAULTS["momentum"] if self.momentum is None else self.momentum,
-                              nesterov=bool(self.nesterov))
+            return rule.init(params)
+        return _server_layout(rule.init(params), 0, None, self._v_name)
 
     def step(self, params: Params, delta: Params, state: dict[str, Any]) -> tuple[Params, dict]:
-        """x_{t+1} from x_t and the aggregated update Δ_t (pure)."""
+        """x_{t+1} = the rule's update of x_t with gradient −Δ_t (pure).
+
+        The adaptive rules' state is ``{"t": t, "m": {name: m_t}, "v": {name: v_t}}`` with m_t
+        the first moment of Δ (= −the core's ``exp_avg``; Δ_t itself when the rule has no first
+        moment) — the layout checkpoints have always held, so earlier runs resume."""
+        rule = self.rule()
+        grads = tree.map_tensors(torch.neg, delta)
         if self.name == "sgd":
-            return self._sgd().update(params, {k: -d for k, d in delta.items()}, state)
-        b1, b2 = self.resolved_betas
-        style, tau = self.resolved_style, self.resolved_tau
-        t = state["t"] + 1
-        new_p, new_m, new_v = {}, {}, {}
-        for k, x in params.items():
-            d, m, v = delta[k], state["m"][k], state["v"][k]
-            d2 = d * d
-            if self.name == "adagrad":
-                v = v + d2
-            elif self.name == "adam":
-                v = b2 * v + (1 - b2) * d2
-            else:  # yogi
-                v = v - (1 - b2) * d2 * torch.sign(v - d2)
-            if self.name == "adagrad" and style == "tff":
-                m, step_size = d, self.lr
-            else:
-                m = b1 * m + (1 - b1) * d
-                step_size = self.lr
-                if style == "tff":
-                    step_size = self.lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-            new_p[k] = x + step_size * m / (v.sqrt() + tau)
-            new_m[k], new_v[k] = m, v
-        return new_p, {"t": t, "m": new_m, "v": new_v}
+            return rule.update(params, grads, state)
+        new_params, core = rule.update(params, grads, _core_layout(rule, state, params,
+                                                                   self._v_name))
+        return new_params, _server_layout(core, int(state["t"]) + 1, delta, self._v_name)
+
+    @property
+    def _v_name(self) -> str:
+        return "sum" if self.name == "adagrad" else "exp_avg_sq"
+
+
+#: the fedopt.optim rule of each adaptive server optimizer
+_RULES = {"adam": "adamtau", "yogi": "yogi"}
+
+
+def _server_layout(core: dict[str, Any], t: int, delta: Params | None, v_name: str
+                   ) -> dict[str, Any]:
+    """The core's state as ``{"t", "m", "v"}``: m of Δ = −exp_avg; a rule without a first
+    moment has m_t = Δ_t (0 before the first round)."""
+    bufs = core["buffers"]
+
+    def m(k: str, b: dict[str, Tensor]) -> Tensor:
+        if "exp_avg" in b:
+            return -b["exp_avg"]
+        return torch.zeros_like(b[v_name]) if delta is None else delta[k]
+
+    return {"t": t, "m": {k: m(k, b) for k, b in bufs.items()},
+            "v": {k: b[v_name] for k, b in bufs.items()}}
+
+
+def _core_layout(rule: FunctionalOptimizer, state: dict[str, Any], params: Params, v_name: str
+                 ) -> dict[str, Any]:
+    """``{"t", "m", "v"}`` as the core's state (β_i^t recomputed from t in float64)."""
+    t = int(state["t"])
+    device = next(iter(params.values())).device
+    core: dict[str, Any] = {"step": torch.tensor(t, dtype=torch.int64, device=device)}
+    if rule.bias_corrected:
+        core["beta_pows"] = {f"beta{i + 1}": torch.tensor(float(b) ** t, device=device,
+                                                          dtype=coef_dtype(device))
+                             for i, b in enumerate(rule.betas)}
+    names = rule.buffer_names()
+    core["buffers"] = {k: {v_name: state["v"][k],
+                           **({"exp_avg": -state["m"][k]} if "exp_avg" in names else {})}
+                       for k in params}
+    return core

@@ -12,7 +12,8 @@ from fedopt.optim.core import FunctionalOptimizer, expand_like, masked_select
 from fedopt.optim.hessian import (
     hutchinson_diag, hutchinson_diag_autograd, hvp, hvp_autograd, sample_probes)
 from fedopt.optim.optimizers import (
-    MFAC, SGD, AdaBelief, AdaHessian, Adam, AdamW, Adan, DiffGrad, EXAdam, Lion, Sophia)
+    MFAC, SGD, AdaBelief, Adagrad, AdaHessian, Adam, AdamTau, AdamW, Adan, DiffGrad, EXAdam,
+    Lion, Sophia, Yogi)
 from fedopt.optim.registry import REGISTRY, from_config, make
 from fedopt.optim.schedules import (
     CosineLR, LinearDecayLR, ScheduleLR, StepDecayLR, make_schedule)
@@ -21,7 +22,7 @@ __all__ = [
     "functional", "make", "from_config", "REGISTRY", "FunctionalOptimizer", "FunctionalAdapter",
     "HessianAdapter", "expand_like", "masked_select",
     "SGD", "Adam", "AdamW", "DiffGrad", "AdaBelief", "Adan", "Lion", "EXAdam", "Sophia",
-    "AdaHessian", "MFAC",
+    "AdaHessian", "MFAC", "AdamTau", "Yogi", "Adagrad",
     "hutchinson_diag", "hutchinson_diag_autograd", "hvp", "hvp_autograd", "sample_probes",
     "make_schedule", "ScheduleLR", "LinearDecayLR", "CosineLR", "StepDecayLR",
 ]

@@ -112,6 +112,46 @@ class EXAdam(FunctionalAdapter):
                          weight_decouple=weight_decouple)
 
 
+class AdamTau(FunctionalAdapter):
+    """Adam with eps outside the root and the bias correction in the step size (Keras' Adam;
+    with ``bias_correction=False, initial_accumulator_value=eps**2``, Reddi et al.'s FedAdam)."""
+
+    functional = F.AdamTau
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: Betas2 = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, bias_correction: bool = True) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value,
+                         bias_correction=bias_correction)
+
+
+class Yogi(FunctionalAdapter):
+    """Yogi (Zaheer et al. 2018), defaults as TF-Addons' Yogi."""
+
+    functional = F.Yogi
+
+    def __init__(self, params: ParamsT, lr: float = 1e-2, betas: Betas2 = (0.9, 0.999),
+                 eps: float = 1e-3, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 1e-6, bias_correction: bool = True) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value,
+                         bias_correction=bias_correction)
+
+
+class Adagrad(FunctionalAdapter):
+    """Adagrad, as ``torch.optim.Adagrad`` without ``lr_decay``; ``beta1`` > 0 adds Reddi et
+    al.'s first moment (FedAdagrad)."""
+
+    functional = F.Adagrad
+
+    def __init__(self, params: ParamsT, lr: float = 1e-2, beta1: float = 0.0,
+                 eps: float = 1e-10, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0) -> None:
+        super().__init__(params, lr=lr, beta1=beta1, eps=eps, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value)
+
+
 class Sophia(HessianAdapter):
     """SophiaH (Liu et al. 2023): clipped steps preconditioned by a Hutchinson Hessian EMA.
 

@@ -199,3 +199,100 @@ def test_resolved_server_optimizer_holds_what_its_rule_reads_and_revalidates(nam
     so = cfg["algorithm"]["server_optimizer"]
     assert set(so) == {"name", "lr", *RULE_KEYS[so["name"]]}
     assert load_config(cfg) == cfg
+
+
+# -- the rules come from the fedopt.optim core; trajectories and checkpoints are unchanged -------
+
+def _scalar_fedopt(rule, style, lr, tau, b1, b2, x0, deltas):
+    """Independent plain-Python re-implementation of the pre-core server step (federated.md §5,
+    Reddi et al. Algorithm 2 / the TFF Keras optimizers), coordinate by coordinate."""
+    xs = []
+    x = list(x0)
+    m = [0.0] * len(x)
+    v = [tau * tau if style == "paper" else 0.0] * len(x)
+    for t, d in enumerate(deltas, start=1):
+        for i, di in enumerate(d):
+            if rule == "adagrad":
+                v[i] += di * di
+            elif rule == "adam":
+                v[i] = b2 * v[i] + (1 - b2) * di * di
+            else:
+                s = (v[i] > di * di) - (v[i] < di * di)
+                v[i] -= (1 - b2) * di * di * s
+            if rule == "adagrad" and style == "tff":
+                m[i], step = di, lr
+            else:
+                m[i] = b1 * m[i] + (1 - b1) * di
+                step = lr if style == "paper" else lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            x[i] += step * m[i] / (math.sqrt(v[i]) + tau)
+        xs.append(list(x))
+    return xs, m, v
+
+
+@pytest.mark.parametrize("style", ["paper", "tff"])
+@pytest.mark.parametrize("rule", ["adam", "yogi", "adagrad"])
+def test_thirty_rounds_match_the_scalar_reimplementation(rule, style):
+    """A 30-round FedAdam/FedYogi/FedAdagrad run on random Δ_t (float64) follows the scalar
+    trajectory of the pre-core implementation, and the state keeps its {t, m, v} layout."""
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.randn(5, generator=gen, dtype=torch.float64)
+    deltas = [torch.randn(5, generator=gen, dtype=torch.float64) * 0.3 for _ in range(30)]
+    betas = (0.8,) if rule == "adagrad" else (0.8, 0.95)
+    if rule == "adagrad" and style == "tff":
+        betas = None
+    opt = ServerOptimizer(name=rule, lr=0.05, tau=1e-2, style=style, betas=betas)
+    b1, b2 = opt.resolved_betas
+    want, m, v = _scalar_fedopt(rule, style, 0.05, 1e-2, b1, b2, x0.tolist(),
+                                [d.tolist() for d in deltas])
+    x, s = {"w": x0}, opt.init({"w": x0})
+    for t, d in enumerate(deltas):
+        x, s = opt.step(x, {"w": d}, s)
+        torch.testing.assert_close(x["w"], torch.tensor(want[t], dtype=torch.float64),
+                                   rtol=1e-12, atol=1e-12)
+    assert s["t"] == 30 and set(s) == {"t", "m", "v"}
+    torch.testing.assert_close(s["m"]["w"], torch.tensor(m, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s["v"]["w"], torch.tensor(v, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(name="adam", style="tff"), dict(name="yogi"),
+                                dict(name="adagrad", style="tff"), dict(name="sgd", momentum=0.9)])
+def test_server_state_round_trips_through_a_checkpoint(kw):
+    """Stop after 3 rounds, write the state as a checkpoint, read it back, 3 more rounds ==
+    6 uninterrupted rounds, bitwise (float32)."""
+    from fedopt.checkpoint import decode_checkpoint, encode_checkpoint
+
+    opt = ServerOptimizer(lr=0.1, **kw)
+    gen = torch.Generator().manual_seed(3)
+    x0 = {"a": torch.randn(4, 3, generator=gen), "b": torch.randn(3, generator=gen)}
+    deltas = [{k: torch.randn(v.shape, generator=gen) for k, v in x0.items()} for _ in range(6)]
+    x, s = x0, opt.init(x0)
+    for d in deltas:
+        x, s = opt.step(x, d, s)
+    y, r = x0, opt.init(x0)
+    for d in deltas[:3]:
+        y, r = opt.step(y, d, r)
+    back = decode_checkpoint(encode_checkpoint({"params": y, "opt_state": r}))
+    y, r = back["params"], back["opt_state"]
+    for d in deltas[3:]:
+        y, r = opt.step(y, d, r)
+    for k in x:
+        assert torch.equal(x[k], y[k])
+
+
+@pytest.mark.parametrize("name, rule", [("sgd", "SGD"), ("adam", "AdamTau"), ("yogi", "Yogi"),
+                                        ("adagrad", "Adagrad")])
+def test_each_server_optimizer_is_a_fedopt_optim_rule(name, rule):
+    """The rule is the core's, with τ as its ε and the style's v_0 / bias correction."""
+    import fedopt.optim as O
+
+    opt = ServerOptimizer(name=name, lr=0.1, **({} if name == "sgd" else {"tau": 0.01}))
+    r = opt.rule()
+    assert type(r).__name__ == rule and r.lr == 0.1
+    assert isinstance(r, type(O.make(rule.lower())))
+    if name != "sgd":
+        assert r.eps == 0.01 and r.initial_accumulator_value == pytest.approx(1e-4)
+    if name in ("adam", "yogi"):
+        assert r.bias_correction is False
+        assert ServerOptimizer(name=name, style="tff").rule().bias_correction is True

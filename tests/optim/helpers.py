@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 ALL_NAMES = ["sgd", "adam", "adamw", "diffgrad", "adabelief", "adan", "lion", "exadam",
-             "sophia", "adahessian", "mfac"]
+             "sophia", "adahessian", "mfac", "adamtau", "yogi", "adagrad"]
 HESSIAN_NAMES = {"sophia", "adahessian"}
 
 #: hyperparameters exercising the interesting branches (decay, momentum, ...) of each rule
@@ -22,6 +22,10 @@ FEATURE_KWARGS: dict[str, dict] = {
     "sophia": dict(lr=0.01, weight_decay=0.01, p=0.5, update_period=2),
     "adahessian": dict(lr=0.01, weight_decay=0.01, update_period=2),
     "mfac": dict(lr=1e-3, m=4, damp=0.1, weight_decay=0.01),
+    "adamtau": dict(lr=0.01, eps=1e-3, weight_decay=0.01, initial_accumulator_value=1e-4),
+    "yogi": dict(lr=0.01, weight_decay=0.01),
+    "adagrad": dict(lr=0.05, beta1=0.5, eps=1e-3, weight_decay=0.01,
+                    initial_accumulator_value=0.1),
 }
 
 

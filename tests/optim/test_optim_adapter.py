@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings(
 
 CLASSES = {"sgd": O.SGD, "adam": O.Adam, "adamw": O.AdamW, "diffgrad": O.DiffGrad,
            "adabelief": O.AdaBelief, "adan": O.Adan, "lion": O.Lion, "exadam": O.EXAdam,
-           "sophia": O.Sophia, "adahessian": O.AdaHessian, "mfac": O.MFAC}
+           "sophia": O.Sophia, "adahessian": O.AdaHessian, "mfac": O.MFAC,
+           "adamtau": O.AdamTau, "yogi": O.Yogi, "adagrad": O.Adagrad}
 SECOND_ORDER = {"sophia", "adahessian"}
 
 #: the class/keyword table of the issue, verbatim
@@ -42,6 +43,12 @@ TABLE = {
                        hessian_power=1.0, update_period=1, num_samples=1,
                        hessian_distribution="rademacher"),
     "mfac": dict(lr=1e-3, m=32, damp=1e-4, weight_decay=0),
+    "adamtau": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                    initial_accumulator_value=0.0, bias_correction=True),
+    "yogi": dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-3, weight_decay=0,
+                 initial_accumulator_value=1e-6, bias_correction=True),
+    "adagrad": dict(lr=1e-2, beta1=0.0, eps=1e-10, weight_decay=0,
+                    initial_accumulator_value=0.0),
 }
 
 
@@ -190,6 +197,14 @@ BAD = [
     ("mfac", dict(m=0), "m"),
     ("mfac", dict(damp=0.0), "damp"),
     ("mfac", dict(lr=-1.0), "lr"),
+    ("adamtau", dict(initial_accumulator_value=-1.0), "initial_accumulator_value"),
+    ("adamtau", dict(bias_correction=1), "bias_correction"),
+    ("yogi", dict(betas=(0.9,)), "betas"),
+    ("yogi", dict(eps=0.0), "eps"),
+    ("yogi", dict(initial_accumulator_value=torch.ones(2)), "initial_accumulator_value"),
+    ("adagrad", dict(beta1=1.0), "beta1"),
+    ("adagrad", dict(eps=-1.0), "eps"),
+    ("adagrad", dict(initial_accumulator_value=float("inf")), "initial_accumulator_value"),
 ]
 
 

@@ -30,6 +30,9 @@ QUADRATIC = {
     "sophia": (dict(lr=0.5, p=1.0, update_period=1), 1000, False),
     "adahessian": (dict(lr=0.5), 300, False),
     "mfac": (dict(lr=1.0, m=8, damp=60.0), 1000, False),
+    "adamtau": (dict(lr=0.05), 300, True),
+    "yogi": (dict(lr=0.05, eps=1e-8), 300, True),
+    "adagrad": (dict(lr=0.5), 1000, False),
 }
 TOL = 1e-4  # relative distance to the optimum, ||x - x*|| / ||x*||
 
@@ -65,6 +68,7 @@ MLP = {
     "Lion": dict(lr=5e-3), "EXAdam": dict(lr=0.01),
     "Sophia": dict(lr=0.05, p=0.1, update_period=2), "AdaHessian": dict(lr=0.05),
     "MFAC": dict(lr=1e-2, m=8, damp=1e-2),
+    "AdamTau": dict(lr=0.01), "Yogi": dict(lr=0.01), "Adagrad": dict(lr=0.05),
 }
 
 

@@ -20,6 +20,9 @@ TORCH_CASES = [
     (O.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
     (O.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.0)),
     (O.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    (O.Adagrad, torch.optim.Adagrad, dict(lr=0.05)),
+    (O.Adagrad, torch.optim.Adagrad, dict(lr=0.05, eps=1e-3, weight_decay=0.01,
+                                          initial_accumulator_value=0.1)),
 ]
 TOL = {torch.float32: dict(rtol=1e-6, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 

@@ -7,6 +7,7 @@ The class names mirror the ``torch.optim``-style adapters of :mod:`fedopt.optim`
 from fedopt.optim.functional.adabelief import AdaBelief
 from fedopt.optim.functional.adahessian import AdaHessian
 from fedopt.optim.functional.adam import Adam, AdamW
+from fedopt.optim.functional.adaptive import Adagrad, AdamTau, Yogi
 from fedopt.optim.functional.adan import Adan
 from fedopt.optim.functional.diffgrad import DiffGrad
 from fedopt.optim.functional.exadam import EXAdam
@@ -16,4 +17,4 @@ from fedopt.optim.functional.sgd import SGD
 from fedopt.optim.functional.sophia import Sophia
 
 __all__ = ["SGD", "Adam", "AdamW", "DiffGrad", "AdaBelief", "Adan", "Lion", "EXAdam", "Sophia",
-           "AdaHessian", "MFAC"]
+           "AdaHessian", "MFAC", "AdamTau", "Yogi", "Adagrad"]
