@@ -42,15 +42,24 @@ Params = dict[str, Tensor]
 
 
 def population_weights(counts: np.ndarray, aggregation_weights: str) -> np.ndarray:
-    """p_j of the population average s̄ = Σ_j p_j s_j (float64, sums to 1).
+    """p_j, the weight of client j in the global objective F = Σ_{j=1..N} p_j F_j (float64
+    [N], Σ_j p_j = 1). The one place fedopt computes it.
 
-    ``"uniform"`` -> p_j = 1/N (the papers' mean over all N clients); ``"num_samples"`` and
-    ``"unbiased"`` -> p_j = n_j / n, the weights of the global objective F = Σ_j p_j F_j. With
-    these p the drift corrections of SCAFFOLD and FedDyn are unbiased for that same F.
+    * ``"num_samples"`` (and ``"unbiased"``, which targets the same F): p_j = n_j / n with n_j
+      client j's training samples and n = Σ_j n_j — empirical risk over all samples;
+    * ``"uniform"``: p_j = 1/N — the plain mean over the N clients.
+
+    Used as the population mean s̄ = Σ_j p_j s_j of SCAFFOLD's c and FedDyn's H (so their
+    drift corrections are unbiased for F), as the importance p_i of the asynchronous family,
+    and as FedAvg's "unbiased" weights w_i = (N/m) p_i over m uniformly sampled clients
+    (E_S[Σ_{i∈S} w_i Δ_i] = Σ_j p_j Δ_j). Raises ValueError for another name.
     """
     counts = np.asarray(counts, dtype=np.float64)
     if aggregation_weights == "uniform":
         return np.full(len(counts), 1.0 / len(counts))
+    if aggregation_weights not in ("num_samples", "unbiased"):
+        raise ValueError(f"population weights: 'num_samples', 'unbiased' or 'uniform', "
+                         f"got {aggregation_weights!r}")
     return counts / counts.sum()
 
 
