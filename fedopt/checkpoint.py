@@ -73,15 +73,20 @@ class _Encoder:
         self.tensors: dict[str, Any] = {}
         self.memo: dict[int, str] = {}
         self.names: set[str] = set()
+        self.alive: list[Any] = []   # every memoised object outlives the encoding: ids stay unique
 
-    def _store(self, t: Any, path: str) -> str:
+    def _store(self, t: Any, path: str, origin: Any = None) -> str:
+        """Store ``t`` once per ``origin`` object (default ``t`` itself): a numpy array's
+        temporary tensor view is keyed by the array, whose id cannot be reused while encoding."""
         torch = self.torch
         if t.layout != torch.strided:
             raise TypeError(f"{path}: cannot store a {t.layout} tensor in a checkpoint")
         if t.dtype not in _SAFETENSORS_DTYPES:
             raise TypeError(f"{path}: cannot store a {t.dtype} tensor in a checkpoint")
-        key = id(t)
+        origin = t if origin is None else origin
+        key = id(origin)
         if key not in self.memo:
+            self.alive.append(origin)
             name = _tensor_name(path, self.names)
             self.tensors[name] = t.detach().to("cpu", copy=True,
                                                memory_format=torch.contiguous_format)
@@ -115,7 +120,8 @@ class _Encoder:
             if isinstance(obj, np.ndarray):
                 if obj.dtype == object:
                     raise TypeError(f"{path}: cannot store an object array in a checkpoint")
-                return {"ndarray": self._store(torch.from_numpy(np.ascontiguousarray(obj)), path)}
+                return {"ndarray": self._store(torch.from_numpy(np.ascontiguousarray(obj)), path,
+                                               origin=obj)}
             if isinstance(obj, np.generic):
                 return {"numpy": [obj.dtype.str, self.encode(obj.item(), path)]}
         raise TypeError(f"{path or 'checkpoint'}: cannot store {type(obj).__name__} in a "
@@ -187,6 +193,11 @@ def _digest(structure: str, tensors: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+#: the largest JSON structure a checkpoint may carry in its header (safetensors' loader refuses
+#: headers over 100 MB; this leaves room for the tensor table)
+MAX_STRUCTURE_BYTES = 64 * 2 ** 20
+
+
 def encode_checkpoint(state: Mapping[str, Any]) -> bytes:
     """The bytes of a checkpoint file: a ``safetensors`` file whose tensors are those of the
     nested ``state`` (named by their path, e.g. ``server/params/fc.weight``) and whose metadata
@@ -196,7 +207,8 @@ def encode_checkpoint(state: Mapping[str, Any]) -> bytes:
     dicts (any JSON-able keys, order kept), lists, tuples, ``None``, bools, ints of any size,
     floats incl. non-finite ones, numpy arrays and scalars.
 
-    Raises ``TypeError`` naming the path of a value it cannot store.
+    Raises ``TypeError`` naming the path of a value it cannot store, or when the structure would
+    not fit in a checkpoint header (:data:`MAX_STRUCTURE_BYTES`).
     """
     from safetensors.torch import save
 
@@ -204,6 +216,10 @@ def encode_checkpoint(state: Mapping[str, Any]) -> bytes:
         raise TypeError(f"state: expected a mapping, got {type(state).__name__}")
     enc = _Encoder()
     structure = json.dumps(enc.encode(state, ""), allow_nan=False, separators=(",", ":"))
+    if len(structure) > MAX_STRUCTURE_BYTES:   # safetensors refuses headers over 100 MB on load
+        raise TypeError(f"checkpoint: its structure takes {len(structure):,} bytes of JSON, more "
+                        f"than the {MAX_STRUCTURE_BYTES:,} a checkpoint header may hold (store "
+                        f"large per-client values as tensors, not Python lists)")
     meta = {"format": CHECKPOINT_FORMAT, "structure": structure,
             "sha256": _digest(structure, enc.tensors)}
     return save(enc.tensors, metadata=meta)

@@ -301,6 +301,24 @@ def test_checkpoint_round_trips_every_kind_of_value_bit_exactly():
     assert nested[0] is nested[1]["b"]   # a tensor stored twice is one tensor again
 
 
+def test_distinct_numpy_arrays_stay_distinct():
+    """Arrays built on the fly (their temporary tensor views could share an id once freed) each
+    come back as themselves: six int arrays and a float one, none equal to another."""
+    state = {"a": [np.arange(i, i + 3) for i in range(6)], "b": np.array([1.5, 2.5])}
+    back = decode_checkpoint(encode_checkpoint(state))
+    assert [x.tolist() for x in back["a"]] == [[i, i + 1, i + 2] for i in range(6)]
+    assert back["b"].dtype == np.float64 and back["b"].tolist() == [1.5, 2.5]
+
+
+def test_checkpoint_structure_too_large_for_a_header_is_refused_when_writing(monkeypatch):
+    import fedopt.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "MAX_STRUCTURE_BYTES", 1000)
+    with pytest.raises(TypeError, match="checkpoint header"):
+        encode_checkpoint({"ids": list(range(1000))})
+    assert decode_checkpoint(encode_checkpoint({"ids": list(range(10))}))["ids"] == list(range(10))
+
+
 def test_checkpoint_refuses_values_it_cannot_store():
     with pytest.raises(TypeError, match=r"^obj/x: cannot store object"):
         encode_checkpoint({"obj": {"x": object()}})
