@@ -54,6 +54,7 @@ from fedopt.algorithms.async_schedule import SchedulePolicy, Scheduler, Step
 from fedopt.algorithms.async_weights import (STALENESS, WEIGHT_RULES, Arrivals, WeightRule,
                                              expected_participation)
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
+from fedopt.algorithms.client_state import population_weights
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.clock import VirtualClock, validate_clock_config
 from fedopt.schema import ConfigError
@@ -118,8 +119,7 @@ class AsyncFederated:
             raise ConfigError(f"algorithm.staleness: one of {tuple(STALENESS)}, got {staleness!r}")
         if combine not in COMBINES:
             raise ConfigError(f"algorithm.combine: one of {COMBINES}, got {combine!r}")
-        self.p = (self.counts / self.counts.sum() if importance == "num_samples"
-                  else np.full(self.num_clients, 1.0 / self.num_clients))
+        self.p = population_weights(self.counts, importance)
         self.participation = participation
         self.staleness = STALENESS[staleness]
         self.staleness_ab = (float(staleness_a), float(staleness_b))

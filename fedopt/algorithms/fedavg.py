@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import Field
 
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
+from fedopt.algorithms.client_state import population_weights
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.executor import drop_scale
 from fedopt.engine.nonfinite import (DROPPED_KEY, check_server_state, client_error, count_dropped,
@@ -78,7 +79,8 @@ class FedAvg:
             return n / n.sum()
         if self.aggregation_weights == "uniform":
             return np.full(len(client_ids), 1.0 / len(client_ids))
-        return (self.num_clients / len(client_ids)) * n / self.counts.sum()
+        return (self.num_clients / len(client_ids)) * population_weights(
+            self.counts, "unbiased")[client_ids]
 
     def apply(self, state: ServerState, delta: Params | None) -> ServerState:
         """x_{t+1} = ServerOpt(x_t, Δ_t); the round counter advances. ``delta`` None (no client
