@@ -196,7 +196,8 @@ class FunctionalOptimizer:
     #: on the steps where ``needs_hessian_at(step)`` holds.
     needs_hessian: ClassVar[bool] = False
     elementwise: ClassVar[bool] = True
-    #: keep ``state["beta_pows"]["beta{i}"] = beta_i^t`` for every entry of ``self.betas``.
+    #: keep ``state["beta_pows"]["beta{i}"] = beta_i^t`` for every entry of ``self.betas``
+    #: (a subclass may make it a property of its hyperparameters, as AdamTau and Yogi do).
     bias_corrected: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
