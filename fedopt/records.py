@@ -42,7 +42,7 @@ from fedopt.checkpoint import (CheckpointError, encode_checkpoint, is_fedopt_che
 from fedopt.environment import environment_info
 from fedopt.jsonio import from_jsonable_floats, read_json, to_json_line, to_jsonable
 from fedopt.runfiles import (FILE_MODE, RunDirError, atomic_write_bytes, atomic_write_json,
-                             run_dir_errors, write_all)
+                             is_fedopt_png, run_dir_errors, write_all)
 
 try:
     import fcntl
@@ -250,13 +250,13 @@ def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def _longer(recorded: Any, given: Any) -> bool:
-    """Whether a run length ``given`` is shorter than ``recorded`` (None: unlimited)."""
-    if given is None:
-        return False
+def _keeps_recorded(recorded: Any, given: Any) -> bool:
+    """Whether a resumed run keeps the ``recorded`` run length instead of ``given``: when
+    ``given`` is shorter, or when it is None (not set — the README's resume command omits the
+    override) while a limit was recorded; to extend a run, give a larger value."""
     if recorded is None:
-        return True
-    return given < recorded
+        return False
+    return given is None or given < recorded
 
 
 def _is_versions_record(path: Path) -> bool:
@@ -377,11 +377,13 @@ class RunRecorder:
                                       f"{versions['seed']} of {self.out_dir}")
         for key in sorted(RESUMABLE_CHANGES):
             recorded, given = _get(old, key), _get(self.config, key)
-            if recorded != given and _longer(recorded, given):
+            if recorded != given and _keeps_recorded(recorded, given):
                 self.kept_values[key] = recorded
                 _set(self.config, key, recorded)
-                warnings.warn(f"{key}: {given} is shorter than the recorded {recorded} of "
-                              f"{self.out_dir}; the resumed run keeps {recorded}", stacklevel=3)
+                said = ("not given" if given is None
+                        else f"{given} is shorter than the recorded {recorded}")
+                warnings.warn(f"{key}: {said}; the resumed run of {self.out_dir} keeps "
+                              f"{recorded} (give a larger value to extend it)", stacklevel=3)
         env = environment_info()
         versions.setdefault("resumed", []).append(
             {k: env[k] for k in ("time", "hostname", "git_commit", "fedopt", "torch")})
@@ -591,8 +593,8 @@ def remove_run_dir(run_dir: PathLike, dry_run: bool = False) -> None:
                 files.append(p)
             elif p.name == CHECKPOINT_DIR and p.is_dir() and not p.is_symlink():
                 for q in p.iterdir():
-                    if q.is_file() and (_ROUND_FILE.match(q.name) or _PICKLE_FILE.match(q.name)
-                                        or _TMP_FILE.match(q.name)):
+                    if q.is_file() and ((_ROUND_FILE.match(q.name) and is_fedopt_checkpoint(q))
+                                        or _PICKLE_FILE.match(q.name) or _TMP_FILE.match(q.name)):
                         files.append(q)
                     else:
                         raise RunDirError(f"{os.fspath(q)}: not written by fedopt; "
@@ -600,7 +602,7 @@ def remove_run_dir(run_dir: PathLike, dry_run: bool = False) -> None:
                 dirs.append(p)
             elif p.name == "plots" and p.is_dir() and not p.is_symlink():
                 for q in p.iterdir():
-                    if q.is_file() and q.suffix == ".png":
+                    if q.is_file() and is_fedopt_png(q):
                         files.append(q)
                     else:
                         raise RunDirError(f"{os.fspath(q)}: not written by fedopt; "

@@ -96,3 +96,19 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (see :func:`to_jsonable` for the conversions)."""
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode())
+
+
+#: the PNG text chunk fedopt writes into every plot (``Source: fedopt``), so plots it wrote can
+#: be told from a user's files before anything is replaced or deleted
+PNG_SOURCE = "fedopt"
+
+
+def is_fedopt_png(path: PathLike) -> bool:
+    """Whether ``path`` is a PNG that fedopt wrote (its ``Source`` text chunk says fedopt);
+    False for anything else, including unreadable files."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Source\x00" + PNG_SOURCE.encode() in head

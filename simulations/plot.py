@@ -112,9 +112,21 @@ def _load_rows(run_dir: PathLike) -> list[dict[str, Any]]:
 
 
 def _save(fig, path: Path) -> str:
+    """Write ``fig`` as a PNG marked as fedopt's (``Source: fedopt``), atomically; a file of
+    that name that fedopt did not write is left alone (ValueError naming it)."""
+    import io
+
+    from fedopt.runfiles import PNG_SOURCE, atomic_write_bytes, is_fedopt_png
+
+    if path.exists() and not is_fedopt_png(path):
+        _pyplot().close(fig)
+        raise ValueError(f"{os.fspath(path)}: exists and was not written by fedopt; left alone "
+                         f"(choose another --out)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Source": PNG_SOURCE})
     _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return os.fspath(path)
 
 
@@ -222,6 +234,9 @@ def plot_runs(dirs: Sequence[PathLike], labels: Sequence[str] | None = None,
     if out is None:
         parent = os.path.commonpath([os.path.abspath(os.path.dirname(os.path.abspath(d)))
                                      for d in dirs])
+        if os.path.dirname(parent) == parent:   # only the filesystem root is shared
+            raise ValueError(f"out: the run directories share no parent folder but {parent}; "
+                             f"say where to write the plots (--out)")
         out = os.path.join(parent, "comparison")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -477,10 +477,18 @@ def test_resume_never_shrinks_the_recorded_run(tmp_path):
     assert rec.apply_kept_values(short)["algorithm"] == long["algorithm"]
     assert short["algorithm"]["rounds"] == 50   # the caller's dict is not modified
     assert json.loads((tmp_path / "config.json").read_text()) == long
-    unlimited = {**CONFIG, "algorithm": {"name": "fedavg", "rounds": 200, "time_budget": None}}
-    with RunRecorder(tmp_path, unlimited, seed=3, resume=True) as rec:   # longer: recorded
+    # time_budget not set (the README's resume command omits the override): the recorded
+    # budget stays; more rounds and a larger budget extend the run
+    unset = {**CONFIG, "algorithm": {"name": "fedavg", "rounds": 200, "time_budget": None}}
+    with pytest.warns(UserWarning, match=r"algorithm\.time_budget: not given; .* keeps 50"):
+        with RunRecorder(tmp_path, unset, seed=3, resume=True) as rec:
+            assert rec.kept_values == {"algorithm.time_budget": 50.0}
+    assert json.loads((tmp_path / "config.json").read_text())["algorithm"] == {
+        "name": "fedavg", "rounds": 200, "time_budget": 50.0}
+    longer = {**CONFIG, "algorithm": {"name": "fedavg", "rounds": 300, "time_budget": 80.0}}
+    with RunRecorder(tmp_path, longer, seed=3, resume=True) as rec:
         assert rec.kept_values == {}
-    assert json.loads((tmp_path / "config.json").read_text()) == unlimited
+    assert json.loads((tmp_path / "config.json").read_text()) == longer
 
 
 # ----------------------------------------------------------------------------- folders
@@ -575,15 +583,20 @@ def test_summary_non_finite_round_trip(tmp_path):
 def test_remove_run_dir_deletes_only_a_fedopt_run(tmp_path):
     run = tmp_path / "run"
     with RunRecorder(run, CONFIG, seed=3) as rec:
-        rec.log({"round": 1})
+        rec.log({"round": 1, "test_loss": 0.5})
         rec.save_checkpoint({"x": 1}, round=1)
-    (run / "plots").mkdir()
-    (run / "plots" / "test_loss.png").write_bytes(b"png")
-    (run / "checkpoints" / "mine.txt").write_text("mine")
-    with pytest.raises(RunDirError, match=r"mine\.txt: not written by fedopt"):
-        remove_run_dir(run)
-    assert (run / "metrics.jsonl").is_file() and (run / "checkpoints" / "mine.txt").is_file()
-    (run / "checkpoints" / "mine.txt").unlink()
+    from simulations.plot import plot_run
+
+    assert plot_run(run)                                   # fedopt's own PNGs: removable
+    users = {"checkpoints/mine.txt": b"mine",                # a user's files, some under the
+             "checkpoints/round_000009.safetensors": b"not a checkpoint",   # names fedopt uses
+             "plots/figure.png": b"\x89PNG\r\n\x1a\n a user's plot"}
+    for name, data in users.items():
+        (run / name).write_bytes(data)
+        with pytest.raises(RunDirError, match=rf"{name}: not written by fedopt"):
+            remove_run_dir(run)
+        assert (run / "metrics.jsonl").is_file() and (run / name).read_bytes() == data
+        (run / name).unlink()
     remove_run_dir(run)
     assert not run.exists()
     plain = tmp_path / "plain"

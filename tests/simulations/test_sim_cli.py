@@ -359,8 +359,8 @@ def test_resume_warnings_are_one_line_each(capsys, tmp_path, fake_config, fake_r
     code, _, err = run_cli(capsys, "run", "cfg.yaml", "--out", out_dir, "--resume",
                            "--no-progress", "--set", "algorithm.rounds=3")
     assert code == 0
-    assert err == (f"warning: algorithm.rounds: 3 is shorter than the recorded 6 of {out_dir}; "
-                   f"the resumed run keeps 6\n")
+    assert err == (f"warning: algorithm.rounds: 3 is shorter than the recorded 6; the resumed "
+                   f"run of {out_dir} keeps 6 (give a larger value to extend it)\n")
 
 
 def test_show_tells_non_finite_from_not_measured(capsys, tmp_path):

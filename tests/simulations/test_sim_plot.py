@@ -189,3 +189,30 @@ def test_plot_run_all_nan_loss_is_not_skipped_silently(tmp_path):
     with pytest.warns(NonFiniteMetricWarning, match="test_loss is non-finite .* round 1"):
         paths = plot_run(run)
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["loss_vs_round.png"]
+
+
+def test_plots_never_replace_a_file_fedopt_did_not_write(tmp_path):
+    from fedopt.runfiles import is_fedopt_png
+
+    run = write_run(tmp_path / "run")
+    paths = plot_run(run)
+    assert paths and all(is_fedopt_png(p) for p in paths)
+    assert plot_run(run) == paths                       # its own plots: redrawn in place
+    users = tmp_path / "figures"
+    users.mkdir()
+    mine = users / "loss_vs_round.png"                  # a user's figure under a plot's name
+    mine.write_bytes(PNG_MAGIC + b" a user's figure")
+    with pytest.raises(ValueError, match=r"loss_vs_round\.png: exists and was not written by fedopt"):
+        plot_run(run, out=users)
+    assert mine.read_bytes() == PNG_MAGIC + b" a user's figure"
+
+
+def test_runs_sharing_only_the_root_need_an_out_folder(tmp_path, monkeypatch):
+    import os
+
+    a, b = write_run(tmp_path / "a" / "r"), write_run(tmp_path / "b" / "r")
+    real = os.path.commonpath
+    monkeypatch.setattr(os.path, "commonpath", lambda paths: os.sep if len(paths) > 1 else real(paths))
+    with pytest.raises(ValueError, match=r"^out: the run directories share no parent"):
+        plot_runs([a, b])
+    assert_pngs(plot_runs([a, b], out=tmp_path / "cmp"))
