@@ -1,7 +1,7 @@
 """The Ray worker: one actor owns a shard of clients and trains any subset of them, vectorized.
 
 A worker is built from the run config alone (plus the few coordinator-side objects that are not
-in it: the client optimizer, the trainer's ``prox_mu``/``sam_rho`` and, for a user-supplied
+in it: the client optimizer, the trainer's local program and, for a user-supplied
 model, the module itself). It generates or loads the federated data set ON the worker with
 ``build_dataset(config["data"], seed)`` and keeps only the train rows of its shard
 (:func:`client.shard.shard_dataset`), so client data never goes through the coordinator. Each
@@ -35,6 +35,7 @@ from client.shard import data_fingerprint, shard_dataset
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer
+from fedopt.engine.program import LocalProgram
 from fedopt.models import build_model
 from fedopt.optim.core import FunctionalOptimizer
 from fedopt.simulation import DTYPES
@@ -47,9 +48,10 @@ class WorkerSpec:
 
     ``config``: the validated run config (``seed``, ``data``, ``model``, ``client``,
     ``executor``); ``device``: where this worker trains (``"cpu"``, ``"cuda"`` — inside a Ray
-    actor with GPUs, index 0 is its own GPU); ``optimizer``/``trainer_class``/``local_options``/
+    actor with GPUs, index 0 is its own GPU); ``optimizer``/``trainer_class``/``program``/
     ``trainer_seed``: the coordinator's :class:`LocalTrainer` (its class, so a user's trainer
-    subclass runs on the workers too, and its ``local_options()``); ``model``: a CPU copy of
+    subclass runs on the workers too, and its :class:`LocalProgram`, shipped as data: loss,
+    metrics, oracle, postprocessors); ``model``: a CPU copy of
     the coordinator's module when it is not the one ``config["model"]`` builds (None otherwise);
     ``num_threads``: torch intra-op threads on the worker.
     """
@@ -58,7 +60,7 @@ class WorkerSpec:
     device: str
     optimizer: FunctionalOptimizer
     trainer_class: type = LocalTrainer
-    local_options: dict[str, Any] = field(default_factory=dict)
+    program: LocalProgram = field(default_factory=LocalProgram)
     trainer_seed: int = 0
     model: nn.Module | None = None
     num_threads: int | None = None
@@ -100,7 +102,7 @@ class ShardWorker:
                             tuple(full.feature_shape), full.num_classes, seed=self.seed,
                             device=self.device, dtype=self.dtype)
         self.trainer = spec.trainer_class(FunctionalModel(model), spec.optimizer,
-                                          seed=spec.trainer_seed, **spec.local_options)
+                                          spec.program, seed=spec.trainer_seed)
         self.executor = self._make_executor(full, cfg["executor"]["chunk_size"])
 
     # -- data ---------------------------------------------------------------------------------

@@ -35,18 +35,20 @@ def shard_dataset(data: FederatedDataset, client_ids: np.ndarray) -> FederatedDa
     return FederatedDataset(
         x=data.x[rows_t], y=data.y[rows_t],
         offsets=torch.from_numpy(new_offsets).to(data.offsets.device),
-        x_test=data.x.new_zeros(empty), y_test=data.y.new_zeros(0),
-        client_test=data.y.new_zeros(0), num_classes=data.num_classes, name=data.name)
+        x_test=data.x.new_zeros(empty), y_test=data.y.new_zeros((0,) + tuple(data.y.shape[1:])),
+        client_test=data.offsets.new_zeros(0), num_classes=data.num_classes, name=data.name)
 
 
 def data_fingerprint(data: FederatedDataset) -> dict:
     """Cheap summary that differs between two different data sets: client counts (exact) and
-    float64 sums of the train features and labels."""
+    float64 sums of the train features and labels (regression targets: their sums join the
+    features', compared with the same tolerance)."""
+    t = data.y.double() if data.is_regression else data.y.new_zeros(0).double()
     return {"num_clients": data.num_clients,
             "counts": data.counts.cpu().numpy().astype(np.int64).tolist(),
-            "x_sum": float(data.x.double().sum()),
-            "x_abs_sum": float(data.x.double().abs().sum()),
-            "y_sum": int(data.y.sum())}
+            "x_sum": float(data.x.double().sum()) + float(t.sum()),
+            "x_abs_sum": float(data.x.double().abs().sum()) + float(t.abs().sum()),
+            "y_sum": int(data.y.numel()) if data.is_regression else int(data.y.sum())}
 
 
 def fingerprints_match(a: dict, b: dict, rtol: float = 1e-6) -> bool:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -13,14 +13,18 @@ from fedopt.simulation import RunResult, Simulation, summarize
 
 def run(config: Mapping[str, Any] | str | os.PathLike, out_dir: str | os.PathLike | None = None,
         progress: bool | None = None, resume: bool = False, overrides: tuple[str, ...] = (),
-        dataset: FederatedDataset | None = None, model: nn.Module | None = None) -> RunResult:
+        dataset: FederatedDataset | None = None, model: nn.Module | None = None,
+        loss: str | Callable[..., Any] | None = None, metrics: Any = None) -> RunResult:
     """Validate ``config`` (a dict or a YAML path), run the simulation, record it.
 
     With ``out_dir`` the run directory gets config.json, versions.json, metrics.jsonl,
     summary.json and checkpoints/; ``resume=True`` continues from its newest checkpoint that
     loads (a damaged newer one is skipped with a warning) and keeps a longer recorded
     ``algorithm.rounds``/``time_budget``. ``dataset``/``model`` let notebook users pass their
-    own FederatedDataset / nn.Module.
+    own FederatedDataset / nn.Module; ``loss`` (a name or a per-sample callable
+    ``f(outputs [N, k], targets) -> [N]``) and ``metrics`` (``{name: name or callable}``) replace
+    ``client.loss`` / ``client.metrics``; each metric is recorded as ``test_<name>`` (see
+    :class:`~fedopt.engine.program.LocalProgram`; on Ray they must pickle).
 
     The folder is checked (and locked) before anything expensive is built, and whatever was
     built (executor, Ray workers) is closed on every exit, errors included. Raises
@@ -45,7 +49,7 @@ def run(config: Mapping[str, Any] | str | os.PathLike, out_dir: str | os.PathLik
             cfg = recorder.apply_kept_values(cfg)
             if resume:   # read and verify before building anything (a Ray cluster, data)
                 ckpt = recorder.load_resume_checkpoint()
-        sim = Simulation(cfg, dataset=dataset, model=model)
+        sim = Simulation(cfg, dataset=dataset, model=model, loss=loss, metrics=metrics)
         try:
             if recorder is not None and resume:
                 if ckpt is not None:

@@ -34,6 +34,7 @@ from fedopt.algorithms import ServerOptimizer, algorithm_specs
 from fedopt.algorithms.server_opt import DEFAULTS, RULE_KEYS
 from fedopt.clock.config import ClockConfig
 from fedopt.data.registry import DataSpec, check_dataset_spec
+from fedopt.engine.program import LOSSES, METRICS
 from fedopt.executors import LocalExecutorConfig, executor_entries, executor_schemas
 from fedopt.models.registry import MODEL_SCHEMAS, ModelSpec
 from fedopt.schema import (SEED_MAX, Bool, Check, ConfigError, Float, NonNegativeInt,  # noqa: F401
@@ -55,6 +56,12 @@ class ClientConfig(Schema):
         None, description="{name: <any fedopt.optim optimizer>, <its keywords>} (sgd, lr 0.01)")
     lr_decay: Annotated[Float, Check(lambda v: 0 < v <= 1, "in (0, 1]")] = Field(
         1.0, description="client lr multiplied by lr_decay**round")
+    loss: Optional[Literal[tuple(LOSSES)]] = Field(
+        None, description="per-sample loss (null: the task's, cross_entropy for class labels, "
+                          "mse for float targets; fedopt.run(loss=...) takes a callable)")
+    metrics: Optional[list[Literal[tuple(METRICS)]]] = Field(
+        None, description="evaluation metrics, each a test_<name> column (null: the task's, "
+                          "[accuracy] for class labels, [] for float targets)")
 
     @model_validator(mode="after")
     def _one_mode(self) -> "ClientConfig":

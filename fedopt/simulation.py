@@ -8,6 +8,7 @@ all randomness is keyed by (seed, round, client), a resumed run reproduces the u
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from fedopt.data.dataset import check_values
 from fedopt.engine.batches import capped_batch_size
 from fedopt.engine.evaluate import evaluate
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
+from fedopt.engine.program import LocalProgram, PerSample
 from fedopt.models import build_model
 from fedopt.optim import from_config as optimizer_from_config
 
@@ -50,11 +52,16 @@ class Simulation:
     """Builds the pieces of a run from a validated config and steps through rounds."""
 
     def __init__(self, config: dict[str, Any], *, dataset: FederatedDataset | None = None,
-                 model: nn.Module | None = None):
+                 model: nn.Module | None = None, loss: str | PerSample | None = None,
+                 metrics: Any = None):
+        """``loss``/``metrics``: the clients' per-sample loss and the evaluation metrics (see
+        :class:`~fedopt.engine.program.LocalProgram`), overriding ``client.loss`` /
+        ``client.metrics``; by default the task's (cross-entropy and accuracy for class labels,
+        mse and no metric for float targets)."""
         # builders raise ConfigError for a user's configuration mistake; any other error is a
         # bug and keeps its traceback
         try:
-            self._build(config, dataset, model)
+            self._build(config, dataset, model, loss, metrics)
         except BaseException:   # a failure after the executor was built: release it
             executor = getattr(self, "executor", None)
             if executor is not None:
@@ -62,7 +69,8 @@ class Simulation:
             raise
 
     def _build(self, config: dict[str, Any], dataset: FederatedDataset | None,
-               model: nn.Module | None) -> None:
+               model: nn.Module | None, loss: str | PerSample | None = None,
+               metrics: Any = None) -> None:
         self.config = config
         seed = config["seed"]
         ex = config["executor"]
@@ -103,8 +111,9 @@ class Simulation:
         self.client_optimizer = optimizer_from_config(client["optimizer"])
         self.base_client_lr = getattr(self.client_optimizer, "lr", None)
         self.algorithm = build_algorithm(alg, self.data.counts.cpu().numpy(), seed, config)
-        self.trainer = LocalTrainer(self.fmodel, self.client_optimizer, seed=seed,
-                                    **self.algorithm.local_options())
+        self.program = client_program(self.algorithm.local_program(), client,
+                                      self.data.is_regression, loss, metrics)
+        self.trainer = LocalTrainer(self.fmodel, self.client_optimizer, self.program, seed=seed)
         self.executor = build_executor(config, self.data, self.trainer)
         if ex.get("realtime"):   # an executor whose schema has it (Ray)
             try:
@@ -142,11 +151,12 @@ class Simulation:
         return stats
 
     def evaluate(self) -> dict[str, float]:
-        p = self.state.params
-        test_loss, test_acc = evaluate(self.fmodel, p, self.data.x_test, self.data.y_test)
-        row = {"test_loss": test_loss, "test_accuracy": test_acc}
+        p, prog = self.state.params, self.program
+        test = evaluate(self.fmodel, p, self.data.x_test, self.data.y_test, program=prog)
+        row = {f"test_{k}": v for k, v in test.items()}
         if self.config["eval_train"]:
-            row["train_loss"], row["train_accuracy"] = evaluate(self.fmodel, p, self.data.x, self.data.y)
+            train = evaluate(self.fmodel, p, self.data.x, self.data.y, program=prog)
+            row.update({f"train_{k}": v for k, v in train.items()})
         return row
 
     def close(self) -> None:
@@ -236,6 +246,24 @@ def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,
         so["betas"] = tuple(so["betas"])
     return algorithm_specs()[alg_cfg["name"]].build(alg_cfg, counts, seed, ServerOptimizer(**so),
                                                     config or {})
+
+
+def client_program(program: LocalProgram, client: dict[str, Any], regression: bool,
+                   loss: str | PerSample | None = None, metrics: Any = None) -> LocalProgram:
+    """The algorithm's ``program`` with the run's loss and metrics: the arguments, else the
+    config's ``client.loss`` / ``client.metrics``, else the task's defaults. ConfigError naming
+    ``client.loss`` / ``client.metrics`` (config) or ``loss`` / ``metrics`` (arguments)."""
+    pieces = {}
+    for key, given in (("loss", loss), ("metrics", metrics)):
+        value, field = (given, key) if given is not None else (client.get(key), f"client.{key}")
+        try:
+            dataclasses.replace(program, **{key: value})
+        except ValueError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(field) or field == key
+                              else f"client.{msg}") from None
+        pieces[key] = value
+    return dataclasses.replace(program, **pieces).for_task(regression)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

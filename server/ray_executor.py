@@ -56,6 +56,7 @@ from client.shard import data_fingerprint
 from fedopt.data import FederatedDataset
 from fedopt.engine.executor import RoundOutput, drop_scale
 from fedopt.engine.local import LocalTrainer
+from fedopt.engine.program import check_shippable
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from server.ray_async import AsyncDispatcher, ClientUpdate, DelayFn, RayJob
 from server.ray_connect import RaySession, connect_ray
@@ -133,7 +134,7 @@ class RayExecutor:
         self.ray = ray
         self.pool = pool
         self.session = session
-        #: the coordinator's trainer; workers run the same class with its local_options()
+        #: the coordinator's trainer; workers run the same class with its local program
         self.trainer = trainer
         #: local-work settings (algorithms such as SCAFFOLD read them)
         self.batch_size, self.local_steps, self.local_epochs = batch_size, local_steps, local_epochs
@@ -170,9 +171,10 @@ class RayExecutor:
             if note:
                 log.warning(note)
             threads = ex["num_threads"] or max(1, int(ex["num_cpus_per_worker"]))
+            check_shippable(trainer.program)   # a user's loss/metric must pickle: say which
             spec = WorkerSpec(config=copy.deepcopy(config), device=device,
                               optimizer=trainer.optimizer, trainer_class=type(trainer),
-                              local_options=trainer.local_options(), trainer_seed=trainer.seed,
+                              program=trainer.program, trainer_seed=trainer.seed,
                               model=_model_to_ship(config, dataset, trainer), num_threads=threads)
             pool_opts = {k: options.pop(k) for k in ("strategy", "placement_timeout_s",
                                                      "start_timeout_s", "max_restarts_per_worker")

@@ -185,8 +185,9 @@ class RealTimeAsync:
             seconds_per_unit = (config.get("executor") or {}).get("seconds_per_unit")
         return cls(algorithm, seconds_per_unit)
 
-    def local_options(self) -> dict[str, float]:
-        return self.alg.local_options()
+    def local_program(self) -> Any:
+        """The wrapped algorithm's :class:`~fedopt.engine.program.LocalProgram`."""
+        return self.alg.local_program()
 
     def finished(self, state: ServerState) -> bool:
         """True once no further server step ends within ``algorithm.time_budget`` (T, clock

@@ -263,14 +263,14 @@ def test_evaluate_reports_no_accuracy_for_nonfinite_outputs(data):
     sim = Simulation(config(data))
     p = {k: v.clone() for k, v in sim.state.params.items()}
     x, y = sim.data.x_test, sim.data.y_test
-    loss, acc = evaluate(sim.fmodel, p, x, y)
+    loss, acc = evaluate(sim.fmodel, p, x, y).values()
     assert math.isfinite(loss) and 0.0 <= acc <= 1.0
     p["linear.bias"][0] = math.nan             # logits of class 0 NaN on every row
-    loss, acc = evaluate(sim.fmodel, p, x, y, chunk_rows=3)
+    loss, acc = evaluate(sim.fmodel, p, x, y, chunk_rows=3).values()
     assert math.isnan(loss) and acc is None
     p["linear.bias"][0] = -math.inf            # class 0 logit −inf: CE of class-0 rows is
     #                                            z₁ − (−inf) = +inf, of class-1 rows 0
-    loss, acc = evaluate(sim.fmodel, p, x, y)
+    loss, acc = evaluate(sim.fmodel, p, x, y).values()
     assert loss == math.inf and acc is None
 
 

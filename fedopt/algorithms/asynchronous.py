@@ -61,6 +61,7 @@ from fedopt.schema import ConfigError
 from fedopt.engine.batches import local_step_counts
 from fedopt.engine.executor import drop_scale
 from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state
+from fedopt.engine.program import LocalProgram
 
 COMBINES = ("delta", "model")
 PARTICIPATION = ("auto", "expected", "empirical")
@@ -170,8 +171,8 @@ class AsyncFederated:
         return ServerState(params=params, opt_state=self.server_optimizer.init(params),
                            client_state={"async": a})
 
-    def local_options(self) -> dict[str, float]:
-        return {}
+    def local_program(self) -> LocalProgram:
+        return LocalProgram()
 
     # -- bookkeeping of jobs -----------------------------------------------------------------
     @staticmethod

@@ -7,8 +7,9 @@ An algorithm is a small state machine over pure server state (:class:`ServerStat
 
 ``run_round`` decides which clients run with what payload, asks the executor for their
 local results (:meth:`VectorizedExecutor.run_round` or the Ray/gRPC equivalents, which share
-its signature) and aggregates. ``local_options()`` tells the local trainer which terms the
-clients add to their gradients (``prox_mu``: FedProx/FedDyn μ(y − x); ``sam_rho``: SAM ascent).
+its signature) and aggregates. ``local_program()`` says what its clients compute: a
+:class:`~fedopt.engine.program.LocalProgram` (gradient oracle, e.g. SAM; proximal term μ(y − x);
+update postprocessors); the run fills in the loss and metrics.
 
 Each algorithm module registers itself by defining ``ALGORITHM_SPECS = {name: AlgorithmSpec}``;
 :func:`algorithm_specs` collects them from every module of this package, so a new family is one
@@ -24,6 +25,8 @@ from typing import Annotated, Any, Callable, Literal, Optional, Protocol
 import numpy as np
 from pydantic import Field
 from torch import Tensor
+
+from fedopt.engine.program import LocalProgram
 
 from fedopt.schema import (Bool, Check, ConfigError, Float, PositiveFloat, PositiveInt, Schema,
                            Str, variant)
@@ -55,7 +58,7 @@ class ServerState:
 class Algorithm(Protocol):
     def init(self, params: Params) -> ServerState: ...
 
-    def local_options(self) -> dict[str, float]: ...
+    def local_program(self) -> LocalProgram: ...
 
     def run_round(self, state: ServerState, executor: Any, optimizer: Any
                   ) -> tuple[ServerState, dict[str, Any]]: ...

@@ -9,7 +9,7 @@ x_t and returns Δ_i = y_{i,K} − x_t; the server forms
 
 and applies the server optimizer to Δ_t (x_{t+1} = x_t + η Δ_t for plain FedAvg).
 FedProx (Li et al. 2020) is FedAvg whose clients add μ(y − x_t) to every local gradient; that
-lives in the local trainer (``prox_mu``).
+lives in the clients' local program (``LocalProgram.prox_mu``).
 
 Server state — global params, server-optimizer state, round — is one :class:`ServerState`;
 client sampling is a pure function of (seed, round), so the state needs no RNG object to resume.
@@ -32,6 +32,7 @@ from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import population_weights
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.executor import drop_scale
+from fedopt.engine.program import LocalProgram
 from fedopt.engine.nonfinite import (DROPPED_KEY, check_server_state, client_error, count_dropped,
                                      finite_rows)
 from fedopt.rng import STREAM_SAMPLING, round_generator
@@ -96,8 +97,9 @@ class FedAvg:
         return ServerState(params=params, opt_state=opt_state, round=state.round + 1,
                            client_state=state.client_state)
 
-    def local_options(self) -> dict[str, float]:
-        return {"prox_mu": self.prox_mu}
+    def local_program(self) -> LocalProgram:
+        """FedAvg's clients: the default program; FedProx's add the proximal term μ(y − x)."""
+        return LocalProgram(prox_mu=self.prox_mu)
 
     def run_clients(self, state: ServerState, executor: Any, ids: np.ndarray,
                     weights: np.ndarray, optimizer: Any = None, *, keep_local: bool = False,

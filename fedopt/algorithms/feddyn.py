@@ -34,6 +34,7 @@ from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import ClientTable, population_weights
 from fedopt.algorithms.fedavg import FedAvg, dropped_stats, local_loss
 from fedopt.engine.executor import drop_scale
+from fedopt.engine.program import SAM, Autograd, LocalProgram
 from fedopt.algorithms.server_opt import ServerOptimizer
 
 CORRECTION_AVERAGES = ("all", "sampled")
@@ -76,8 +77,11 @@ class FedDyn(FedAvg):
             state.client_state[TABLE_KEY] = table.data
         return state
 
-    def local_options(self) -> dict[str, float]:
-        return {"prox_mu": self.coef, "sam_rho": self.sam_rho}
+    def local_program(self) -> LocalProgram:
+        """Clients add α(y − x) (the prox part of FedDyn's linear-quadratic penalty; the linear
+        part −h_i is the per-job correction); FedSpeed's ρ > 0 makes the oracle SAM."""
+        oracle = SAM(self.sam_rho) if self.sam_rho > 0 else Autograd()
+        return LocalProgram(prox_mu=self.coef, oracle=oracle)
 
     def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:

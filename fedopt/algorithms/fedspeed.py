@@ -35,11 +35,13 @@ Reductions (federated.md §3.7, §5): ρ = 0 is exactly FedDyn with α_FedDyn = 
 correction) is not reproduced: the prox gradient here is exactly (1/λ)(w − x_t) (the paper's
 form); weight decay is the local optimizer's ``weight_decay``.
 
-The local step is the engine's :class:`LocalTrainer` with ``sam_rho = ρ``, ``sam_alpha = α`` and
-``sam_normalize`` (see :meth:`FedSpeed.local_options`), so it runs on every executor.
+The local step is the engine's :class:`LocalTrainer` running the program of
+:meth:`FedSpeed.local_program` (prox 1/λ, the :class:`~fedopt.engine.program.SAM` oracle with ρ,
+α and the normalisation), so it runs on every executor.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -47,6 +49,7 @@ import numpy as np
 from fedopt.algorithms.base import AlgorithmSpec
 from fedopt.algorithms.feddyn import CORRECTION_AVERAGES, FedDyn
 from fedopt.algorithms.server_opt import ServerOptimizer
+from fedopt.engine.program import SAM, LocalProgram
 
 VARIANTS = {"code": {"normalize_perturbation": True, "correction_average": "all"},
             "paper": {"normalize_perturbation": False, "correction_average": "sampled"}}
@@ -73,9 +76,10 @@ class FedSpeed(FedDyn):
         self.alpha = float(alpha)
         self.normalize_perturbation = bool(normalize_perturbation)
 
-    def local_options(self) -> dict[str, Any]:
-        return {**super().local_options(), "sam_alpha": self.alpha,
-                "sam_normalize": self.normalize_perturbation}
+    def local_program(self) -> LocalProgram:
+        """FedDyn's program (prox 1/λ) with the SAM oracle (ρ, α, normalised or not)."""
+        oracle = SAM(self.rho, self.alpha, self.normalize_perturbation)
+        return dataclasses.replace(super().local_program(), oracle=oracle)
 
 
 def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,

@@ -31,6 +31,7 @@ from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import ClientTable, population_weights
 from fedopt.algorithms.fedavg import FedAvg, dropped_stats, local_loss
 from fedopt.algorithms.server_opt import ServerOptimizer
+from fedopt.engine.program import LocalProgram
 
 OPTIONS = ("I", "II")
 TABLE_KEY = "scaffold_c"
@@ -55,8 +56,8 @@ class Scaffold(FedAvg):
         state.client_state[TABLE_KEY] = table.data
         return state
 
-    def local_options(self) -> dict[str, float]:
-        return {"prox_mu": 0.0}
+    def local_program(self) -> LocalProgram:
+        return LocalProgram()
 
     def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:

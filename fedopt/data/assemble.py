@@ -69,7 +69,8 @@ def assemble(x: np.ndarray, y: np.ndarray, client: np.ndarray, num_clients: int,
     labels/clients integer). Without ``x_test`` the test union is split off per client with
     ``rng``; with ``x_test``/``y_test``/``client_test`` those are the test union.
 
-    Features become float32 tensors, labels/indices int64. Every client must own a row.
+    Features become float32 tensors, labels/indices int64 (floating regression targets:
+    float32). Every client must own a row.
     The result may share memory with the inputs (callers pass arrays they own).
     """
     client = np.asarray(client, dtype=np.int64)
@@ -93,10 +94,10 @@ def assemble(x: np.ndarray, y: np.ndarray, client: np.ndarray, num_clients: int,
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return FederatedDataset(
         x=_features(x, order),
-        y=torch.from_numpy(np.asarray(y, dtype=np.int64)[order]),
+        y=torch.from_numpy(_targets(y)[order]),
         offsets=torch.from_numpy(offsets),
         x_test=_features(x_test, test_order),
-        y_test=torch.from_numpy(np.asarray(y_test, dtype=np.int64)[test_order]),
+        y_test=torch.from_numpy(_targets(y_test)[test_order]),
         client_test=torch.from_numpy(np.asarray(client_test, dtype=np.int64)[test_order]),
         num_classes=int(num_classes),
         name=name,
@@ -106,6 +107,12 @@ def assemble(x: np.ndarray, y: np.ndarray, client: np.ndarray, num_clients: int,
 def _rows(x: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``x[index]`` along the first axis (``np.take`` is much faster than fancy indexing here)."""
     return np.take(x, index, axis=0)
+
+
+def _targets(y: np.ndarray) -> np.ndarray:
+    """Class labels as int64; floating regression targets ([rows] or [rows, p]) as float32."""
+    y = np.asarray(y)
+    return y.astype(np.float32) if y.dtype.kind == "f" else y.astype(np.int64)
 
 
 def _features(x: np.ndarray, order: np.ndarray) -> torch.Tensor:

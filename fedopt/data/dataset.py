@@ -30,13 +30,15 @@ class FederatedDataset:
 
     Attributes:
         x: ``[n, *feature_shape]`` train features; client 0's rows first, then client 1's, ...
-        y: ``[n]`` int64 train labels in ``0..num_classes-1``.
+        y: ``[n]`` int64 train labels in ``0..num_classes-1`` (classification), or floating
+            regression targets ``[n]`` or ``[n, d]`` (:attr:`is_regression`).
         offsets: ``[K+1]`` int64, ``offsets[0] = 0``, ``offsets[K] = n``, non-decreasing;
             client ``i``'s train rows are ``offsets[i]:offsets[i+1]``.
         x_test: ``[M, *feature_shape]`` the union of all clients' test rows, each row once.
-        y_test: ``[M]`` int64 test labels.
+        y_test: ``[M]`` test labels (or targets: ``y``'s dtype and trailing shape).
         client_test: ``[M]`` int64 client index ``0..K-1`` of each test row.
-        num_classes: number of classes ``C``.
+        num_classes: number of classes ``C`` — the model's output width; for regression
+            targets the target width (``d``, or 1 for targets ``[n]``).
         name: a short human-readable name (e.g. ``"synthetic(1,1)"``).
     """
 
@@ -74,6 +76,11 @@ class FederatedDataset:
         k = torch.arange(self.num_clients, device=self.offsets.device)
         return torch.repeat_interleave(k, self.counts)
 
+    @property
+    def is_regression(self) -> bool:
+        """True when the targets are floating (regression), False for int64 class labels."""
+        return self.y.dtype.is_floating_point
+
     # ------------------------------------------------------------------- accessors
     def client(self, i: int, split: str = "train") -> tuple[Tensor, Tensor]:
         """Client ``i``'s rows ``(x_i, y_i)``: its train slice, or with ``split="test"`` its
@@ -97,6 +104,9 @@ class FederatedDataset:
 
         ValueError when ``K · C`` exceeds :data:`MAX_LABEL_COUNTS` (2^28 entries, 2 GiB), before
         allocating it."""
+        if self.is_regression:
+            raise ValueError(f"label_counts: {self.name} is a regression data set (float "
+                             f"targets), it has no class labels")
         if split == "train":
             client, y = self.client_index, self.y
         elif split == "test":
@@ -113,16 +123,16 @@ class FederatedDataset:
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> FederatedDataset:
         """A copy on ``device`` (all tensors move); features cast to ``dtype`` if given
-        (a floating dtype), labels and indices stay int64."""
+        (a floating dtype), as are regression targets; labels and indices stay int64."""
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype for features, got {dtype}")
         return replace(
             self,
             x=self.x.to(device=device, dtype=dtype),
-            y=self.y.to(device=device),
+            y=self.y.to(device=device, dtype=dtype if self.is_regression else None),
             offsets=self.offsets.to(device=device),
             x_test=self.x_test.to(device=device, dtype=dtype),
-            y_test=self.y_test.to(device=device),
+            y_test=self.y_test.to(device=device, dtype=dtype if self.is_regression else None),
             client_test=self.client_test.to(device=device),
         )
 
@@ -140,6 +150,7 @@ class FederatedDataset:
             "mean_n": float(counts.double().mean()),
             "max_n": int(counts.max()),
             "classes": self.num_classes,
+            "task": "regression" if self.is_regression else "classification",
             "feature_shape": list(self.feature_shape),
         }
 
@@ -150,7 +161,7 @@ def _check_layout(d: FederatedDataset) -> None:
         if not isinstance(getattr(d, field), Tensor):
             raise TypeError(f"FederatedDataset.{field}: must be a torch.Tensor, "
                             f"got {type(getattr(d, field)).__name__}")
-    for field in ("y", "offsets", "y_test", "client_test"):
+    for field in ("offsets", "client_test") + (() if d.is_regression else ("y", "y_test")):
         t = getattr(d, field)
         if t.dtype != torch.int64 or t.ndim != 1:
             raise ValueError(f"FederatedDataset.{field}: must be a 1-D int64 tensor, "
@@ -159,6 +170,8 @@ def _check_layout(d: FederatedDataset) -> None:
         raise ValueError("FederatedDataset.x and x_test must have shape [rows, *feature_shape]")
     if not d.x.dtype.is_floating_point or not d.x_test.dtype.is_floating_point:
         raise ValueError("FederatedDataset.x and x_test must be floating tensors")
+    if d.is_regression:
+        _check_targets(d)
     if d.y.shape[0] != d.x.shape[0]:
         raise ValueError(f"FederatedDataset.y has {d.y.shape[0]} rows, x has {d.x.shape[0]}")
     if tuple(d.x_test.shape[1:]) != tuple(d.x.shape[1:]):
@@ -177,10 +190,27 @@ def _check_layout(d: FederatedDataset) -> None:
     k = d.offsets.numel() - 1
     if d.client_test.numel() and (int(d.client_test.min()) < 0 or int(d.client_test.max()) >= k):
         raise ValueError(f"FederatedDataset.client_test must lie in 0..{k - 1}")
-    for field in ("y", "y_test"):
+    for field in () if d.is_regression else ("y", "y_test"):
         t = getattr(d, field)
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= d.num_classes):
             raise ValueError(f"FederatedDataset.{field}: must lie in 0..{d.num_classes - 1}")
+
+
+def _check_targets(d: FederatedDataset) -> None:
+    """Regression targets: floating ``[n]`` or ``[n, d]``, y_test alike, width = num_classes."""
+    for field in ("y", "y_test"):
+        t = getattr(d, field)
+        if not t.dtype.is_floating_point or t.ndim not in (1, 2):
+            raise ValueError(f"FederatedDataset.{field}: regression targets must be a floating "
+                             f"tensor [rows] or [rows, d] like y, got {t.dtype} of shape "
+                             f"{tuple(t.shape)}")
+    if d.y_test.shape[1:] != d.y.shape[1:]:
+        raise ValueError(f"FederatedDataset.y_test: target shape {tuple(d.y_test.shape[1:])} "
+                         f"differs from y's {tuple(d.y.shape[1:])}")
+    width = d.y.shape[1] if d.y.ndim == 2 else 1
+    if d.num_classes != width:
+        raise ValueError(f"FederatedDataset.num_classes: must be the regression targets' width "
+                         f"{width} (the model's output width), got {d.num_classes!r}")
 
 
 def check_values(d: FederatedDataset) -> None:
@@ -188,7 +218,7 @@ def check_values(d: FederatedDataset) -> None:
     built directly: ValueError naming ``FederatedDataset.x`` or ``x_test`` when a feature is
     NaN or infinite. (Shapes, dtypes, offsets and label ranges are checked on construction.)
     One pass over the features; :class:`~fedopt.simulation.Simulation` runs it once."""
-    for field in ("x", "x_test"):
+    for field in ("x", "x_test") + (("y", "y_test") if d.is_regression else ()):
         t = getattr(d, field)
         if t.numel() and not bool(torch.isfinite(t).all()):
             raise ConfigError(f"FederatedDataset.{field} contains NaN or inf values")

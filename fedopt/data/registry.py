@@ -24,11 +24,12 @@ from fedopt.data.dataset import FederatedDataset
 from fedopt.data.digits import DIGITS_CLASSES, DIGITS_ROWS, DigitsData, build_digits
 from fedopt.data.npz import DEFAULT_PLAIN_CLIENTS, NpzData, build_npz
 from fedopt.data.partition import check_partition_rows
+from fedopt.data.regression import RegressionData, build_regression
 from fedopt.data.synthetic import SyntheticData, build_synthetic
 from fedopt.schema import ConfigError, defaults_table, named_union, parse
 
 #: the built-in data sets' schemas
-DATASET_SCHEMAS = [SyntheticData, DigitsData, NpzData]
+DATASET_SCHEMAS = [SyntheticData, DigitsData, NpzData, RegressionData]
 #: a ``data:`` section: one of the data sets, selected by its ``name`` (no default)
 DataSpec = named_union(DATASET_SCHEMAS)
 DATASET_KEYS: dict[str, dict[str, Any]] = defaults_table(DATASET_SCHEMAS)
@@ -37,6 +38,7 @@ _BUILDERS: dict[str, Callable[..., FederatedDataset]] = {
     "synthetic": build_synthetic,
     "digits": build_digits,
     "npz": build_npz,
+    "regression": build_regression,
 }
 
 
@@ -66,6 +68,8 @@ def check_dataset_spec(full: dict[str, Any]) -> DataFacts:
     name = full["name"]
     if name == "synthetic":
         return DataFacts(full["num_clients"], (full["num_features"],), full["num_classes"])
+    if name == "regression":
+        return DataFacts(full["num_clients"], (full["num_features"],), full["num_targets"])
     if name == "digits":
         n = full["num_clients"]
         check_partition_rows(full["partition"], DIGITS_ROWS, n)

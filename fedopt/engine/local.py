@@ -2,16 +2,16 @@
 
 Client i starts from the model it received, y_{i,0} = x, and takes u_i steps
 
-    y_{i,k+1} = LocalOpt( y_{i,k},  ∇ℓ(y_{i,k}; ξ_{i,k}) + μ (y_{i,k} − y_{i,0}) + c_i )
+    y_{i,k+1} = LocalOpt( y_{i,k},  G(y_{i,k}; ξ_{i,k}) + μ (y_{i,k} − y_{i,0}) + c_i )
 
-where ξ_{i,k} is its k-th minibatch (:mod:`fedopt.engine.batches`), μ ≥ 0 is FedProx's proximal
-coefficient and c_i an optional per-client linear correction (SCAFFOLD/FedDyn-style drift
-correction). With ``sam_rho > 0`` the gradient is FedSpeed's / FedSAM's quasi-gradient
-(1 − α) ∇ℓ(y) + α ∇ℓ(y + e) at the ascent point e = ρ g/‖g‖ (or ρ g, unnormalised). Parameters of the C clients are stacked along a leading
-dimension; gradients come from a ``torch.func.vmap``-ed ``functional_call`` forward and one autograd
-backward pass, and the
-local optimizer is any :mod:`fedopt.optim` functional optimizer applied once to the stack.
-Clients that have finished their u_i steps are frozen by masking.
+where ξ_{i,k} is its k-th minibatch (:mod:`fedopt.engine.batches`) and G, μ and the update
+postprocessors come from the trainer's :class:`~fedopt.engine.program.LocalProgram` (G: ∇ℓ of
+the program's loss, or SAM's quasi-gradient; μ ≥ 0: FedProx's proximal coefficient); c_i is an
+optional per-client linear correction passed per job (SCAFFOLD/FedDyn-style drift correction).
+Parameters of the C clients are stacked along a leading dimension; gradients come from one
+batched forward pass and one autograd backward pass, and the local optimizer is any
+:mod:`fedopt.optim` functional optimizer applied once to the stack. Clients that have finished
+their u_i steps are frozen by masking.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import dataclasses
 from dataclasses import dataclass
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from fedopt.engine.batches import BatchPlan
+from fedopt.engine.program import Batch, LocalProgram, PerSample, UpdateInfo, cross_entropy
 from fedopt.optim.core import FunctionalOptimizer, masked_select
 from fedopt.rng import STREAM_PROBES, keyed_normal, keyed_uniform
 
@@ -37,10 +37,11 @@ def model_params(model: nn.Module, device=None, dtype=None) -> Params:
 
 
 class FunctionalModel:
-    """A module seen as a pure function ``forward(params, x)`` plus the weighted CE loss.
+    """A module seen as a pure function ``forward(params, x)`` plus a weighted loss.
 
-    ``loss(params, x, y, w) = Σ_b w_b · CE(f(params, x_b), y_b) / max(Σ_b w_b, 1)``, the mean
-    over the real samples of a (possibly partial, zero-padded) minibatch.
+    ``loss(params, x, y, w, loss_fn) = Σ_b w_b · ℓ(f(params, x_b), y_b) / max(Σ_b w_b, 1)``, the
+    mean over the real samples of a (possibly partial, zero-padded) minibatch; ℓ is a per-sample
+    loss (:mod:`fedopt.engine.program`; cross-entropy unless given).
     """
 
     def __init__(self, model: nn.Module):
@@ -61,8 +62,9 @@ class FunctionalModel:
             return functional_call(self.module, (params, self.buffers), (x,))
         return functional_call(self.module, params, (x,))
 
-    def loss(self, params: Params, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-        per_sample = F.cross_entropy(self.forward(params, x), y, reduction="none")
+    def loss(self, params: Params, x: Tensor, y: Tensor, w: Tensor,
+             loss_fn: PerSample = cross_entropy) -> Tensor:
+        per_sample = loss_fn(self.forward(params, x), y)
         return (per_sample * w).sum() / w.sum().clamp_min(1.0)
 
 
@@ -91,70 +93,59 @@ def _has_per_client_hparams(opt: FunctionalOptimizer) -> bool:
     return any(isinstance(v, Tensor) and v.ndim > 0 for v in flat)
 
 
-def _global_norm(tree: Params, batch_ndim: int = 1) -> Tensor:
-    sq = sum(t.pow(2).flatten(batch_ndim).sum(-1) for t in tree.values())
-    return sq.sqrt()
-
-
 class LocalTrainer:
-    """Runs the local steps of a chunk of clients at once (see the module docstring)."""
+    """Runs the local steps of a chunk of clients at once (see the module docstring): the
+    client computation is ``program`` (a :class:`LocalProgram`; the default is plain
+    cross-entropy SGD-style training with the autograd oracle)."""
 
-    def __init__(self, fmodel: FunctionalModel, optimizer: FunctionalOptimizer, *,
-                 prox_mu: float = 0.0, sam_rho: float = 0.0, sam_alpha: float = 1.0,
-                 sam_normalize: bool = True, seed: int = 0):
-        if not prox_mu >= 0:
-            raise ValueError(f"prox_mu: must be >= 0, got {prox_mu}")
-        if not sam_rho >= 0:
-            raise ValueError(f"sam_rho: must be >= 0, got {sam_rho}")
-        if not 0.0 <= sam_alpha <= 1.0:
-            raise ValueError(f"sam_alpha: must be in [0, 1], got {sam_alpha}")
+    def __init__(self, fmodel: FunctionalModel, optimizer: FunctionalOptimizer,
+                 program: LocalProgram | None = None, *, seed: int = 0):
+        if program is None:
+            program = LocalProgram()
+        if not isinstance(program, LocalProgram):
+            raise TypeError(f"program: must be a fedopt.engine.program.LocalProgram, got "
+                            f"{type(program).__name__}")
         self.fmodel = fmodel
         self.optimizer = optimizer
-        self.prox_mu = float(prox_mu)
-        self.sam_rho = float(sam_rho)
-        self.sam_alpha = float(sam_alpha)
-        self.sam_normalize = bool(sam_normalize)
+        self.program = program
+        self._loss_fn = program.loss_fn
         self.seed = seed
 
-    def local_options(self) -> dict[str, float | bool]:
-        """The keywords that rebuild this trainer's local objective (for remote workers)."""
-        return {"prox_mu": self.prox_mu, "sam_rho": self.sam_rho, "sam_alpha": self.sam_alpha,
-                "sam_normalize": self.sam_normalize}
-
     # -- gradients -------------------------------------------------------------------------
+    def batched_grad(self, y: Params, batch: Batch) -> tuple[Params, Tensor]:
+        """Per-client ∇ℓ_i(y_i) and ℓ_i (the oracles' access to the loss gradient)."""
+        return self._batched_grad(y, batch.x, batch.y, batch.w)
+
+    def batched_loss(self, y: Params, batch: Batch) -> Tensor:
+        """Per-client ℓ_i(y_i) [C], no gradient (for zeroth-order oracles)."""
+        with torch.no_grad():
+            return self._per_client_loss(self.fmodel.batched_forward(y, batch.x), batch.y,
+                                         batch.w)
+
+    def _per_client_loss(self, outputs: Tensor, yb: Tensor, wn: Tensor) -> Tensor:
+        per = self._loss_fn(outputs.flatten(0, 1), yb.flatten(0, 1))
+        return (per.view_as(wn) * wn).sum(1)
+
     def _batched_grad(self, y: Params, xb: Tensor, yb: Tensor, wn: Tensor) -> tuple[Params, Tensor]:
         """Per-client gradients ∇ℓ_i(y_i) and losses ℓ_i for the whole stack.
 
         ``wn`` [C, B] are the minibatch weights already divided by each client's number of real
-        samples, so ℓ_i = Σ_b wn_ib · CE_ib. The forward pass is batched over clients; the
-        backward pass is ordinary autograd on Σ_i ℓ_i(y_i): client i's loss depends only on its
-        own y_i, so ∂(Σ_j ℓ_j)/∂y_i = ∇ℓ_i(y_i) exactly (the same result as vmap(grad(ℓ)),
-        about 3x faster for small models on CPU).
+        samples, so ℓ_i = Σ_b wn_ib · ℓ(f(y_i, x_ib), t_ib), ℓ the program's per-sample loss.
+        The forward pass is batched over clients; the backward pass is ordinary autograd on
+        Σ_i ℓ_i(y_i): client i's loss depends only on its own y_i, so ∂(Σ_j ℓ_j)/∂y_i =
+        ∇ℓ_i(y_i) exactly (the same result as vmap(grad(ℓ)), about 3x faster for small models
+        on CPU).
         """
         with torch.enable_grad():
             leaves = {k: v.detach().requires_grad_(True) for k, v in y.items()}
-            logits = self.fmodel.batched_forward(leaves, xb)      # [C, B, classes]
-            per = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
-            loss = (per.view_as(wn) * wn).sum(1)
+            outputs = self.fmodel.batched_forward(leaves, xb)      # [C, B, k]
+            loss = self._per_client_loss(outputs, yb, wn)
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach()
 
     def _gradient(self, y: Params, xb: Tensor, yb: Tensor, wn: Tensor) -> tuple[Params, Tensor]:
-        """g1 = ∇ℓ(y); with SAM (ρ > 0) the quasi-gradient (1 − α) g1 + α ∇ℓ(y + e), where
-        e = ρ g1/‖g1‖ (normalised, per client, global L2 norm) or e = ρ g1."""
-        g1, loss = self._batched_grad(y, xb, yb, wn)
-        if self.sam_rho == 0 or self.sam_alpha == 0:
-            return g1, loss
-        if self.sam_normalize:
-            scale = (self.sam_rho / _global_norm(g1).clamp_min(1e-12))
-            e = {k: scale.view((-1,) + (1,) * (v.ndim - 1)) * v for k, v in g1.items()}
-        else:
-            e = {k: self.sam_rho * v for k, v in g1.items()}
-        g2, _ = self._batched_grad({k: v + e[k] for k, v in y.items()}, xb, yb, wn)
-        a = self.sam_alpha
-        if a == 1.0:
-            return g2, loss
-        return {k: (1 - a) * g1[k] + a * g2[k] for k in g1}, loss
+        """The program's gradient oracle G(y) on this minibatch, and ℓ_i(y_i)."""
+        return self.program.oracle.gradient(self, y, Batch(xb, yb, wn))
 
     def _hessian(self, y: Params, xb: Tensor, yb: Tensor, wb: Tensor,
                  round_idx: int | np.ndarray, client_ids: np.ndarray, step: int) -> Params:
@@ -177,10 +168,10 @@ class LocalTrainer:
                     r = np.where(keyed_uniform(self.seed, STREAM_PROBES, *coords) < 0.5, -1.0, 1.0)
                 z[name] = torch.from_numpy(r).to(v).view_as(v)
             probes.append(z)
-        loss = self.fmodel.loss
+        loss, loss_fn = self.fmodel.loss, self._loss_fn
 
         def per_client(p, zs, xb1, yb1, wb1):
-            return hutchinson_diag(lambda q: grad(loss)(q, xb1, yb1, wb1), p, zs)
+            return hutchinson_diag(lambda q: grad(loss)(q, xb1, yb1, wb1, loss_fn), p, zs)
 
         return vmap(per_client)(y, probes, xb, yb, wb)
 
@@ -199,22 +190,24 @@ class LocalTrainer:
         one start model per client stacked [C, ...] (FedProx's anchor y_{i,0} is then each
         client's own start). ``round_idx`` keys the Hessian probes: an int, or one key per
         client (an array [C], as for :func:`~fedopt.engine.batches.plan_batches`).
-        ``correction`` (optional, stacked [C, ...]) is added to every local gradient. Clients
+        ``correction`` (optional, stacked [C, ...]) is added to every local gradient. The
+        program's update postprocessors, if any, act on y_{i,u_i} − y_{i,0} at the end. Clients
         that finished their u_i steps are frozen by masking; once at most half of the stack is
         still active, the finished clients are set aside and the stack shrinks to the active
         ones, so unequal step counts (epochs mode) do not pay for idle clients.
         """
         opt = optimizer or self.optimizer
+        mu = self.program.prox_mu
         C = plan.rows.shape[1]
         if stacked_start:
             bad = [k for k, v in start.items() if v.ndim == 0 or v.shape[0] != C]
             if bad:
                 raise ValueError(f"stacked start: leading dim must be {C}, not for {bad[:3]}")
             y = {k: v.clone() for k, v in start.items()}
-            y0 = {k: v.detach() for k, v in start.items()} if self.prox_mu > 0 else None
+            y0 = {k: v.detach() for k, v in start.items()} if mu > 0 else None
         else:
             y = {k: v.unsqueeze(0).expand((C,) + v.shape).clone() for k, v in start.items()}
-            y0 = {k: v.unsqueeze(0) for k, v in start.items()} if self.prox_mu > 0 else None
+            y0 = {k: v.unsqueeze(0) for k, v in start.items()} if mu > 0 else None
         keys = np.asarray(round_idx, dtype=np.int64) if np.ndim(round_idx) > 0 else round_idx
         state = opt.init(y, batch_shape=(C,))
         # ℓ_i = Σ_b wn_ib CE_ib with wn = weight / (real samples); 0 for finished clients
@@ -223,7 +216,7 @@ class LocalTrainer:
         if pregather:   # index_select on the flat index is ~10x faster than x[rows] on CPU
             flat = plan.rows.flatten()
             xs = x.index_select(0, flat).view(plan.rows.shape + x.shape[1:])
-            ys = y_labels.index_select(0, flat).view(plan.rows.shape)
+            ys = y_labels.index_select(0, flat).view(plan.rows.shape + y_labels.shape[1:])
         loss_sum = torch.zeros(C, dtype=plan.weight.dtype, device=plan.weight.device)
         active_counts = plan.active.sum(dim=1).tolist()
         can_shrink = not _has_per_client_hparams(opt)
@@ -250,7 +243,7 @@ class LocalTrainer:
             else:
                 rows = plan.rows[k]
                 xb = x.index_select(0, rows.flatten()).view(rows.shape + x.shape[1:])
-                yb = y_labels.index_select(0, rows.flatten()).view(rows.shape)
+                yb = y_labels.index_select(0, rows.flatten()).view(rows.shape + y_labels.shape[1:])
             wn, active = wn_all[k], plan.active[k]
             if live is not None:
                 xb, yb, wn, active = xb[live], yb[live], wn[live], active[live]
@@ -260,7 +253,7 @@ class LocalTrainer:
             else:
                 loss_sum.index_add_(0, live, loss)
             if y0 is not None:
-                g = {n: g[n] + self.prox_mu * (y[n] - y0[n]) for n in g}
+                g = {n: g[n] + mu * (y[n] - y0[n]) for n in g}
             if correction is not None:
                 g = {n: g[n] + correction[n] for n in g}
             hessian = None
@@ -283,6 +276,12 @@ class LocalTrainer:
             for n, v in y.items():
                 done[n][live] = v
             y = done
+        if self.program.postprocess:   # returned y_i = y_{i,0} + P(y_i − y_{i,0})
+            base = start if stacked_start else {n: v.unsqueeze(0) for n, v in start.items()}
+            ids = np.arange(C) if client_ids is None else np.asarray(client_ids)
+            delta = self.program.finalize({n: v - base[n] for n, v in y.items()},
+                                          UpdateInfo(ids, keys, self.seed))
+            y = {n: base[n] + d for n, d in delta.items()}
         mean_loss = loss_sum / plan.steps.clamp_min(1).to(loss_sum.dtype)
         return LocalResult(params=y, mean_loss=mean_loss, samples=plan.samples())
 

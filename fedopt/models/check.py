@@ -7,7 +7,8 @@ That needs a model whose output is a pure, deterministic function of (parameters
 * no BatchNorm / running statistics (buffers that ``forward`` updates): use GroupNorm/LayerNorm;
 * no in-place operations on parameters, no ``.item()``/data-dependent Python control flow;
 * no dropout or other randomness in ``forward`` (two calls give the same output);
-* output ``[batch, num_classes]`` floating logits for input ``[batch, *input_shape]``;
+* output ``[batch, num_classes]`` floating outputs (logits, or the regression targets' width)
+  for input ``[batch, *input_shape]``;
 * floating-point parameters, at least one of them trainable;
 * a ``batched_forward(params, x)`` method, if present, equal to ``vmap(forward)``.
 
@@ -69,7 +70,9 @@ def _check_forward_and_grads(model: nn.Module, shape: tuple[int, ...], num_class
     g = torch.Generator().manual_seed(0)
     rows = 16
     x = torch.randn((2, rows, *shape), generator=g).to(device, dtype)
-    y = torch.randint(num_classes, (2, rows), generator=g).to(device)
+    # the gradient check differentiates a fixed random linear functional of the outputs: any
+    # loss the local program uses reaches the parameters through the same outputs (chain rule)
+    y = torch.randn((2, rows, num_classes), generator=g).to(device, dtype)
 
     buffers_before = {k: b.clone() for k, b in model.named_buffers()}
     with torch.no_grad():
@@ -103,7 +106,7 @@ def _check_vmap_grad(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: 
     stacked = {k: torch.stack([p.detach(), p.detach()]) for k, p in params.items()}
 
     def loss(p: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        return torch.nn.functional.cross_entropy(functional_call(model, p, (xb,)), yb)
+        return (functional_call(model, p, (xb,)) * yb).sum()
 
     try:
         grads = vmap(grad(loss))(stacked, x, y)

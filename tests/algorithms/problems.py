@@ -11,6 +11,7 @@ from torch import nn
 from fedopt.data import FederatedDataset
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer
+from fedopt.engine.program import LocalProgram
 from fedopt.optim import make
 
 D = 4
@@ -58,7 +59,8 @@ def global_optimum(data, p):
 
 
 def ls_executor(data, lr, steps=None, epochs=None, batch=32, mu=0.0):
-    trainer = LeastSquaresTrainer(FunctionalModel(_Vector()), make("sgd", lr=lr), prox_mu=mu)
+    trainer = LeastSquaresTrainer(FunctionalModel(_Vector()), make("sgd", lr=lr),
+                                  LocalProgram(prox_mu=mu))
     return VectorizedExecutor(data, trainer, batch_size=batch, local_steps=steps,
                               local_epochs=epochs, seed=0)
 

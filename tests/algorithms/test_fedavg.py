@@ -11,6 +11,7 @@ from fedopt.data import FederatedDataset
 from fedopt.engine.batches import local_step_counts, plan_batches
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
+from fedopt.engine.program import LocalProgram
 from fedopt.optim import make
 
 D, C = 5, 3
@@ -38,7 +39,7 @@ def _model(seed=0):
 
 
 def _executor(data, model, opt, *, steps=None, epochs=None, batch=4, mu=0.0, chunk=None, seed=0):
-    trainer = LocalTrainer(FunctionalModel(model), opt, prox_mu=mu, seed=seed)
+    trainer = LocalTrainer(FunctionalModel(model), opt, LocalProgram(prox_mu=mu), seed=seed)
     return VectorizedExecutor(data, trainer, batch_size=batch, local_steps=steps,
                               local_epochs=epochs, seed=seed, chunk_size=chunk)
 

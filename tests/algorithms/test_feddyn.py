@@ -12,6 +12,7 @@ from fedopt.algorithms.feddyn import TABLE_KEY, FedDyn
 from fedopt.config import ConfigError, load_config
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
+from fedopt.engine.program import LocalProgram
 from fedopt.optim import make
 from tests.algorithms.problems import Recording, ce_data, ce_model, D, LeastSquaresTrainer, _Vector, global_optimum, least_squares_data
 
@@ -19,14 +20,15 @@ from tests.algorithms.problems import Recording, ce_data, ce_model, D, LeastSqua
 
 
 def ls_executor(data, lr, steps, mu=0.0, batch=32):
-    trainer = LeastSquaresTrainer(FunctionalModel(_Vector()), make("sgd", lr=lr), prox_mu=mu)
+    trainer = LeastSquaresTrainer(FunctionalModel(_Vector()), make("sgd", lr=lr),
+                                  LocalProgram(prox_mu=mu))
     return VectorizedExecutor(data, trainer, batch_size=batch, local_steps=steps,
                               local_epochs=None, seed=0)
 
 
 def ce_executor(data, model, mu, opt=None):
     trainer = LocalTrainer(FunctionalModel(model), opt or make("sgd", lr=0.1, momentum=0.5),
-                           prox_mu=mu)
+                           LocalProgram(prox_mu=mu))
     return VectorizedExecutor(data, trainer, batch_size=4, local_steps=5, local_epochs=None,
                               seed=0, chunk_size=2)
 
@@ -69,7 +71,7 @@ def test_state_update_and_server_identity(weights, m):
             delta = (out.local_params[k] - x[k].unsqueeze(0)).numpy()
             h[k][ids] += delta
             mean_deltas[k] += delta.mean(0)
-        table = ClientTable(state.client_state[TABLE_KEY])
+        table = ClientTable(state.clients[TABLE_KEY])
         for k in h:
             np.testing.assert_allclose(table.dense()[k].numpy(), h[k], rtol=1e-12, atol=1e-14)
             avg = np.tensordot(w, out.local_params[k].numpy(), 1)

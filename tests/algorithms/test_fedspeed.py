@@ -17,6 +17,7 @@ from fedopt.config import ConfigError, load_config
 from fedopt.engine.batches import plan_batches
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
+from fedopt.engine.program import SAM
 from fedopt.optim import make
 from fedopt.simulation import build_algorithm
 from tests.algorithms.problems import Recording, ce_data, ce_model, D, LeastSquaresTrainer, _Vector, least_squares_data
@@ -101,10 +102,10 @@ def test_without_correction_it_is_fedsam_against_an_autograd_loop(normalize, alp
     rho, lr, B, K = 0.3, 0.2, 4, 5
     alg = FedSpeed(np.array(sizes), 3, aggregation_weights="uniform", seed=1, lam=math.inf,
                    rho=rho, alpha=alpha, normalize_perturbation=normalize, prox_correction=False)
-    trainer = LocalTrainer(FunctionalModel(model), make("sgd", lr=lr), **alg.local_options())
+    trainer = LocalTrainer(FunctionalModel(model), make("sgd", lr=lr), alg.local_program())
     ex = VectorizedExecutor(data, trainer, batch_size=B, local_steps=K, local_epochs=None, seed=0)
     state, _ = alg.run_round(alg.init(x0), ex, None)
-    assert (ex.trainer.sam_alpha, ex.trainer.sam_normalize) == (alpha, normalize)
+    assert (ex.trainer.program.oracle.alpha, ex.trainer.program.oracle.normalize) == (alpha, normalize)
 
     def grad(params, xb, yb):
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -152,7 +153,7 @@ def test_server_adds_back_the_corrections(average):
     data, model = ce_data(sizes, seed=1), ce_model(1)
     alg = FedSpeed(np.array(sizes), 3, aggregation_weights="uniform", seed=7, lam=5.0, rho=0.2,
                    correction_average=average)
-    trainer = LocalTrainer(FunctionalModel(model), make("sgd", lr=0.1), **alg.local_options())
+    trainer = LocalTrainer(FunctionalModel(model), make("sgd", lr=0.1), alg.local_program())
     ex = Recording(VectorizedExecutor(data, trainer, batch_size=4, local_steps=4,
                                       local_epochs=None, seed=0))
     state = alg.init(model_params(model))
@@ -168,7 +169,7 @@ def test_server_adds_back_the_corrections(average):
             else:
                 expected = (y + h[k][ids]).mean(0)
             np.testing.assert_allclose(state.params[k].numpy(), expected, rtol=1e-10, atol=1e-12)
-        table = ClientTable(state.client_state[TABLE_KEY])
+        table = ClientTable(state.clients[TABLE_KEY])
         for k in h:
             np.testing.assert_allclose(table.dense()[k].numpy(), h[k], rtol=1e-12, atol=1e-14)
 
@@ -188,7 +189,7 @@ def test_fixed_point_is_the_exact_perturbed_stationary_point(rho, alpha, variant
     alg = FedSpeed(np.array(sizes), 5, aggregation_weights="uniform", lam=0.5, rho=rho,
                    alpha=alpha, **_variant(variant))
     trainer = LeastSquaresTrainer(FunctionalModel(_Vector()), make("sgd", lr=0.05),
-                                  **alg.local_options())
+                                  alg.local_program())
     ex = VectorizedExecutor(data, trainer, batch_size=32, local_steps=20, local_epochs=None,
                             seed=0)
     state = alg.init({"w": torch.zeros(D, dtype=torch.float64)})
@@ -213,8 +214,8 @@ def test_defaults_follow_the_paper_and_lambda_is_the_inverse_of_the_code_lamb():
     alg = build_algorithm(cfg["algorithm"], np.ones(20, dtype=int), 0, cfg)
     assert (alg.lam, alg.rho, alg.alpha) == (10.0, 0.1, 1.0)
     assert alg.normalize_perturbation and alg.correction_average == "all"
-    assert alg.local_options() == {"prox_mu": pytest.approx(0.1), "sam_rho": 0.1,
-                                   "sam_alpha": 1.0, "sam_normalize": True}
+    program = alg.local_program()
+    assert program.prox_mu == pytest.approx(0.1) and program.oracle == SAM(0.1, 1.0, True)
     cfg = load_config(_config(variant="paper", correction_average="all"))
     alg = build_algorithm(cfg["algorithm"], np.ones(20, dtype=int), 0, cfg)
     assert not alg.normalize_perturbation and alg.correction_average == "all"

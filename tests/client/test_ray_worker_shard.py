@@ -13,6 +13,7 @@ from fedopt.config import load_config
 from fedopt.data import build_dataset
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import LocalTrainer
+from fedopt.engine.program import SAM, LocalProgram
 from fedopt.simulation import Simulation
 
 CONFIG = {
@@ -30,10 +31,10 @@ def sim():
     return Simulation(load_config(CONFIG))
 
 
-def _worker(sim, shard, model=None, local_options=None) -> ShardWorker:
+def _worker(sim, shard, model=None, program=None) -> ShardWorker:
     t = sim.trainer
     spec = WorkerSpec(config=sim.config, device="cpu", optimizer=t.optimizer,
-                      trainer_class=type(t), local_options=local_options or t.local_options(),
+                      trainer_class=type(t), program=program or t.program,
                       trainer_seed=t.seed, model=model)
     return ShardWorker(spec, slot=0, shard_ids=np.asarray(shard))
 
@@ -119,15 +120,15 @@ def test_injected_delay_holds_the_answer_without_changing_it(sim):
         assert np.array_equal(fast.delta_sum[k], slow.delta_sum[k])
 
 
-def test_worker_trains_with_the_coordinators_local_options(sim):
+def test_worker_trains_with_the_coordinators_local_program(sim):
     """The trainer settings shipped in the spec (prox term, SAM quasi-gradient) are the ones the
     worker's local math uses: equal to an in-process executor with the same trainer."""
-    opts = {"prox_mu": 0.7, "sam_rho": 0.05, "sam_alpha": 0.5, "sam_normalize": False}
-    w = _worker(sim, np.arange(20), local_options=opts)
+    program = LocalProgram(prox_mu=0.7, oracle=SAM(0.05, 0.5, False))
+    w = _worker(sim, np.arange(20), program=program)
     ids, weights = np.array([0, 1, 7]), np.array([0.2, 0.3, 0.5])
     got = w.run_shard(to_arrays(sim.state.params), ids, weights, 4)
     t = sim.trainer
-    ref_trainer = LocalTrainer(t.fmodel, t.optimizer, seed=t.seed, **opts)
+    ref_trainer = LocalTrainer(t.fmodel, t.optimizer, program, seed=t.seed)
     ref = VectorizedExecutor.from_config(sim.config, sim.data, ref_trainer).run_round(
         sim.state.params, ids, weights, 4)
     for k in ref.delta_sum:

@@ -137,7 +137,8 @@ def test_evaluation_chunks_hold_a_bounded_number_of_logits(monkeypatch):
     fm = FunctionalModel(Logits(300))
     params = dict(fm.module.named_parameters())
     x, y = torch.ones(10, 2), torch.zeros(10, dtype=torch.long)
-    loss, acc = evaluate_mod.evaluate(fm, params, x, y, chunk_rows=8)
+    row = evaluate_mod.evaluate(fm, params, x, y, chunk_rows=8)
+    loss, acc = row["loss"], row["accuracy"]
     # 1000 // 300 = 3 rows per chunk (after a 1-row probe): 3 + 3 + 3 + 1 rows
     assert seen == [1, 3, 3, 3, 1]
     # all logits 0: loss log(300) on every row, argmax picks class 0 = every label
