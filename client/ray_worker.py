@@ -33,12 +33,13 @@ from torch import nn
 from protocols.ray_messages import Arrays, ShardResult, to_arrays, to_tensors
 from client.shard import data_fingerprint, shard_dataset
 from fedopt.data import FederatedDataset, build_dataset
+from fedopt.engine.contract import SharedStart
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer
 from fedopt.engine.program import LocalProgram
 from fedopt.models import build_model
 from fedopt.optim.core import FunctionalOptimizer
-from fedopt.simulation import DTYPES
+from fedopt.dtypes import DTYPES
 
 
 
@@ -155,13 +156,16 @@ class ShardWorker:
     def ping(self) -> float:
         return time.time()
 
-    def run_shard(self, params: Arrays, client_ids: np.ndarray, weights: np.ndarray,
-                  round_idx: int, optimizer: FunctionalOptimizer | None = None,
-                  keep_local: bool = False, correction: Arrays | None = None,
-                  delay_s: float = 0.0) -> ShardResult:
-        """Local training of ``client_ids`` from ``params``; Σ_i w_i Δ_i over them.
+    def run_jobs(self, starts: Arrays, rows: np.ndarray | None, client_ids: np.ndarray,
+                 keys: np.ndarray, weights: np.ndarray,
+                 optimizer: FunctionalOptimizer | None = None, keep_local: bool = False,
+                 correction: Arrays | None = None, delay_s: float = 0.0) -> ShardResult:
+        """Local jobs: job j trains ``client_ids[j]`` from ``starts`` (one shared model when
+        ``rows`` is None, else row ``rows[j]`` of the stacked per-job starts of the whole call)
+        with minibatches keyed by ``keys[j]``; Σ_j w_j Δ_j over them
+        (:meth:`VectorizedExecutor.run_jobs`, the same code).
 
-        Clients with non-finite results are checked here, on the worker, left out of the sums
+        Jobs with non-finite results are checked here, on the worker, left out of the sums
         and listed in ``ShardResult.nonfinite`` (the coordinator applies the run's policy).
         ``correction`` is stacked [len(client_ids), ...] in the order of ``client_ids``;
         ``delay_s`` > 0 holds the answer until ``delay_s`` seconds after the call started (an
@@ -172,11 +176,17 @@ class ShardWorker:
         with self._lock:
             self.ensure_clients(ids)
             t0 = time.perf_counter()
-            p = to_tensors(params, self.device, self.dtype)
+            if rows is None:
+                begin = SharedStart(to_tensors(starts, self.device, self.dtype))
+            else:   # this shard's rows only (a copy of them, not of the whole stack)
+                rows = np.asarray(rows, dtype=np.int64)
+                begin = to_tensors({k: np.asarray(v)[rows] for k, v in starts.items()},
+                                   self.device, self.dtype)
             corr = to_tensors(correction, self.device, self.dtype)
-            out = self.executor.run_round(p, ids, np.asarray(weights, dtype=np.float64),
-                                          int(round_idx), optimizer=optimizer,
-                                          keep_local=keep_local, correction=corr)
+            out = self.executor.run_jobs(begin, ids, np.asarray(keys, dtype=np.int64),
+                                         np.asarray(weights, dtype=np.float64),
+                                         optimizer=optimizer, correction=corr,
+                                         keep_local=keep_local)
             result = ShardResult(client_ids=ids, delta_sum=to_arrays(out.delta_sum),
                                  weight_sum=out.weight_sum, loss_sum=out.loss_sum,
                                  samples=out.samples, updates=out.updates, steps=out.steps,
@@ -194,14 +204,10 @@ class ShardWorker:
         return result
 
     def full_gradients(self, params: Arrays, client_ids: np.ndarray) -> Arrays:
-        """Stacked full local gradients ∇F_i(x) of ``client_ids`` (SCAFFOLD option I), by the
-        algorithm's own in-process routine run on this worker's shard."""
-        try:
-            from fedopt.algorithms.scaffold import full_gradients
-        except ImportError as e:  # pragma: no cover - depends on the algorithms present
-            raise RuntimeError(f"full_gradients: not available in this version ({e})") from None
+        """Stacked full local gradients ∇F_i(x) of ``client_ids`` on this worker's shard
+        (:meth:`VectorizedExecutor.full_gradients`, the same code)."""
         ids = np.asarray(client_ids, dtype=np.int64)
         with self._lock:
             self.ensure_clients(ids)
             p = to_tensors(params, self.device, self.dtype)
-            return to_arrays(full_gradients(self.executor, p, ids))
+            return to_arrays(self.executor.full_gradients(p, ids))

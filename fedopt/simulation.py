@@ -23,14 +23,14 @@ from fedopt.executors import executor_entries, realtime_driver
 from fedopt.schema import ConfigError, check_clients_per_round
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.data.dataset import check_values
+from fedopt.dtypes import DTYPES
 from fedopt.engine.batches import capped_batch_size
-from fedopt.engine.evaluate import evaluate
+from fedopt.engine.contract import Executor, check_executor
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
 from fedopt.engine.program import LocalProgram, PerSample
 from fedopt.models import build_model
 from fedopt.optim import from_config as optimizer_from_config
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -145,19 +145,15 @@ class Simulation:
         self.train_time_s += time.perf_counter() - start
         self.client_updates += stats.pop("updates")
         self.samples += stats.pop("samples")
-        faults = getattr(self.executor, "faults", None)   # remote executors count worker faults
+        faults = self.executor.faults()   # remote executors count worker faults; {} in-process
         if faults:
             stats.update({f"faults_{k}": v for k, v in faults.items()})
         return stats
 
     def evaluate(self) -> dict[str, float]:
-        p, prog = self.state.params, self.program
-        test = evaluate(self.fmodel, p, self.data.x_test, self.data.y_test, program=prog)
-        row = {f"test_{k}": v for k, v in test.items()}
-        if self.config["eval_train"]:
-            train = evaluate(self.fmodel, p, self.data.x, self.data.y, program=prog)
-            row.update({f"train_{k}": v for k, v in train.items()})
-        return row
+        """The global model's test (and, with ``eval_train``, train) loss and metrics, by the
+        executor (:meth:`~fedopt.engine.contract.Executor.evaluate`)."""
+        return self.executor.evaluate(self.state.params, train=self.config["eval_train"])
 
     def close(self) -> None:
         """Cancel an algorithm's jobs still in flight (real time), then release the executor."""
@@ -232,9 +228,17 @@ class Simulation:
                 or (done is not None and done(self.state)))
 
 
-def build_executor(config: dict[str, Any], data: FederatedDataset, trainer: LocalTrainer):
-    """``factory(config, dataset, trainer)`` with ``run_round(...) -> RoundOutput`` and ``close()``."""
-    return executor_entries()[config["executor"]["name"]].load_factory()(config, data, trainer)
+def build_executor(config: dict[str, Any], data: FederatedDataset, trainer: LocalTrainer
+                   ) -> Executor:
+    """The registered executor's ``factory(config, dataset, trainer)``: an
+    :class:`~fedopt.engine.contract.Executor` (TypeError naming it when it is not one)."""
+    executor = executor_entries()[config["executor"]["name"]].load_factory()(config, data, trainer)
+    try:
+        check_executor(executor, live=bool(config["executor"].get("realtime")))
+    except TypeError:
+        executor.close()
+        raise
+    return executor
 
 
 def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,

@@ -2,19 +2,20 @@
 
 For asynchronous algorithms (FedAsync, FedBuff, FedFix, ...) running on real actors::
 
-    jobs = executor.submit(x_v, ids, round_idx=v)             # clients start from model version v
+    jobs = executor.submit(x_v, ids, key=v)                   # clients start from model version v
     updates, jobs = executor.wait(jobs, num_returns=1)          # the first one(s) to finish
-    for u in updates:                                          # u.delta = y_{i,K} − x_v, u.round_idx = v
+    for u in updates:                                          # u.delta = y_{i,K} − x_v, u.key = v
         ...aggregate, then submit new clients from the new model...
 
 Each job is one actor call (one client by default; ``group=True`` makes one vectorized job per
 worker whose clients all arrive together). Jobs finish in real time, in the order Ray reports
 them (``ray.wait``); an injected delay ``delay_s(client_id, job_key) -> seconds`` (e.g. a
-virtual-clock compute-time model, with ``job_key`` = the ``round_idx`` given to ``submit``)
+virtual-clock compute-time model, with ``job_key`` = the ``key`` given to ``submit``)
 holds a job's answer until that many seconds after it started on its worker, so straggler
 studies run on real actors. A job whose worker dies is resubmitted (on a replacement or a live
 worker) and counted once; its late duplicate, if any, is never read; one that dies more than
-``executor.max_retries`` times raises :class:`~server.ray_faults.WorkerFailedError`. Clients
+``executor.max_retries`` times raises :class:`~server.ray_faults.WorkerFailedError` (the
+decision is :class:`server.dispatch.DispatchPolicy`'s, as for synchronous calls). Clients
 whose results are NaN/±inf come back flagged (``ClientUpdate.nonfinite``, from the worker's check):
 the caller applies the run's ``on_nonfinite`` (:mod:`server.realtime`).
 """
@@ -23,18 +24,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from fedopt.engine.contract import ClientUpdate, DelayFn
 from protocols.ray_messages import Arrays, Params, to_arrays, to_tensors
+from server.dispatch import Action, DispatchPolicy
 from server.ray_faults import WorkerFailedError, failure_cause
-from server.ray_pool import death_errors
+from server.ray_pool import WorkerPool, death_errors
 
-if TYPE_CHECKING:  # pragma: no cover
-    from server.ray_executor import RayExecutor
-
-DelayFn = Callable[[int, int], float]
+__all__ = ["AsyncDispatcher", "ClientUpdate", "DelayFn", "RayJob", "delay_from_clock"]
 
 
 def delay_from_clock(clock: Any, seconds_per_unit: float = 1.0, state: dict | None = None,
@@ -56,10 +56,11 @@ def delay_from_clock(clock: Any, seconds_per_unit: float = 1.0, state: dict | No
 
 @dataclass(eq=False)          # jobs compare by identity (they hold arrays and refs)
 class RayJob:
-    """One in-flight actor call: clients, the model version they started from, where it runs."""
+    """One in-flight actor call: clients, the key (model version) they started from, where it
+    runs."""
 
     client_ids: np.ndarray
-    round_idx: int
+    key: int
     slot: int
     ref: Any
     actor: Any
@@ -72,53 +73,39 @@ class RayJob:
     attempts: int = 0
 
 
-@dataclass
-class ClientUpdate:
-    """One client's result: Δ_i = y_{i,K} − x (x = the params it was submitted with)."""
-
-    client_id: int
-    round_idx: int
-    delta: Params
-    mean_loss: float     # the client's mean local loss (the job's mean when grouped)
-    samples: int         # samples processed (the job's total when grouped)
-    slot: int
-    elapsed_s: float     # submit -> result arrival, wall time on the coordinator
-    compute_s: float     # local training time on the worker (the job's)
-    finished_at: float   # worker's time.time() when it answered
-    #: the client's result had NaN/±inf values (checked on the worker, ``ShardResult.nonfinite``):
-    #: ``delta`` and ``mean_loss`` are then not to be used; the caller applies ``on_nonfinite``
-    nonfinite: bool = False
-
-
 class AsyncDispatcher:
-    """``submit``/``wait``/``cancel`` over an executor's worker pool (see module doc)."""
+    """``submit``/``wait``/``cancel`` over a worker pool (see module doc); a dead job's fate is
+    ``policy``'s; ``default_delay()`` gives the delay function of jobs submitted without one."""
 
-    def __init__(self, executor: "RayExecutor"):
-        self.ex = executor
+    def __init__(self, ray: Any, pool: WorkerPool, policy: DispatchPolicy,
+                 default_delay: Callable[[], DelayFn | None] = lambda: None):
+        self.ray, self.pool, self.policy = ray, pool, policy
+        self.default_delay = default_delay
 
     def _launch(self, job: RayJob, exclude: set[int] = frozenset()) -> None:
-        pool = self.ex.pool
+        pool = self.pool
         slot = int(pool.assign(job.client_ids[:1], exclude)[0])
         actor = pool.actor(slot)
         job.slot, job.actor = slot, actor
-        job.ref = actor.run_shard.remote(job.params_ref, job.client_ids,
-                                         np.ones(len(job.client_ids)), job.round_idx,
-                                         job.optimizer, True, job.correction, job.delay_s)
+        m = len(job.client_ids)
+        job.ref = actor.run_jobs.remote(job.params_ref, None, job.client_ids,
+                                        np.full(m, job.key, dtype=np.int64), np.ones(m),
+                                        job.optimizer, True, job.correction, job.delay_s)
 
-    def submit(self, params: Params, client_ids, round_idx: int, *, optimizer=None,
+    def submit(self, params: Params, client_ids, key: int, *, optimizer=None,
                correction: Params | None = None, delay_s: DelayFn | None = None,
                group: bool = False) -> list[RayJob]:
         """Start local training of ``client_ids`` from ``params`` (one ``ray.put``); returns jobs.
 
-        ``round_idx`` keys the minibatch plan (and the delay function); ``correction`` is
+        ``key`` keys the minibatch plan (and the delay function); ``correction`` is
         stacked per client in ``client_ids`` order; ``delay_s`` defaults to the executor's.
         """
         ids = np.asarray(client_ids, dtype=np.int64)
         arrays = to_arrays(params)
-        params_ref = self.ex.ray.put(arrays)
+        params_ref = self.ray.put(arrays)
         corr = to_arrays(correction)
-        fn = delay_s if delay_s is not None else self.ex.delay_s
-        pool = self.ex.pool
+        fn = delay_s if delay_s is not None else self.default_delay()
+        pool = self.pool
         if group:
             slots = pool.assign(ids)
             groups = [np.flatnonzero(slots == s) for s in np.unique(slots)]
@@ -128,8 +115,8 @@ class AsyncDispatcher:
         now = time.monotonic()
         for pos in groups:
             gids = ids[pos]
-            delay = max((float(fn(int(c), int(round_idx))) for c in gids), default=0.0) if fn else 0.0
-            job = RayJob(client_ids=gids, round_idx=int(round_idx), slot=-1, ref=None, actor=None,
+            delay = max((float(fn(int(c), int(key))) for c in gids), default=0.0) if fn else 0.0
+            job = RayJob(client_ids=gids, key=int(key), slot=-1, ref=None, actor=None,
                          params=params, params_ref=params_ref, optimizer=optimizer,
                          correction=None if corr is None else {k: v[pos] for k, v in corr.items()},
                          delay_s=delay, submitted_at=now)
@@ -147,7 +134,7 @@ class AsyncDispatcher:
         kept_w = float(np.sum(~bad))            # the job's clients are submitted with weight 1
         mean_loss = res.loss_sum / max(kept_w, 1e-300)
         elapsed = time.monotonic() - job.submitted_at
-        return [ClientUpdate(client_id=int(c), round_idx=job.round_idx,
+        return [ClientUpdate(client_id=int(c), key=job.key,
                              delta={k: local[k][i] - job.params[k] for k in job.params},
                              mean_loss=math.nan if bad[i] else mean_loss, samples=res.samples,
                              slot=job.slot, elapsed_s=elapsed, compute_s=res.compute_s,
@@ -161,7 +148,7 @@ class AsyncDispatcher:
 
         A job whose worker died is resubmitted (up to ``max_retries`` times) and stays pending.
         """
-        ray, faults = self.ex.ray, self.ex.faults_log
+        ray, faults = self.ray, self.pool.faults
         pending = list(jobs)
         finished: list[tuple[RayJob, Any]] = []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -178,16 +165,16 @@ class AsyncDispatcher:
                 try:
                     res = ray.get(job.ref)
                 except death_errors() as e:
-                    faults.record("worker_deaths", round_idx=job.round_idx, slot=job.slot,
+                    faults.record("worker_deaths", round_idx=job.key, slot=job.slot,
                                   clients=job.client_ids, detail=f"async job: {type(e).__name__}")
-                    self.ex._restart_if_current(job.slot, job.actor, "died", job.round_idx)
-                    if job.attempts >= self.ex.max_retries:
+                    self.pool.restart_if_current(job.slot, job.actor, "died", job.key)
+                    if self.policy.on_failure(job.attempts).action is Action.FAIL:
                         raise WorkerFailedError(
-                            clients=job.client_ids, round_idx=job.round_idx, slot=job.slot,
-                            attempts=job.attempts + 1, max_retries=self.ex.max_retries,
+                            clients=job.client_ids, round_idx=job.key, slot=job.slot,
+                            attempts=job.attempts + 1, max_retries=self.policy.max_retries,
                             cause=failure_cause(e)) from e
                     job.attempts += 1
-                    faults.record("retried_shards", round_idx=job.round_idx, slot=job.slot,
+                    faults.record("retried_shards", round_idx=job.key, slot=job.slot,
                                   clients=job.client_ids, detail="async job resubmitted")
                     self._launch(job, exclude={job.slot})
                     continue
@@ -201,6 +188,6 @@ class AsyncDispatcher:
         """Forget ``jobs``: queued calls are cancelled, running ones finish unread."""
         for job in jobs:
             try:
-                self.ex.ray.cancel(job.ref)
+                self.ray.cancel(job.ref)
             except Exception:
                 pass

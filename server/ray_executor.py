@@ -1,36 +1,31 @@
 """The Ray executor: the coordinator side of "a coordinator and GPU workers talking via Ray actors".
 
-It has the in-process executor's interface, so every algorithm runs on it unchanged::
+It implements the whole executor contract (:class:`~fedopt.engine.contract.LiveExecutor`), so
+every algorithm runs on it unchanged::
 
-    out = executor.run_round(params, client_ids, weights, round_idx, optimizer=...,
-                             keep_local=False, correction=None)      # -> RoundOutput
+    out = executor.run_jobs(starts, client_ids, keys, weights, optimizer=...,
+                            correction=None, keep_local=False)        # -> RoundOutput
+    grads = executor.full_gradients(params, client_ids)               # stacked ∇F_i(x)
+    row = executor.evaluate(params, train=False)                      # test_loss, ...
+    jobs = executor.submit(params, ids, key); updates, jobs = executor.wait(jobs)
     executor.close()
 
-One round: the global parameters go into Ray's object store once (``ray.put`` of numpy arrays;
-workers map them zero-copy); client ``i`` runs on worker ``i mod W`` (or a live substitute, see
-:mod:`server.ray_pool`); each worker trains its clients vectorized and answers with its shard's
-Σ_i w_i Δ_i, Σ_i w_i, Σ_i w_i·loss_i (and the stacked y_{i,K} when ``keep_local``); the
-coordinator adds the W partial sums. The minibatch plan is keyed by (seed, round, client), so the
-result equals the in-process executor's up to float summation order.
+One call: the start parameters go into Ray's object store once (``ray.put`` of numpy arrays —
+the one shared model of a synchronous round, or the stacked ``[m, ...]`` per-job starts;
+workers map them zero-copy and take their rows); job j runs on worker ``client_ids[j] mod W``
+(or a live substitute, see :mod:`server.ray_pool`); each worker trains its jobs vectorized and
+answers with its shard's Σ_j w_j Δ_j, Σ_j w_j, Σ_j w_j·loss_j (and the stacked y_j when
+``keep_local``); the coordinator adds the W partial sums. Minibatch plans are keyed by
+(seed, key, client), so the result equals the in-process executor's up to float summation
+order. Evaluation runs on the coordinator, which holds the test rows (the same code and bits
+as in-process).
 
-Faults (counters in :attr:`RayExecutor.faults`, incidents in :attr:`RayExecutor.fault_events`):
-
-* a worker that dies mid-round: its whole shard is re-sent — to live workers at once, while a
-  replacement actor starts in the background — up to ``executor.max_retries`` times (then
-  :class:`~server.ray_faults.WorkerFailedError`); its partial work is never read, so every
-  client update is counted exactly once and the round's result equals the fault-free one;
-* a call that runs past ``executor.round_timeout_s`` (per call): the worker is a straggler; it is
-  killed and replaced (a hung worker would stall later rounds) and its clients are handled by
-  the straggler policy ``on_timeout``:
-
-  - ``"drop"`` (default, FedAvg's rule): the round goes on without them and the aggregate is
-    renormalized over the clients that returned — delta_sum and loss_sum are scaled by
-    Σ_{all} w / Σ_{returned} w, so the server step is FedAvg over the returned clients and
-    ``weight_sum`` stays Σ_{all} w; ``updates``/``samples`` count only returned clients;
-  - ``"retry"``: re-sent like a dead worker's shard; dropped once retries are exhausted.
-
-  With ``keep_local=True`` (per-client results are needed) stragglers are always retried, and a
-  round is never left without any client: if everything was dropped, it is re-sent.
+Failed and late shards (a worker that dies, a call past ``executor.round_timeout_s``) are
+handled by :mod:`server.dispatch` — retries up to ``executor.max_retries``, the straggler
+policy ``on_timeout`` (``"drop"``: FedAvg's renormalisation over the jobs that returned;
+``"retry"``), never a call left without any job — and counted in :meth:`RayExecutor.faults`
+(incidents in :attr:`RayExecutor.fault_events`); with ``keep_local=True`` (per-client results
+needed) stragglers are always retried.
 
 Non-finite clients (NaN/±inf results) are found on the workers, by the in-process executor's own
 check, left out of each shard's sums and their ids sent back (``ShardResult.nonfinite``); the
@@ -42,6 +37,7 @@ as for stragglers (``RoundOutput.nonfinite`` lists them).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,37 +50,25 @@ from protocols.ray_messages import Params, ShardResult, to_arrays, to_tensors
 from client.ray_worker import WorkerSpec
 from client.shard import data_fingerprint
 from fedopt.data import FederatedDataset
-from fedopt.engine.executor import RoundOutput, drop_scale
+from fedopt.engine.contract import (ClientUpdate, DelayFn, RoundOutput, SharedStart, Starts)
+from fedopt.engine.executor import job_samples
 from fedopt.engine.local import LocalTrainer
 from fedopt.engine.program import check_shippable
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
-from server.ray_async import AsyncDispatcher, ClientUpdate, DelayFn, RayJob
+from server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
+from server.ray_async import AsyncDispatcher, RayJob
 from server.ray_connect import RaySession, connect_ray
-from server.ray_faults import FaultLog, WorkerFailedError, failure_cause
+from server.ray_faults import FaultLog, failure_cause
 from server.ray_pool import WorkerPool, death_errors, gpu_plan
 
 log = logging.getLogger("server.ray")
 
-TIMEOUT_POLICIES = ("drop", "retry")
-
-
-@dataclass(eq=False)
-class _Task:
-    """One in-flight shard call of a round."""
-
-    positions: np.ndarray        # indices into the round's client_ids
-    slot: int
-    actor: Any
-    ref: Any
-    attempt: int
-    deadline: float | None
-
 
 @dataclass
 class RoundReport:
-    """What happened in the last ``run_round``: timing and incidents."""
+    """What happened in the last ``run_jobs`` call: timing and incidents."""
 
-    round_idx: int
+    key: int
     wall_s: float = 0.0
     compute_s: list[float] = field(default_factory=list)   # per returned shard
     slots: list[int] = field(default_factory=list)         # slot of each returned shard
@@ -116,39 +100,59 @@ def _model_to_ship(config: dict, dataset: FederatedDataset, trainer: LocalTraine
 
 
 class RayExecutor:
-    """Runs rounds on a pool of Ray worker actors (see the module docstring)."""
+    """Runs local jobs on a pool of Ray worker actors (see the module docstring); implements
+    :class:`~fedopt.engine.contract.LiveExecutor`."""
+
+    name = "ray"
 
     def __init__(self, pool: WorkerPool, session: RaySession, trainer: LocalTrainer, *,
                  batch_size: int, local_steps: int | None, local_epochs: int | None,
                  round_timeout_s: float | None = None, max_retries: int = 2,
                  on_timeout: str = "drop", chunk_size: int | None = None,
-                 delay_s: DelayFn | None = None, on_nonfinite: str = "error"):
+                 delay_s: DelayFn | None = None, on_nonfinite: str = "error",
+                 dataset: FederatedDataset | None = None):
         import ray
 
-        if on_timeout not in TIMEOUT_POLICIES:
-            raise ValueError(f"on_timeout: one of {TIMEOUT_POLICIES}, got {on_timeout!r}")
+        #: timeouts, retries and drops of every call (:mod:`server.dispatch`)
+        self.policy = DispatchPolicy(max_retries=int(max_retries),
+                                     round_timeout_s=round_timeout_s, on_timeout=on_timeout)
         if on_nonfinite not in POLICIES:
             raise ValueError(f"on_nonfinite: one of {POLICIES}, got {on_nonfinite!r}")
-        #: the run's policy for clients with non-finite results (applied here, per round)
+        #: the run's policy for clients with non-finite results (applied here, per call)
         self.on_nonfinite = on_nonfinite
         self.ray = ray
         self.pool = pool
         self.session = session
         #: the coordinator's trainer; workers run the same class with its local program
         self.trainer = trainer
-        #: local-work settings (algorithms such as SCAFFOLD read them)
+        #: the coordinator's data set (evaluation, client sizes); never shipped to workers
+        self.data = dataset
         self.batch_size, self.local_steps, self.local_epochs = batch_size, local_steps, local_epochs
-        self.round_timeout_s = round_timeout_s
-        self.max_retries = int(max_retries)
-        self.on_timeout = on_timeout
         self.chunk_size = chunk_size
-        #: optional injected compute time ``delay_s(client_id, round_idx) -> seconds``: a job's
+        #: optional injected compute time ``delay_s(client_id, key) -> seconds``: a job's
         #: answer is held until that long after it started (a shard waits for its slowest client)
         self.delay_s: DelayFn | None = delay_s
         self.faults_log = pool.faults
         self.last_report: RoundReport | None = None
-        self._async = AsyncDispatcher(self)
+        self._async = AsyncDispatcher(ray, pool, self.policy, lambda: self.delay_s)
         self._closed = False
+
+    # the policy's settings, readable and settable one by one (a new, validated policy)
+    def _set_policy(self, **change: Any) -> None:
+        self.policy = dataclasses.replace(self.policy, **change)
+        self._async.policy = self.policy
+
+    max_retries = property(lambda self: self.policy.max_retries,
+                           lambda self, v: self._set_policy(max_retries=int(v)))
+    round_timeout_s = property(lambda self: self.policy.round_timeout_s,
+                               lambda self, v: self._set_policy(round_timeout_s=v))
+    on_timeout = property(lambda self: self.policy.on_timeout,
+                          lambda self, v: self._set_policy(on_timeout=v))
+
+    @property
+    def optimizer(self) -> Any:
+        """The client optimizer of jobs run without one (the trainer's)."""
+        return self.trainer.optimizer
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -194,13 +198,12 @@ class RayExecutor:
         return cls(pool, session, trainer, batch_size=client["batch_size"],
                    local_steps=client["local_steps"], local_epochs=client["local_epochs"],
                    round_timeout_s=ex["round_timeout_s"],
-                   max_retries=ex["max_retries"], chunk_size=ex["chunk_size"],
+                   max_retries=ex["max_retries"], chunk_size=ex["chunk_size"], dataset=dataset,
                    **{"on_timeout": ex["on_timeout"],
                       "on_nonfinite": check_policy(config.get("on_nonfinite", "error")),
                       **options})
 
     # -- reporting --------------------------------------------------------------------------------
-    @property
     def faults(self) -> dict[str, int]:
         """Cumulative fault counters (worker_deaths, timeouts, restarts, retried_shards,
         dropped_clients) — what a run log should record."""
@@ -221,133 +224,77 @@ class RayExecutor:
         """Wait for replacement workers to finish starting; True when all are ready."""
         return self.pool.wait_ready(timeout)
 
-    # -- scatter / gather with fault handling ---------------------------------------------------
-    def _restart_if_current(self, slot: int, actor: Any, reason: str, round_idx: int | None) -> None:
-        if self.pool.slots[slot].actor is actor:
-            self.pool.restart(slot, reason, round_idx)
-
-    def _delay(self, ids: np.ndarray, round_idx: int) -> float:
+    # -- scatter / gather (failures and timeouts: server.dispatch) ------------------------------
+    def _delay(self, ids: np.ndarray, keys: np.ndarray) -> float:
         if self.delay_s is None:
             return 0.0
-        return max((float(self.delay_s(int(c), int(round_idx))) for c in ids), default=0.0)
+        return max((float(self.delay_s(int(c), int(k))) for c, k in zip(ids, keys)),
+                   default=0.0)
 
-    def _scatter_gather(self, ids: np.ndarray, call: Callable[[Any, np.ndarray], Any],
-                        round_idx: int, report: RoundReport, may_drop: bool
-                        ) -> list[tuple[_Task, Any]]:
-        """Run ``call(actor, positions)`` for each worker's share of ``ids``, survive deaths and
-        timeouts (module docstring); returns (task, result) pairs, each client in exactly one."""
-        pending: dict[Any, _Task] = {}
-        results: list[tuple[_Task, Any]] = []
+    def _gather(self, ids: np.ndarray, call: Callable[[Any, np.ndarray], Any], key: int | None,
+                report: RoundReport, need_all: bool) -> list[tuple[Call, Any]]:
+        """Run ``call(actor, positions)`` for each worker's share of ``ids``, through
+        :func:`server.dispatch.gather`; (call, result) pairs, each job in exactly one."""
+        got = gather(_RayTransport(self, ids, call, key), ids, self.policy, self.faults_log,
+                     key, need_all)
+        report.retried += got.retried
+        report.dropped.extend(got.dropped)
+        return got.results
 
-        def launch(positions: np.ndarray, attempt: int, exclude: set[int] = frozenset()) -> None:
-            slots = self.pool.assign(ids[positions], exclude)
-            for s in np.unique(slots):
-                pos = positions[slots == s]
-                actor = self.pool.actor(int(s))
-                ref = call(actor, pos)
-                deadline = (None if self.round_timeout_s is None
-                            else time.monotonic() + float(self.round_timeout_s))
-                pending[ref] = _Task(pos, int(s), actor, ref, attempt, deadline)
-
-        def retry(task: _Task, reason: str) -> bool:
-            """Re-send ``task``'s clients; False when its retries are used up."""
-            if task.attempt >= self.max_retries:
-                return False
-            report.retried += 1
-            self.faults_log.record("retried_shards", round_idx=round_idx, slot=task.slot,
-                                   clients=ids[task.positions], detail=reason)
-            launch(task.positions, task.attempt + 1, exclude={task.slot})
-            return True
-
-        def drop(task: _Task) -> None:
-            if not results and not pending and retry(task, "nothing returned: re-sent"):
-                return
-            report.dropped.extend(ids[task.positions].tolist())
-            self.faults_log.record("dropped_clients", round_idx=round_idx, slot=task.slot,
-                                   clients=ids[task.positions], count=len(task.positions),
-                                   detail="straggler dropped (on_timeout='drop')")
-
-        launch(np.arange(len(ids)), 0)
-        while pending:
-            deadlines = [t.deadline for t in pending.values() if t.deadline is not None]
-            wait_s = None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
-            refs = list(pending)
-            ready, _ = self.ray.wait(refs, num_returns=1, timeout=wait_s)
-            if ready:
-                ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
-            for ref in ready:
-                task = pending.pop(ref)
-                try:
-                    results.append((task, self.ray.get(ref)))
-                except death_errors() as e:
-                    self.faults_log.record("worker_deaths", round_idx=round_idx, slot=task.slot,
-                                           clients=ids[task.positions], detail=type(e).__name__)
-                    self._restart_if_current(task.slot, task.actor, "died", round_idx)
-                    if not retry(task, "worker died: shard re-sent"):
-                        raise WorkerFailedError(
-                            clients=ids[task.positions], round_idx=round_idx, slot=task.slot,
-                            attempts=task.attempt + 1, max_retries=self.max_retries,
-                            cause=failure_cause(e)) from e
-            now = time.monotonic()
-            for ref, task in list(pending.items()):
-                if task.deadline is None or now < task.deadline:
-                    continue
-                pending.pop(ref)
-                self.faults_log.record("timeouts", round_idx=round_idx, slot=task.slot,
-                                       clients=ids[task.positions],
-                                       detail=f"no answer within round_timeout_s={self.round_timeout_s}")
-                self._restart_if_current(task.slot, task.actor, "timed out", round_idx)
-                if not may_drop:
-                    if not retry(task, "straggler re-sent (per-client results required)"):
-                        raise WorkerFailedError(
-                            clients=ids[task.positions], round_idx=round_idx, slot=task.slot,
-                            attempts=task.attempt + 1, max_retries=self.max_retries,
-                            what="timed out",
-                            cause=f"no answer within executor.round_timeout_s="
-                                  f"{self.round_timeout_s}, and this algorithm needs every "
-                                  f"client's result")
-                elif not (self.on_timeout == "retry" and retry(task, "straggler re-sent")):
-                    drop(task)
-        results.sort(key=lambda tr: int(tr[0].positions[0]))
-        return results
-
-    # -- the synchronous round ------------------------------------------------------------------
-    def run_round(self, params: Params, client_ids: np.ndarray, weights: np.ndarray,
-                  round_idx: int, optimizer=None, keep_local: bool = False,
-                  correction: Params | None = None) -> RoundOutput:
-        """Local training of ``client_ids`` from ``params`` on the workers; Σ_i w_i Δ_i.
-
-        Same contract as :meth:`VectorizedExecutor.run_round` (``correction`` stacked
-        [m, ...] in ``client_ids`` order; ``keep_local`` returns the stacked y_{i,K}).
-        """
+    # -- local jobs -------------------------------------------------------------------------------
+    def run_jobs(self, starts: Starts, client_ids: np.ndarray, keys: np.ndarray,
+                 weights: np.ndarray, optimizer=None, correction: Params | None = None,
+                 keep_local: bool = False) -> RoundOutput:
+        """Job j trains client ``client_ids[j]`` from ``starts[j]`` (stacked [m, ...]) or the
+        :class:`~fedopt.engine.contract.SharedStart` with minibatches keyed by ``keys[j]``, on
+        the workers; Σ_j w_j Δ_j (:class:`~fedopt.engine.contract.Executor`). The starts go
+        into the object store once; each worker takes its rows."""
         if self._closed:
-            raise RuntimeError("RayExecutor.run_round: the executor is closed")
+            raise RuntimeError("RayExecutor.run_jobs: the executor is closed")
         start = time.perf_counter()
         ids = np.asarray(client_ids, dtype=np.int64)
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.shape != ids.shape:
+            raise ValueError(f"keys: one per job expected, got {keys.shape} for "
+                             f"{ids.shape} jobs")
         w = np.asarray(weights, dtype=np.float64)
-        report = RoundReport(int(round_idx))
-        params_ref = self.ray.put(to_arrays(params))          # once per round, shared by all
+        shared = isinstance(starts, SharedStart)
+        params = starts.params if shared else starts
+        # the call's round for fault messages (None: jobs of several keys)
+        key = int(keys[0]) if len(keys) and bool((keys == keys[0]).all()) else None
+        report = RoundReport(-1 if key is None else key)
+        starts_ref = self.ray.put(to_arrays(params))          # once per call, shared by all
         corr = to_arrays(correction)
 
         def call(actor: Any, pos: np.ndarray) -> Any:
             c = None if corr is None else {k: v[pos] for k, v in corr.items()}
-            return actor.run_shard.remote(params_ref, ids[pos], w[pos], int(round_idx), optimizer,
-                                          keep_local, c, self._delay(ids[pos], round_idx))
+            return actor.run_jobs.remote(starts_ref, None if shared else pos, ids[pos],
+                                         keys[pos], w[pos], optimizer, keep_local, c,
+                                         self._delay(ids[pos], keys[pos]))
 
-        results = self._scatter_gather(ids, call, int(round_idx), report, may_drop=not keep_local)
-        out = self._combine(results, ids, w, next(iter(params.values())), keep_local, report)
+        results = self._gather(ids, call, key, report, need_all=keep_local)
+        ref_t = next(iter(params.values()))
+        out = self._combine(results, ids, keys, w, ref_t, keep_local, report)
         report.wall_s = time.perf_counter() - start
         self.last_report = report
         return out
 
+    def run_round(self, params: Params, client_ids: np.ndarray, weights: np.ndarray,
+                  key: int, optimizer=None, keep_local: bool = False,
+                  correction: Params | None = None) -> RoundOutput:
+        """One synchronous round: :meth:`run_jobs` from the shared ``params``, keyed by ``key``."""
+        ids = np.asarray(client_ids, dtype=np.int64)
+        return self.run_jobs(SharedStart(params), ids, np.full(len(ids), int(key)), weights,
+                             optimizer=optimizer, correction=correction, keep_local=keep_local)
+
     def full_gradients(self, params: Params, client_ids: np.ndarray) -> Params:
         """Stacked ∇F_i(x) over each client's full local data, computed on the workers
-        (what SCAFFOLD option I asks a remote executor for)."""
+        (SCAFFOLD option I, gradient coding)."""
         ids = np.asarray(client_ids, dtype=np.int64)
         params_ref = self.ray.put(to_arrays(params))
-        results = self._scatter_gather(
+        results = self._gather(
             ids, lambda actor, pos: actor.full_gradients.remote(params_ref, ids[pos]),
-            -1, RoundReport(-1), may_drop=False)
+            None, RoundReport(-1), need_all=True)
         ref_t = next(iter(params.values()))
         out: Params = {k: v.new_empty((len(ids),) + tuple(v.shape)) for k, v in params.items()}
         for task, arrays in results:
@@ -357,10 +304,39 @@ class RayExecutor:
                 out[k][pos] = g[k]
         return out
 
-    def _combine(self, results: list[tuple[_Task, ShardResult]], ids: np.ndarray, w: np.ndarray,
-                 ref_t: torch.Tensor, keep_local: bool, report: RoundReport) -> RoundOutput:
-        """Σ of the shards' partial sums (in client order), renormalized if clients were dropped
-        (stragglers, or non-finite clients under ``on_nonfinite="drop"``); raises
+    # -- evaluation, sizes ------------------------------------------------------------------------
+    def _coordinator_data(self, what: str) -> FederatedDataset:
+        if self.data is None:
+            raise RuntimeError(f"RayExecutor.{what}: built without the coordinator's data set "
+                               f"(pass dataset=..., as from_config does)")
+        return self.data
+
+    def evaluate(self, params: Params, train: bool = False) -> dict[str, float | None]:
+        """The global model's test (and train) loss and metrics, on the coordinator (it holds
+        the test rows): the in-process evaluation, same code and bits."""
+        from fedopt.engine.evaluate import evaluate
+
+        data = self._coordinator_data("evaluate")
+        fmodel, prog = self.trainer.fmodel, self.trainer.program
+        row = {f"test_{k}": v for k, v in evaluate(fmodel, params, data.x_test, data.y_test,
+                                                   program=prog).items()}
+        if train:
+            row.update({f"train_{k}": v for k, v in evaluate(fmodel, params, data.x, data.y,
+                                                             program=prog).items()})
+        return row
+
+    def job_samples(self, client_ids: np.ndarray) -> np.ndarray:
+        """int64 [m]: real samples one local job of each of ``client_ids`` processes."""
+        counts = self._coordinator_data("job_samples").counts.cpu().numpy()
+        return job_samples(counts[np.asarray(client_ids, dtype=np.int64)], self.batch_size,
+                           self.local_steps, self.local_epochs)
+
+    def _combine(self, results: list[tuple[Call, ShardResult]], ids: np.ndarray,
+                 keys: np.ndarray, w: np.ndarray, ref_t: torch.Tensor, keep_local: bool,
+                 report: RoundReport) -> RoundOutput:
+        """Σ of the shards' partial sums (in job order), renormalised over the jobs that
+        returned finite results (:func:`server.dispatch.renormalise`: stragglers dropped, or
+        non-finite clients under ``on_nonfinite="drop"``); raises
         :class:`~fedopt.engine.nonfinite.NonFiniteError` for non-finite clients under
         ``"error"``."""
         dev, dt = ref_t.device, ref_t.dtype
@@ -398,22 +374,21 @@ class RayExecutor:
         weight_sum = float(np.sum(w))
         bad_ids = np.sort(np.concatenate(nonfinite)) if nonfinite else np.zeros(0, np.int64)
         if len(bad_ids) and self.on_nonfinite == "error":
-            raise client_error(bad_ids, report.round_idx)
-        if report.dropped or len(bad_ids):
-            scale = drop_scale(weight_sum, w_returned)
-            if scale != 1.0:
-                delta_sum = {k: v * scale for k, v in delta_sum.items()}
-                loss_sum *= scale
+            bad = np.isin(ids, bad_ids)
+            raise client_error(ids[bad], keys[bad])
+        if delta_sum is not None and (report.dropped or len(bad_ids)):
+            delta_sum, loss_sum = renormalise(delta_sum, loss_sum, weight_sum, w_returned)
         return RoundOutput(delta_sum=delta_sum, weight_sum=weight_sum, loss_sum=loss_sum,
                            samples=samples, updates=updates, local_params=local, steps=steps,
                            local_loss=local_loss, nonfinite=bad_ids)
 
     # -- asynchronous, real time ------------------------------------------------------------------
-    def submit(self, params: Params, client_ids, round_idx: int, *, optimizer=None,
+    def submit(self, params: Params, client_ids, key: int, *, optimizer=None,
                correction: Params | None = None, delay_s: DelayFn | None = None,
                group: bool = False) -> list[RayJob]:
-        """Start clients now; collect them with :meth:`wait` (see :mod:`server.ray_async`)."""
-        return self._async.submit(params, client_ids, round_idx, optimizer=optimizer,
+        """Start jobs now, keyed by ``key``; collect them with :meth:`wait` (see
+        :mod:`server.ray_async`)."""
+        return self._async.submit(params, client_ids, key, optimizer=optimizer,
                                   correction=correction, delay_s=delay_s, group=group)
 
     def wait(self, jobs: list[RayJob], num_returns: int = 1, timeout: float | None = None
@@ -440,3 +415,39 @@ class RayExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _RayTransport:
+    """:class:`server.dispatch.Transport` over the worker pool: a share is one actor call."""
+
+    def __init__(self, ex: RayExecutor, ids: np.ndarray, call: Callable[[Any, np.ndarray], Any],
+                 key: int):
+        self.ex, self.ids, self.call, self.key = ex, ids, call, key
+
+    def send(self, positions: np.ndarray, exclude: set[int]) -> list[tuple[np.ndarray, int, Any]]:
+        pool = self.ex.pool
+        slots = pool.assign(self.ids[positions], exclude)
+        sent = []
+        for s in np.unique(slots):
+            pos = positions[slots == s]
+            actor = pool.actor(int(s))
+            sent.append((pos, int(s), (actor, self.call(actor, pos))))
+        return sent
+
+    def ready(self, calls: list[Call], timeout: float | None) -> list[Call]:
+        ray = self.ex.ray
+        by_ref = {c.handle[1]: c for c in calls}
+        refs = list(by_ref)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return [by_ref[r] for r in ready]
+
+    def result(self, call: Call) -> Any:
+        try:
+            return self.ex.ray.get(call.handle[1])
+        except death_errors() as e:
+            raise CallFailed(failure_cause(e)) from e
+
+    def replace(self, call: Call, reason: str) -> None:
+        self.ex.pool.restart_if_current(call.slot, call.handle[0], reason, self.key)

@@ -221,6 +221,12 @@ class WorkerPool:
         self._launch(slot)
         self.faults.record("restarts", round_idx=round_idx, slot=index, detail=reason)
 
+    def restart_if_current(self, index: int, actor: Any, reason: str,
+                           round_idx: int | None) -> None:
+        """:meth:`restart` slot ``index`` unless ``actor`` was already replaced there."""
+        if self.slots[index].actor is actor:
+            self.restart(index, reason, round_idx)
+
     # -- assignment -----------------------------------------------------------------------------
     def assign(self, client_ids: np.ndarray, exclude: set[int] = frozenset(),
                wait_s: float | None = None) -> np.ndarray:

@@ -58,7 +58,7 @@ neither the model nor the server-optimizer state, ``updates`` counts the kept ar
 whose new parameters or optimizer state are not finite raises under either policy; the model is
 never replaced by a non-finite one.
 
-Checkpoints. ``ServerState.client_state["realtime"]`` holds the scheduler's loop state (version,
+Checkpoints. ``ServerState.extra["realtime"]`` holds the scheduler's loop state (version,
 busy clients and their start versions and job counters, participation counts, timers), the
 staleness totals and the restart count — plain tensors and lists, saved with the model. In-flight
 Ray jobs (and updates received but not yet handled) cannot be saved: when ``run_round`` meets a
@@ -79,6 +79,7 @@ asynchronous ``algorithm`` and ``fedopt.run(config)``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -90,10 +91,20 @@ from fedopt.algorithms.async_schedule import LoopHooks, Scheduler, Step
 from fedopt.algorithms.base import Params, ServerState
 from fedopt.clock import DONE, EventQueue
 from fedopt.config import ConfigError
+from fedopt.engine.contract import ClientUpdate, LiveExecutor
 from fedopt.engine.executor import drop_scale
 from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state, client_error
-from server.ray_async import ClientUpdate, RayJob
+from server.ray_async import RayJob
 from server.realtime_clock import RealTimeClock
+
+
+def check_live(executor: Any) -> None:
+    """TypeError naming the executor unless it is a
+    :class:`~fedopt.engine.contract.LiveExecutor` (submit / wait / cancel)."""
+    if not isinstance(executor, LiveExecutor):
+        name = getattr(executor, "name", type(executor).__name__)
+        raise TypeError(f"real-time mode needs a live executor (submit/wait/cancel, e.g. "
+                        f"executor.name: ray); executor {name!r} is not one")
 
 
 @dataclass(eq=False)
@@ -170,6 +181,7 @@ class RealTimeAsync:
         self._jobs: dict[int, _InFlight] = {}
         self._inbox: list[_Arrival] = []
         self._arrived: dict[tuple[int, int], _Arrival] = {}
+        self._checked: Any = None                         # the executor checked to be live
 
     @property
     def ordered(self) -> bool:
@@ -198,7 +210,7 @@ class RealTimeAsync:
         budget = getattr(self.alg, "time_budget", None)
         if budget is None:
             return False
-        st = state.client_state["realtime"]["sched"]
+        st = state.extra["realtime"]["sched"]
         if self.ordered:
             return self.alg.scheduler.steps_within(st, budget, max_steps=1) == 0
         return st["now"] >= budget
@@ -216,7 +228,7 @@ class RealTimeAsync:
               "totals": {"aggregated": 0, "staleness_sum": 0, "staleness_max": 0}}
         self._rt, self._initial, self._initial_params = rt, dispatched, base.params
         return ServerState(params=base.params, opt_state=base.opt_state,
-                           client_state={"realtime": rt})
+                           extra={"realtime": rt})
 
     def close(self, executor: Any) -> None:
         """Cancel the jobs still running (call before closing the executor); a later
@@ -243,9 +255,9 @@ class RealTimeAsync:
         Raises :class:`~fedopt.algorithms.async_schedule.ClockStall` (a ``ConfigError`` naming
         the clock field) when no update can ever arrive, ``TypeError`` for an executor without
         submit/wait/cancel, ``ValueError`` for a server state not made by :meth:`init`."""
-        if not all(hasattr(executor, k) for k in ("submit", "wait", "cancel")):
-            raise TypeError(f"real-time mode needs an executor with submit/wait/cancel (the Ray "
-                            f"executor, executor.name: ray), got {type(executor).__name__}")
+        if executor is not self._checked:
+            check_live(executor)
+            self._checked = executor
         if self.scheduler is None:
             raise RuntimeError("RealTimeAsync.run_round: call init first")
         self._bind(state, executor, optimizer)
@@ -261,8 +273,7 @@ class RealTimeAsync:
         lost = 0
         if len(step.clients):
             w = self.alg.weights(step, rt["sched"])
-            delta, loss, lost = self._combine(step, w, state.params,
-                                              getattr(executor, "on_nonfinite", "error"))
+            delta, loss, lost = self._combine(step, w, state.params, executor.on_nonfinite)
             if loss is not None:
                 stats["local_loss"] = loss
             if delta is not None:        # None: every arrival was non-finite and dropped
@@ -274,14 +285,14 @@ class RealTimeAsync:
         if lost:                         # updates aggregated: the kept arrivals
             stats["updates"] -= lost
         stats.update({"in_flight": len(self._jobs), "restarted": rt["restarted"]})
-        return ServerState(params=params, opt_state=opt_state, round=n + 1,
-                           client_state=state.client_state), stats
+        return dataclasses.replace(state, params=params, opt_state=opt_state,
+                                   round=n + 1), stats
 
     # -- start / resume -----------------------------------------------------------------------
     def _bind(self, state: ServerState, executor: Any, optimizer: Any) -> None:
         """Start the real clock on the first step; on a state our jobs don't belong to (a
         restored checkpoint) restart every job that was in flight from θ^n."""
-        rt = state.client_state.get("realtime")
+        rt = state.extra.get("realtime")
         if rt is None:
             raise ValueError("this server state was not made by RealTimeAsync.init (a "
                              "virtual-clock checkpoint cannot be resumed in real time)")
@@ -442,7 +453,7 @@ class RealTimeAsync:
         kept."""
         arrivals = [self._arrived.pop((i, serial))
                     for i, serial in zip(step.clients.tolist(), step.jobs.tolist())]
-        lost = np.array([bool(getattr(a.update, "nonfinite", False)) for a in arrivals])
+        lost = np.array([bool(a.update.nonfinite) for a in arrivals], dtype=bool)
         if lost.any() and policy != "drop":
             raise client_error(step.clients[lost], step.versions[lost])
         acc: Params | None = None

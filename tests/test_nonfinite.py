@@ -144,7 +144,7 @@ def test_drop_keeps_the_model_finite_and_counts(data, name, extra):
     assert all(math.isfinite(r["local_loss"]) for r in rows if "local_loss" in r)
     # the poisoned client's state never enters the per-client table
     for key in ("scaffold_c", "dyn_h"):
-        table = sim.state.client_state.get(key)
+        table = sim.state.clients.get(key)
         if table is not None:
             assert int(table["slot"][POISON]) == -1, key
 
@@ -215,9 +215,9 @@ def test_client_state_nonfinite_is_dropped_by_rerunning_without_it(data, tmp_pat
     """A client whose model is finite but whose new state is not (here SCAFFOLD option I's
     ∇F_i made inf for client 1) is named under error and, under drop, the round is the one
     without it: SCAFFOLD's first round (zero control variates) is FedAvg over the rest."""
-    import fedopt.algorithms.scaffold as scaffold
+    from fedopt.engine.executor import VectorizedExecutor
 
-    real = scaffold.full_gradients
+    real = VectorizedExecutor.full_gradients
 
     def poisoned(executor, params, ids):
         g = real(executor, params, ids)
@@ -225,7 +225,7 @@ def test_client_state_nonfinite_is_dropped_by_rerunning_without_it(data, tmp_pat
         return {k: torch.where(bad.view((-1,) + (1,) * (v.ndim - 1)), math.inf, v)
                 for k, v in g.items()}
 
-    monkeypatch.setattr(scaffold, "full_gradients", poisoned)
+    monkeypatch.setattr(VectorizedExecutor, "full_gradients", poisoned)
     clean = write_data(tmp_path / "clean.npz", poison=-1)
     sim = Simulation(config(clean, "scaffold", "error", extra={"option": "I"}))
     with pytest.raises(NonFiniteError, match=r"^round 1: client 1 produced NaN/inf values in "
@@ -236,7 +236,7 @@ def test_client_state_nonfinite_is_dropped_by_rerunning_without_it(data, tmp_pat
     stats = sim.step()
     assert stats["nonfinite_dropped"] == 2
     assert_params_close(sim.state.params, want)
-    slot = sim.state.client_state["scaffold_c"]["slot"]
+    slot = sim.state.clients["scaffold_c"]["slot"]
     assert int(slot[1]) == -1 and int(slot[POISON]) == -1
 
 

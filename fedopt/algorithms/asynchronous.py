@@ -16,16 +16,15 @@ current one (not model mixing). Steps with an empty ``A(n)`` change neither the 
 server-optimizer state but count as steps (they advance the version).
 
 Vectorized asynchrony: a client job is a pure function of (start model θ^ρ, client i, key ρ), so
-it is computed lazily (§2.10) — when the first job of start version ρ is aggregated, *all* the
-not yet computed jobs of version ρ run in one ``executor.run_round(θ^ρ, ids, ..., round_idx=ρ)``
-call (minibatches keyed by (seed, ρ, i), independent of aggregation order) and the others' deltas
-are kept until their own arrival. On an executor with ``run_jobs`` (the in-process one) the
-lookahead spans versions: *every* pending job, each from its own θ^ρ with its own key ρ, runs
-in one ``run_jobs`` call (one per client optimizer under lr decay); executors without it (Ray)
-get the per-version calls. When every pending job of version ρ arrives in the same step
-(synchronous rounds, FedFix with Δt ≥ max τ, FedBuff with c = N) the call is the very weighted
-call FedAvg makes, so those runs equal FedAvg bit for bit. Models of versions with pending jobs,
-computed deltas and the loop state live in ``ServerState.client_state["async"]`` and are
+it is computed lazily (§2.10) — when the first not yet computed job is aggregated, *every*
+pending job, each from its own θ^ρ with its own key ρ (minibatches keyed by (seed, ρ, i),
+independent of aggregation order), runs in one ``executor.run_jobs`` call (one per client
+optimizer under lr decay), on any executor (:class:`~fedopt.engine.contract.Executor`), and the
+others' deltas are kept until their own arrival. When every pending job arrives in the same step
+from one version (synchronous rounds, FedFix with Δt ≥ max τ, FedBuff with c = N) the call is the
+very weighted call FedAvg makes (a shared start), so those runs equal FedAvg bit for bit. Models
+of versions with pending jobs, computed deltas and the loop state live in
+``ServerState.extra["async"]`` and are
 checkpointed; ``run_round`` advances that state in place.
 
 Stats of a step (copied into the metrics row): ``virtual_time`` (time of the step), ``updates``
@@ -45,6 +44,7 @@ server step with non-finite new parameters or optimizer state raises under eithe
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -58,24 +58,14 @@ from fedopt.algorithms.client_state import population_weights
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.clock import VirtualClock, validate_clock_config
 from fedopt.schema import ConfigError
-from fedopt.engine.batches import local_step_counts
-from fedopt.engine.executor import drop_scale
+from fedopt.engine.contract import Executor, SharedStart
+from fedopt.engine.executor import drop_scale, job_samples
 from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state
 from fedopt.engine.program import LocalProgram
 
 COMBINES = ("delta", "model")
 PARTICIPATION = ("auto", "expected", "empirical")
 IMPORTANCE = ("num_samples", "uniform")
-
-
-def job_samples(counts: np.ndarray, batch_size: int, local_steps: int | None,
-                local_epochs: int | None) -> np.ndarray:
-    """Real samples behind one local job of each client: u_i steps through epochs of
-    s_i = ⌈n_i/B⌉ minibatches (only the last one partial) give ⌊u_i/s_i⌋·n_i + (u_i mod s_i)·B."""
-    counts = np.asarray(counts, dtype=np.int64)
-    steps = local_step_counts(counts, batch_size, local_steps, local_epochs)
-    per_epoch = np.maximum(-(-counts // batch_size), 1)
-    return (steps // per_epoch) * counts + (steps % per_epoch) * batch_size
 
 
 class AsyncFederated:
@@ -169,7 +159,7 @@ class AsyncFederated:
         for clients, v in dispatched:
             self._register(a, clients, v, params)
         return ServerState(params=params, opt_state=self.server_optimizer.init(params),
-                           client_state={"async": a})
+                           extra={"async": a})
 
     def local_program(self) -> LocalProgram:
         return LocalProgram()
@@ -223,11 +213,11 @@ class AsyncFederated:
         return base.replace(lr=base.lr * self.lr_decay ** version)
 
     # -- one server step -----------------------------------------------------------------------
-    def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
+    def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
         """Advance the clock to the next aggregation, aggregate ``A(n)``, apply the server
         optimizer; dispatch the freed clients with θ^{n+1}."""
-        a = state.client_state["async"]
+        a = state.extra["async"]
         n = state.round
         step = self.scheduler.advance(a["sched"])
         if step.index != n:
@@ -257,66 +247,18 @@ class AsyncFederated:
         stats.update(self.step_stats(a, step, executor))
         if len(step.clients) and lost_now:   # updates aggregated: the kept arrivals
             stats["updates"] -= lost_now
-        return ServerState(params=params, opt_state=opt_state, round=n + 1,
-                           client_state=state.client_state), stats
+        return dataclasses.replace(state, params=params, opt_state=opt_state,
+                                   round=n + 1), stats
 
-    def _aggregate(self, a: dict, step: Step, w: np.ndarray, current: Params, executor: Any,
-                   optimizer: Any) -> tuple[Params, float | None]:
-        """``Σ_i ω_i Δ_i`` (plus ``Σ_i ω_i (θ^{ρ_i} − θ^n)`` for "model"), computing the jobs
-        of each start version that are still pending in one executor call (with an executor
-        that has ``run_jobs``: every pending job, whatever its version, in one call)."""
-        if hasattr(executor, "run_jobs"):
-            return self._aggregate_jobs(a, step, w, current, executor, optimizer)
-        total = _ParamSum()          # Σ_i ω_i Δ_i
-        add = total.add
-        loss = _WeightedMean()       # Σ ω_i L_i / Σ ω_i over the jobs aggregated now
-        lost = np.zeros(len(step.clients), dtype=bool)   # arrivals dropped: non-finite
-
-        for v in np.unique(step.versions).tolist():
-            sel = step.versions == v
-            ids, wv, where = step.clients[sel], w[sel], np.flatnonzero(sel)
-            theta_v = a["versions"].get(v)   # kept while needed (see _collect_versions)
-            fresh = [k for k, i in enumerate(ids.tolist()) if (i, v) not in a["cache"]]
-            if fresh:
-                pending = sorted(a["pending"].get(v, []))
-                opt = self.optimizer_at(v, optimizer)
-                if pending == sorted(ids[fresh].tolist()):
-                    # every job of version v still uncomputed arrives now: one weighted call
-                    out = executor.run_round(theta_v, ids[fresh], wv[fresh], v, optimizer=opt)
-                    lost[where[fresh][~out.kept(ids[fresh])]] = True
-                    _add_call(total, loss, out, wv[fresh], ids[fresh])
-                else:
-                    out = executor.run_round(theta_v, np.asarray(pending, dtype=np.int64),
-                                             np.ones(len(pending)), v, optimizer=opt,
-                                             keep_local=True)
-                    kept = out.kept(np.asarray(pending, dtype=np.int64))
-                    for k, i in enumerate(pending):
-                        a["cache"][(i, v)] = (({n_: out.local_params[n_][k] - theta_v[n_]
-                                                for n_ in theta_v}, float(out.local_loss[k]))
-                                              if kept[k] else _DROPPED)
-                    fresh = []
-                del a["pending"][v]
-            for k, i in enumerate(ids.tolist()):
-                if k not in fresh:
-                    delta, job_loss = a["cache"].pop((i, v))
-                    if not delta:                # a non-finite job, dropped
-                        lost[where[k]] = True
-                        continue
-                    add(delta, float(wv[k]))
-                    loss.add(float(wv[k]) * job_loss, float(wv[k]))
-            wk = wv[~lost[where]]
-            if self.combine == "model" and wk.sum() != 0:
-                add({k: theta_v[k] - current[k] for k in current}, float(wk.sum()))
-        return _renormalized(a, total, loss, w, lost)
-
-    def _aggregate_jobs(self, a: dict, step: Step, w: np.ndarray, current: Params,
-                        executor: Any, optimizer: Any) -> tuple[Params, float | None]:
-        """:meth:`_aggregate` on an executor with ``run_jobs``: when an arriving job is not yet
-        computed, *every* pending job (of every start version, each from its own θ^ρ with its
-        own key ρ) runs in one ``run_jobs`` call — one call per client optimizer when lr decay
-        makes them differ per version. When the pending jobs are exactly the uncomputed
-        arrivals, the call is weighted (for one version: FedAvg's very call, bit for bit);
-        otherwise the deltas are cached until their own arrival."""
+    def _aggregate(self, a: dict, step: Step, w: np.ndarray, current: Params,
+                   executor: Executor, optimizer: Any) -> tuple[Params, float | None]:
+        """``Σ_i ω_i Δ_i`` (plus ``Σ_i ω_i (θ^{ρ_i} − θ^n)`` for "model"). When an arriving job
+        is not yet computed, *every* pending job (of every start version, each from its own θ^ρ
+        with its own key ρ) runs in one ``executor.run_jobs`` call — one call per client
+        optimizer when lr decay makes them differ per version. When the pending jobs are
+        exactly the uncomputed arrivals, the call is weighted (for one version: FedAvg's very
+        call from the shared θ^ρ, bit for bit); otherwise the deltas are cached until their own
+        arrival."""
         total = _ParamSum()          # Σ_i ω_i Δ_i
         add = total.add
         loss = _WeightedMean()       # Σ ω_i L_i / Σ ω_i over the jobs aggregated now
@@ -341,9 +283,8 @@ class AsyncFederated:
                 vers = np.array([jobs[k][1] for k in ks], dtype=np.int64)
                 uniq, inv = np.unique(vers, return_inverse=True)
                 models = [a["versions"][int(v)] for v in uniq]
-                if len(uniq) == 1:
-                    starts = {n_: t.unsqueeze(0).expand((len(ks),) + t.shape)
-                              for n_, t in models[0].items()}
+                if len(uniq) == 1:        # one θ^ρ: shipped once, as FedAvg's round
+                    starts = SharedStart(models[0])
                 else:
                     index = torch.as_tensor(inv, device=next(iter(current.values())).device)
                     starts = {n_: torch.stack([m[n_] for m in models]).index_select(0, index)
@@ -358,7 +299,8 @@ class AsyncFederated:
                                             keep_local=True)
                     kept = out.kept(ids)
                     for r, (i, v) in enumerate(zip(ids.tolist(), vers.tolist())):
-                        a["cache"][(i, v)] = (({n_: out.local_params[n_][r] - starts[n_][r]
+                        theta = models[int(inv[r])]
+                        a["cache"][(i, v)] = (({n_: out.local_params[n_][r] - theta[n_]
                                                 for n_ in current}, float(out.local_loss[r]))
                                               if kept[r] else _DROPPED)
             a["pending"].clear()
@@ -378,7 +320,7 @@ class AsyncFederated:
                     add({k: theta_v[k] - current[k] for k in current}, float(wv.sum()))
         return _renormalized(a, total, loss, w, lost)
 
-    def step_stats(self, a: dict, step: Step, executor: Any) -> dict[str, Any]:
+    def step_stats(self, a: dict, step: Step, executor: Executor) -> dict[str, Any]:
         t = a["totals"]
         s = step.staleness
         t["aggregated"] += len(s)
@@ -390,27 +332,24 @@ class AsyncFederated:
                 "staleness_mean": t["staleness_sum"] / max(t["aggregated"], 1),
                 "staleness_max": t["staleness_max"],
                 **({DROPPED_KEY: int(t.get(DROPPED_KEY, 0))}
-                   if getattr(executor, "on_nonfinite", "error") == "drop" else {})}
+                   if executor.on_nonfinite == "drop" else {})}
 
-    def _samples_per_job(self, executor: Any) -> np.ndarray:
+    def _samples_per_job(self, executor: Executor) -> np.ndarray:
         if self.samples_per_job is None:
-            if all(hasattr(executor, k) for k in ("batch_size", "local_steps", "local_epochs")):
-                self.samples_per_job = job_samples(self.counts, executor.batch_size,
-                                                   executor.local_steps, executor.local_epochs)
-            else:
-                self.samples_per_job = np.zeros(self.num_clients, dtype=np.int64)
+            self.samples_per_job = np.asarray(
+                executor.job_samples(np.arange(self.num_clients)), dtype=np.int64)
         return self.samples_per_job
 
     # -- schedule-only ------------------------------------------------------------------------
     def steps_within(self, state: ServerState, time_budget: float) -> int:
         """Number of further server steps at virtual times ``<= time_budget`` (no training)."""
-        return self.scheduler.steps_within(state.client_state["async"]["sched"], time_budget)
+        return self.scheduler.steps_within(state.extra["async"]["sched"], time_budget)
 
     def finished(self, state: ServerState) -> bool:
         """True once the next server step would end after ``time_budget`` (the run loop stops)."""
         if self.time_budget is None:
             return False
-        return self.scheduler.steps_within(state.client_state["async"]["sched"],
+        return self.scheduler.steps_within(state.extra["async"]["sched"],
                                            self.time_budget, max_steps=1) == 0
 
 

@@ -36,23 +36,47 @@ Params = dict[str, Tensor]
 
 @dataclass
 class ServerState:
-    """Global params, server-optimizer state, server step counter and per-client state."""
+    """Everything the server carries from one step to the next, checkpointed as a whole
+    (:meth:`state_dict`; :mod:`fedopt.checkpoint` stores any nested dicts/lists of tensors
+    and plain values):
+
+    * ``params``: the global model x_t; ``opt_state``: the server optimizer's state;
+      ``round``: server steps done;
+    * ``clients``: per-client tables, by name — state indexed by client id that persists
+      across rounds (SCAFFOLD's c_i ``"scaffold_c"``, FedDyn/FedSpeed's H_i; each the data of
+      a :class:`~fedopt.algorithms.client_state.ClientTable`);
+    * ``extra``: the algorithm's other state — the asynchronous loop (``"async"``: clock queue,
+      versions, cached deltas), the real-time driver's (``"realtime"``), cumulative counters
+      (``"nonfinite_dropped"``).
+
+    ``run_round`` returns a new ServerState (:func:`dataclasses.replace`) that shares
+    ``clients``/``extra`` with the old one, which algorithms update in place.
+    """
 
     params: Params
     opt_state: dict[str, Any]
     round: int = 0
-    #: per-client persistent tensors (SCAFFOLD c_i, FedDyn/FedSpeed h_i, ...) and other
-    #: algorithm state (e.g. the virtual clock's queue), all checkpointed with the model
-    client_state: dict[str, Any] = field(default_factory=dict)
+    clients: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {"params": self.params, "opt_state": self.opt_state, "round": self.round,
-                "client_state": self.client_state}
+                "clients": self.clients, "extra": self.extra}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> "ServerState":
+        """The inverse of :meth:`state_dict`; a checkpoint written before the split (one
+        ``client_state`` dict) is read too: its client tables go to ``clients``, the rest
+        to ``extra``."""
+        clients, extra = dict(d.get("clients", {})), dict(d.get("extra", {}))
+        for k, v in d.get("client_state", {}).items():
+            (clients if _is_client_table(v) else extra)[k] = v
         return cls(params=d["params"], opt_state=d["opt_state"], round=int(d["round"]),
-                   client_state=d.get("client_state", {}))
+                   clients=clients, extra=extra)
+
+
+def _is_client_table(v: Any) -> bool:
+    return isinstance(v, dict) and {"slot", "size", "p", "values", "mean"} <= set(v)
 
 
 class Algorithm(Protocol):

@@ -24,7 +24,7 @@ fp32), while a cross-device run with 10^5 clients and a few thousand rounds stor
 clients that actually took part. The int64 slot index costs 8·N bytes.
 
 The table is plain data (a dict of tensors and an int) that lives in
-``ServerState.client_state`` and is checkpointed with it. Operations update it **in place**
+``ServerState.clients`` and is checkpointed with it. Operations update it **in place**
 (a second N·d copy per round would double the peak memory); a :class:`ServerState` that was
 passed to ``run_round`` must not be reused — take ``copy()`` for a snapshot.
 """

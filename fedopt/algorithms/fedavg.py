@@ -23,6 +23,7 @@ finite raises :class:`~fedopt.engine.nonfinite.NonFiniteError` under either poli
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -31,6 +32,7 @@ from pydantic import Field
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import population_weights
 from fedopt.algorithms.server_opt import ServerOptimizer
+from fedopt.engine.contract import Executor, RoundOutput, SharedStart
 from fedopt.engine.executor import drop_scale
 from fedopt.engine.program import LocalProgram
 from fedopt.engine.nonfinite import (DROPPED_KEY, check_server_state, client_error, count_dropped,
@@ -94,20 +96,22 @@ class FedAvg:
         else:
             params, opt_state = self.server_optimizer.step(state.params, delta, state.opt_state)
             check_server_state(state.round, params, opt_state)
-        return ServerState(params=params, opt_state=opt_state, round=state.round + 1,
-                           client_state=state.client_state)
+        return dataclasses.replace(state, params=params, opt_state=opt_state,
+                                   round=state.round + 1)
 
     def local_program(self) -> LocalProgram:
         """FedAvg's clients: the default program; FedProx's add the proximal term μ(y − x)."""
         return LocalProgram(prox_mu=self.prox_mu)
 
-    def run_clients(self, state: ServerState, executor: Any, ids: np.ndarray,
+    def run_clients(self, state: ServerState, executor: Executor, ids: np.ndarray,
                     weights: np.ndarray, optimizer: Any = None, *, keep_local: bool = False,
                     correction: Params | None = None,
-                    client_state: Callable[[Any, np.ndarray], Params] | None = None,
-                    what: str = "its per-client state") -> tuple[Any, np.ndarray, Params | None]:
-        """``executor.run_round`` from the global model with the ``on_nonfinite`` policy applied
-        to the clients' results *and* to their new per-client state.
+                    client_state: Callable[[RoundOutput, np.ndarray], Params] | None = None,
+                    what: str = "its per-client state"
+                    ) -> tuple[RoundOutput, np.ndarray, Params | None]:
+        """``executor.run_jobs`` from the global model (a shared start, every job keyed by the
+        round) with the executor's ``on_nonfinite`` policy applied to the clients' results
+        *and* to their new per-client state.
 
         ``client_state(out, pos)`` gives the new state of clients ``ids[pos]`` (stacked, in that
         order) from the round output ``out`` of exactly those clients. Returns ``(out, pos, new)``:
@@ -116,10 +120,10 @@ class FedAvg:
         model is finite raises (``error``) or is dropped (``drop``): the round is re-run without
         it, weights renormalised (:func:`~fedopt.engine.executor.drop_scale`) — local results do
         not depend on the other clients of a call, so this is the round it would have been.
-        The drops are counted in ``state.client_state`` (``nonfinite_dropped``).
+        The drops are counted in ``state.extra`` (``nonfinite_dropped``).
         Raises :class:`~fedopt.engine.nonfinite.NonFiniteError` under ``on_nonfinite: error``.
         """
-        policy = getattr(executor, "on_nonfinite", "error")
+        policy = executor.on_nonfinite
         ids = np.asarray(ids, dtype=np.int64)
         weights = np.asarray(weights, dtype=np.float64)
         pos = np.arange(len(ids))
@@ -128,8 +132,9 @@ class FedAvg:
             corr = (None if correction is None else
                     correction if len(pos) == len(ids) else
                     {k: v[_index(pos, v)] for k, v in correction.items()})
-            out = executor.run_round(state.params, ids[pos], w_run, state.round,
-                                     optimizer=optimizer, keep_local=keep_local, correction=corr)
+            out = executor.run_jobs(SharedStart(state.params), ids[pos],
+                                    np.full(len(pos), state.round, dtype=np.int64), w_run,
+                                    optimizer=optimizer, correction=corr, keep_local=keep_local)
             kept = out.kept(ids[pos])
             new = None
             if client_state is not None and kept.any():
@@ -147,10 +152,10 @@ class FedAvg:
                     new = {k: v[_index(np.flatnonzero(kept), v)] for k, v in new.items()}
                 pos = pos[kept]
             break
-        count_dropped(state.client_state, len(ids) - len(pos))
+        count_dropped(state.extra, len(ids) - len(pos))
         return out, pos, new
 
-    def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
+    def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
         """Sample S_t, run its clients, aggregate Σ w_i Δ_i, apply the server optimizer."""
         ids = self.sample_clients(state.round)
@@ -175,12 +180,12 @@ def local_loss(out: Any) -> float:
     return out.loss_sum / max(out.weight_sum, 1e-300)
 
 
-def dropped_stats(state: ServerState, executor: Any) -> dict[str, int]:
+def dropped_stats(state: ServerState, executor: Executor) -> dict[str, int]:
     """``{"nonfinite_dropped": n}`` (clients dropped for non-finite values so far, cumulative)
     under ``on_nonfinite: drop``; empty under ``error``."""
-    if getattr(executor, "on_nonfinite", "error") != "drop":
+    if executor.on_nonfinite != "drop":
         return {}
-    return {DROPPED_KEY: int(state.client_state.get(DROPPED_KEY, 0))}
+    return {DROPPED_KEY: int(state.extra.get(DROPPED_KEY, 0))}
 
 
 def _build(prox: bool):

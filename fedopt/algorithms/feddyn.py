@@ -33,6 +33,7 @@ import torch
 from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import ClientTable, population_weights
 from fedopt.algorithms.fedavg import FedAvg, dropped_stats, local_loss
+from fedopt.engine.contract import Executor, RoundOutput
 from fedopt.engine.executor import drop_scale
 from fedopt.engine.program import SAM, Autograd, LocalProgram
 from fedopt.algorithms.server_opt import ServerOptimizer
@@ -74,7 +75,7 @@ class FedDyn(FedAvg):
         if self.correction:
             table = ClientTable.create(state.params, self.population,
                                        capacity=self.clients_per_round)
-            state.client_state[TABLE_KEY] = table.data
+            state.clients[TABLE_KEY] = table.data
         return state
 
     def local_program(self) -> LocalProgram:
@@ -83,7 +84,7 @@ class FedDyn(FedAvg):
         oracle = SAM(self.sam_rho) if self.sam_rho > 0 else Autograd()
         return LocalProgram(prox_mu=self.coef, oracle=oracle)
 
-    def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
+    def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
         """One round (see the module docstring)."""
         ids = self.sample_clients(state.round)
@@ -92,12 +93,12 @@ class FedDyn(FedAvg):
             out, _, _ = self.run_clients(state, executor, ids, weights, optimizer)
             return (self.apply(state, out.delta_sum if out.updates else None),
                     _stats(out, 0.0, state, executor))
-        table = ClientTable(state.client_state[TABLE_KEY])
+        table = ClientTable(state.clients[TABLE_KEY])
         h_old = table.gather(ids)
         corr = {k: self.coef * v for k, v in h_old.items()} if self.coef > 0 else None
         x = state.params
 
-        def new_h(out: Any, pos: np.ndarray) -> Params:
+        def new_h(out: RoundOutput, pos: np.ndarray) -> Params:
             """H_i + (θ_i − θ) of clients ids[pos] (rows of ``out`` in that order)."""
             return {k: _take(h_old[k], pos, len(ids)) + (y - x[k].unsqueeze(0))
                     for k, y in out.local_params.items()}
@@ -128,7 +129,8 @@ def _take(v: torch.Tensor, pos: np.ndarray, n: int) -> torch.Tensor:
     return v.index_select(0, torch.as_tensor(pos, dtype=torch.int64, device=v.device))
 
 
-def _stats(out: Any, add_back_norm: float, state: ServerState, executor: Any) -> dict[str, Any]:
+def _stats(out: RoundOutput, add_back_norm: float, state: ServerState,
+           executor: Executor) -> dict[str, Any]:
     return {"local_loss": local_loss(out), "correction_norm": add_back_norm,
             "updates": out.updates, "samples": out.samples, **dropped_stats(state, executor)}
 

@@ -31,6 +31,7 @@ from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
 from fedopt.algorithms.client_state import ClientTable, population_weights
 from fedopt.algorithms.fedavg import FedAvg, dropped_stats, local_loss
 from fedopt.algorithms.server_opt import ServerOptimizer
+from fedopt.engine.contract import Executor, RoundOutput
 from fedopt.engine.program import LocalProgram
 
 OPTIONS = ("I", "II")
@@ -38,7 +39,8 @@ TABLE_KEY = "scaffold_c"
 
 
 class Scaffold(FedAvg):
-    """SCAFFOLD server logic over any executor with ``run_round(..., keep_local, correction)``."""
+    """SCAFFOLD server logic over any :class:`~fedopt.engine.contract.Executor` (option I asks
+    it for ``full_gradients``)."""
 
     def __init__(self, counts: np.ndarray, clients_per_round: int,
                  server_optimizer: ServerOptimizer | None = None,
@@ -53,28 +55,28 @@ class Scaffold(FedAvg):
         state = super().init(params)
         table = ClientTable.create(state.params, self.population,
                                    capacity=self.clients_per_round)
-        state.client_state[TABLE_KEY] = table.data
+        state.clients[TABLE_KEY] = table.data
         return state
 
     def local_program(self) -> LocalProgram:
         return LocalProgram()
 
-    def run_round(self, state: ServerState, executor: Any, optimizer: Any = None
+    def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
         """One SCAFFOLD round (see the module docstring)."""
         ids = self.sample_clients(state.round)
         weights = self.weights(ids)
-        table = ClientTable(state.client_state[TABLE_KEY])
+        table = ClientTable(state.clients[TABLE_KEY])
         c = table.mean
         c_i = table.gather(ids)
         correction = {k: c[k].unsqueeze(0) - c_i[k] for k in c_i}
         x = state.params
         lr = client_lr(executor, optimizer) if self.option == "II" else None
 
-        def new_control(out: Any, pos: np.ndarray) -> Params:
+        def new_control(out: RoundOutput, pos: np.ndarray) -> Params:
             """c_i⁺ of clients ids[pos] (rows of ``out`` in that order)."""
             if self.option == "I":
-                return full_gradients(executor, x, ids[pos])
+                return executor.full_gradients(x, ids[pos])
             scale = 1.0 / (torch.as_tensor(out.steps, dtype=torch.float64) * lr)
             new = {}
             for k, y in out.local_params.items():
@@ -104,10 +106,9 @@ def _rows(pos: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 # -- what SCAFFOLD needs from the executor ---------------------------------------------------
 
-def client_lr(executor: Any, optimizer: Any) -> float:
-    """η_l of this round: the optimizer passed to ``run_round`` or the trainer's default."""
-    opt = optimizer if optimizer is not None else getattr(getattr(executor, "trainer", None),
-                                                          "optimizer", None)
+def client_lr(executor: Executor, optimizer: Any) -> float:
+    """η_l of this round: the optimizer passed to ``run_round`` or the executor's default."""
+    opt = optimizer if optimizer is not None else executor.optimizer
     lr = getattr(opt, "lr", None)
     if lr is None:
         raise TypeError("SCAFFOLD option II needs a local optimizer with an 'lr'")
@@ -116,45 +117,6 @@ def client_lr(executor: Any, optimizer: Any) -> float:
             raise TypeError("SCAFFOLD option II needs one scalar client learning rate")
         lr = lr.item()
     return float(lr)
-
-
-#: rows gathered per chunk of the full-gradient pass (clients × max rows)
-FULL_GRADIENT_ROWS = 1 << 16
-
-
-def full_gradients(executor: Any, params: Params, ids: np.ndarray) -> Params:
-    """Stacked ∇F_i(x) = (1/n_i) Σ_{r∈D_i} ∇ℓ(x; r) for ``ids`` (SCAFFOLD option I).
-
-    Uses the executor's own ``full_gradients(params, ids)`` when it has one (remote executors
-    must); in-process it runs the trainer's batched gradient over each client's rows, padded
-    to the largest client of the chunk with zero weights.
-    """
-    own = getattr(executor, "full_gradients", None)
-    if own is not None:
-        return own(params, ids)
-    data, trainer = getattr(executor, "data", None), getattr(executor, "trainer", None)
-    if data is None or trainer is None:
-        raise TypeError(f"{type(executor).__name__} has no full_gradients(params, ids), "
-                        "which SCAFFOLD option I needs")
-    offsets = data.offsets.cpu().numpy()
-    ids = np.asarray(ids, dtype=np.int64)
-    n = offsets[ids + 1] - offsets[ids]
-    chunk = max(1, FULL_GRADIENT_ROWS // max(int(n.max()), 1))
-    parts: list[Params] = []
-    dev = data.x.device
-    for lo in range(0, len(ids), chunk):
-        cid, cn = ids[lo:lo + chunk], n[lo:lo + chunk]
-        width = int(cn.max())
-        pos = np.arange(width)[None, :]
-        rows = offsets[cid][:, None] + np.minimum(pos, cn[:, None] - 1)
-        rows_t = torch.as_tensor(rows, device=dev)
-        xb = data.x.index_select(0, rows_t.flatten()).view(rows.shape + tuple(data.x.shape[1:]))
-        yb = data.y.index_select(0, rows_t.flatten()).view(rows.shape)
-        wn = torch.as_tensor((pos < cn[:, None]) / cn[:, None], dtype=data.x.dtype, device=dev)
-        y = {k: v.unsqueeze(0).expand((len(cid),) + v.shape) for k, v in params.items()}
-        g, _ = trainer._batched_grad(y, xb, yb, wn)
-        parts.append(g)
-    return {k: torch.cat([p[k] for p in parts]) for k in params}
 
 
 def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,

@@ -1,7 +1,8 @@
-"""The in-process vectorized executor: one round's sampled clients, chunk by chunk.
+"""The in-process vectorized executor: a call's local jobs, chunk by chunk.
 
-It returns the round's weighted sum Σ_i w_i Δ_i (plus statistics) — the same quantity a Ray
-worker returns for its shard, so the server logic does not care where clients ran.
+It implements :class:`~fedopt.engine.contract.Executor`: ``run_jobs`` returns the weighted sum
+Σ_j w_j Δ_j (plus statistics) — the same quantity a Ray worker returns for its shard, so the
+server logic does not care where clients ran.
 
 Non-finite clients (NaN/±inf final parameters or mean local loss, see
 :mod:`fedopt.engine.nonfinite`) are found with one vectorized reduction per chunk and never
@@ -12,8 +13,6 @@ raw sums for the coordinator, which applies the run's policy to the whole round.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -21,7 +20,9 @@ from torch import Tensor
 from fedopt.data import FederatedDataset
 from fedopt.engine.batches import (capped_batch_size, local_step_counts, plan_batches,
                                    plan_bytes)
-from fedopt.engine.local import LocalTrainer, Params
+from fedopt.engine.contract import Params, RoundOutput, SharedStart, Starts
+from fedopt.engine.evaluate import evaluate
+from fedopt.engine.local import LocalTrainer
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error, finite_rows
 from fedopt.memory import available_memory_bytes
 from fedopt.optim.core import FunctionalOptimizer
@@ -29,25 +30,6 @@ from fedopt.optim.core import FunctionalOptimizer
 #: executor policies: the run's ``on_nonfinite`` values, plus a worker's "report" (sums over the
 #: finite clients, not renormalised, never raises: the coordinator decides)
 EXECUTOR_POLICIES = (*POLICIES, "report")
-
-
-@dataclass
-class RoundOutput:
-    delta_sum: Params          # Σ_i w_i (y_{i,K} − x_t) over the clients run
-    weight_sum: float          # Σ_i w_i
-    loss_sum: float            # Σ_i w_i · (client i's mean local minibatch loss)
-    samples: int               # real samples processed
-    updates: int               # number of client updates
-    local_params: Params | None = None  # stacked y_{i,K} (only when asked for)
-    steps: np.ndarray | None = None     # u_i, each client's number of local steps
-    local_loss: np.ndarray | None = None  # each client's mean local loss (with keep_local)
-    #: ids of the clients left out for non-finite values (their rows of ``local_params`` /
-    #: ``local_loss`` are kept as computed); the sums above are over the other clients
-    nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    def kept(self, client_ids: np.ndarray) -> np.ndarray:
-        """Bool mask over ``client_ids``: True for the clients in the sums (not non-finite)."""
-        return ~np.isin(np.asarray(client_ids, dtype=np.int64), self.nonfinite)
 
 
 def drop_scale(weight_sum: float, kept_weight: float) -> float:
@@ -76,8 +58,26 @@ def auto_chunk_size(params: Params, optimizer: FunctionalOptimizer, batch_size: 
     return int(max(1, min(cap, fraction * available_memory_bytes(device) // per_client)))
 
 
+def job_samples(counts: np.ndarray, batch_size: int, local_steps: int | None,
+                local_epochs: int | None) -> np.ndarray:
+    """Real samples behind one local job of each client: u_i steps through epochs of
+    s_i = ⌈n_i/B⌉ minibatches (only the last one partial) give ⌊u_i/s_i⌋·n_i + (u_i mod s_i)·B."""
+    counts = np.asarray(counts, dtype=np.int64)
+    steps = local_step_counts(counts, batch_size, local_steps, local_epochs)
+    per_epoch = np.maximum(-(-counts // batch_size), 1)
+    return (steps // per_epoch) * counts + (steps % per_epoch) * batch_size
+
+
+#: rows gathered per chunk of the full-gradient pass (clients × max rows)
+FULL_GRADIENT_ROWS = 1 << 16
+
+
 class VectorizedExecutor:
-    """Runs clients in-process, all clients of a chunk stacked along a leading dimension."""
+    """Runs clients in-process, all clients of a chunk stacked along a leading dimension.
+
+    Implements :class:`~fedopt.engine.contract.Executor` (see there for shapes and units)."""
+
+    name = "local"
 
     def __init__(self, dataset: FederatedDataset, trainer: LocalTrainer, *, batch_size: int,
                  local_steps: int | None, local_epochs: int | None, seed: int,
@@ -106,6 +106,22 @@ class VectorizedExecutor:
                    seed=config["seed"], chunk_size=config["executor"]["chunk_size"],
                    on_nonfinite=check_policy(config.get("on_nonfinite", "error")))
 
+    # -- the contract's declared facts ---------------------------------------------------------
+    @property
+    def optimizer(self) -> FunctionalOptimizer:
+        """The client optimizer of jobs run without one (the trainer's)."""
+        return self.trainer.optimizer
+
+    def job_samples(self, client_ids: np.ndarray) -> np.ndarray:
+        """int64 [m]: real samples one local job of each of ``client_ids`` processes."""
+        ids = np.asarray(client_ids, dtype=np.int64)
+        return job_samples(self.counts[ids], self.batch_size, self.local_steps,
+                           self.local_epochs)
+
+    def faults(self) -> dict[str, int]:
+        """Nothing fails in-process: ``{}``."""
+        return {}
+
     def close(self) -> None:
         """Nothing to release in-process (Ray executors stop their actors here)."""
 
@@ -122,36 +138,84 @@ class VectorizedExecutor:
                                                                            self.batch_size))
         return self.chunk_size
 
-    def run_round(self, params: Params, client_ids: np.ndarray, weights: np.ndarray,
-                  round_idx: int, optimizer: FunctionalOptimizer | None = None,
-                  keep_local: bool = False, correction: Params | None = None) -> RoundOutput:
-        """Local training of ``client_ids`` from ``params``; returns Σ_i w_i Δ_i.
-
-        ``correction`` (stacked [m, ...], aligned with ``client_ids``) is added to every local
-        gradient of the matching client; ``keep_local`` also returns the stacked y_{i,K} and
-        each client's mean local loss. Raises :class:`~fedopt.engine.nonfinite.NonFiniteError`
-        naming the non-finite clients under ``on_nonfinite="error"`` (module docstring).
-        """
-        return self._run(params, False, np.asarray(client_ids, dtype=np.int64), round_idx,
-                         weights, optimizer, keep_local, correction)
-
-    def run_jobs(self, starts: Params, client_ids: np.ndarray, keys: np.ndarray,
+    # -- local jobs ----------------------------------------------------------------------------
+    def run_jobs(self, starts: Starts, client_ids: np.ndarray, keys: np.ndarray,
                  weights: np.ndarray, optimizer: FunctionalOptimizer | None = None,
                  correction: Params | None = None, keep_local: bool = False) -> RoundOutput:
-        """Local jobs that start from different models: job j trains client ``client_ids[j]``
-        from ``starts[j]`` (stacked [m, ...]) with minibatches keyed by ``keys[j]`` (the
-        ``round_idx`` that :meth:`run_round` would get); returns Σ_j w_j (y_j − start_j).
+        """Job j trains client ``client_ids[j]`` from ``starts[j]`` (stacked [m, ...]) or the
+        :class:`~fedopt.engine.contract.SharedStart` with minibatches keyed by ``keys[j]``;
+        returns Σ_j w_j (y_j − start_j) (:class:`~fedopt.engine.contract.Executor`).
 
-        Job j's result is that of ``run_round(starts[j], [client_ids[j]], ..., keys[j])``; with
-        every start and key equal this *is* ``run_round`` (same chunks, same bits).
+        Job j's result is that of job j run alone; a shared start with one key for every job
+        is one synchronous round (:meth:`run_round`), and stacked equal starts with equal keys
+        give the same bits. ``correction`` (stacked [m, ...]) is added to every local gradient
+        of the matching job; ``keep_local`` also returns the stacked y_j and each job's mean
+        local loss. Raises :class:`~fedopt.engine.nonfinite.NonFiniteError` naming the
+        non-finite clients under ``on_nonfinite="error"`` (module docstring).
         """
         client_ids = np.asarray(client_ids, dtype=np.int64)
         keys = np.asarray(keys, dtype=np.int64)
         if keys.shape != client_ids.shape:
             raise ValueError(f"keys: one per job expected, got {keys.shape} for "
                              f"{client_ids.shape} jobs")
+        if isinstance(starts, SharedStart):
+            if len(keys) == 0 or bool((keys == keys[0]).all()):
+                key = int(keys[0]) if len(keys) else 0
+                return self._run(starts.params, False, client_ids, key, weights, optimizer,
+                                 keep_local, correction)
+            m = len(client_ids)
+            starts = {k: v.unsqueeze(0).expand((m,) + v.shape) for k, v in starts.params.items()}
         return self._run(starts, True, client_ids, keys, weights, optimizer, keep_local,
                          correction)
+
+    def run_round(self, params: Params, client_ids: np.ndarray, weights: np.ndarray,
+                  key: int, optimizer: FunctionalOptimizer | None = None,
+                  keep_local: bool = False, correction: Params | None = None) -> RoundOutput:
+        """One synchronous round: :meth:`run_jobs` from the shared ``params``, every job keyed
+        by ``key`` (the round)."""
+        ids = np.asarray(client_ids, dtype=np.int64)
+        return self.run_jobs(SharedStart(params), ids, np.full(len(ids), int(key)), weights,
+                             optimizer=optimizer, correction=correction, keep_local=keep_local)
+
+    def full_gradients(self, params: Params, client_ids: np.ndarray) -> Params:
+        """Stacked ∇F_i(x) = (1/n_i) Σ_{r∈D_i} ∇ℓ(x; r) for ``client_ids`` at the one model
+        ``params`` ([m, ...]; SCAFFOLD option I, gradient coding): the trainer's batched
+        gradient over each client's rows, padded to the largest client of a chunk with zero
+        weights, at most :data:`FULL_GRADIENT_ROWS` rows gathered at once."""
+        data = self.data
+        ids = np.asarray(client_ids, dtype=np.int64)
+        n = self.offsets[ids + 1] - self.offsets[ids]
+        chunk = max(1, FULL_GRADIENT_ROWS // max(int(n.max()) if len(n) else 1, 1))
+        parts: list[Params] = []
+        dev = data.x.device
+        for lo in range(0, len(ids), chunk):
+            cid, cn = ids[lo:lo + chunk], n[lo:lo + chunk]
+            width = int(cn.max())
+            pos = np.arange(width)[None, :]
+            rows = self.offsets[cid][:, None] + np.minimum(pos, cn[:, None] - 1)
+            rows_t = torch.as_tensor(rows, device=dev)
+            xb = data.x.index_select(0, rows_t.flatten()).view(rows.shape + tuple(data.x.shape[1:]))
+            yb = data.y.index_select(0, rows_t.flatten()).view(rows.shape)
+            wn = torch.as_tensor((pos < cn[:, None]) / cn[:, None], dtype=data.x.dtype, device=dev)
+            y = {k: v.unsqueeze(0).expand((len(cid),) + v.shape) for k, v in params.items()}
+            g, _ = self.trainer._batched_grad(y, xb, yb, wn)
+            parts.append(g)
+        if not parts:
+            return {k: v.new_zeros((0,) + tuple(v.shape)) for k, v in params.items()}
+        return {k: torch.cat([p[k] for p in parts]) for k in params}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, params: Params, train: bool = False) -> dict[str, float | None]:
+        """``test_loss`` and ``test_<metric>`` of ``params`` over every client's test rows (and,
+        with ``train``, ``train_*`` over the training rows), the trainer's program's loss and
+        metrics: :func:`fedopt.engine.evaluate.evaluate`."""
+        fmodel, data, prog = self.trainer.fmodel, self.data, self.trainer.program
+        row = {f"test_{k}": v for k, v in evaluate(fmodel, params, data.x_test, data.y_test,
+                                                   program=prog).items()}
+        if train:
+            row.update({f"train_{k}": v for k, v in evaluate(fmodel, params, data.x, data.y,
+                                                             program=prog).items()})
+        return row
 
     def _run(self, start: Params, stacked: bool, client_ids: np.ndarray, key: int | np.ndarray,
              weights: np.ndarray, optimizer: FunctionalOptimizer | None, keep_local: bool,

@@ -48,7 +48,7 @@ def virtual_times(sim, steps: int) -> list[float]:
 
     cfg = sim.config
     alg = build_algorithm(cfg["algorithm"], sim.data.counts.cpu().numpy(), cfg["seed"], cfg)
-    sched = alg.init(sim.state.params).client_state["async"]["sched"]
+    sched = alg.init(sim.state.params).extra["async"]["sched"]
     return [alg.scheduler.advance(sched).time for _ in range(steps)]
 
 
@@ -68,7 +68,7 @@ def run_one(cfg: dict, seconds_per_unit: float, updates: int) -> dict:
         wall = time.perf_counter() - t
         done = sim.client_updates - u0
         # who was aggregated: the schedule's participation counts
-        parts = sim.state.client_state["realtime"]["sched"]["participations"].numpy()
+        parts = sim.state.extra["realtime"]["sched"]["participations"].numpy()
         slow_updates = int(parts[sorted(slow)].sum())
         acc = sim.evaluate()["test_accuracy"]
         times = virtual_times(sim, steps)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedopt.data import FederatedDataset
+from fedopt.engine.contract import SharedStart
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer
 from fedopt.engine.program import LocalProgram
@@ -84,7 +85,8 @@ def ce_model(seed=0):
 
 
 class Recording:
-    """Forwards to an executor and keeps every round's (params, ids, weights, output)."""
+    """Forwards to an executor and keeps every synchronous round's (params, ids, weights,
+    output): the ``run_jobs`` calls from a shared start."""
 
     def __init__(self, executor):
         self.executor = executor
@@ -93,7 +95,8 @@ class Recording:
     def __getattr__(self, name):
         return getattr(self.executor, name)
 
-    def run_round(self, params, ids, weights, round_idx, **kw):
-        out = self.executor.run_round(params, ids, weights, round_idx, **kw)
-        self.calls.append(({k: v.clone() for k, v in params.items()}, ids, weights, out))
+    def run_jobs(self, starts, ids, keys, weights, **kw):
+        out = self.executor.run_jobs(starts, ids, keys, weights, **kw)
+        assert isinstance(starts, SharedStart)
+        self.calls.append(({k: v.clone() for k, v in starts.params.items()}, ids, weights, out))
         return out

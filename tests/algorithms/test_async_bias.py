@@ -13,7 +13,7 @@ import torch
 
 from fedopt.algorithms.async_schedule import SchedulePolicy
 from fedopt.algorithms.asynchronous import AsyncFederated
-from fedopt.engine.executor import RoundOutput
+from fedopt.engine.contract import RoundOutput, SharedStart
 
 TAUS = [1.0, 0.75, 0.5, 0.25]               # F-75 grid: client 3 is 4x faster than client 0
 CENTERS = np.array([[0.0, 4.0], [1.0, 0.0], [2.0, -1.0], [3.0, 2.0]])
@@ -30,11 +30,23 @@ class QuadraticClients:
         c = self.c[torch.as_tensor(ids)]
         return c + self.contraction * (x.unsqueeze(0) - c)
 
-    def run_round(self, params, client_ids, weights, round_idx, optimizer=None,
-                  keep_local=False, correction=None):
-        y = self.local(params["w"], client_ids)
+    def local_from(self, x, ids):
+        """y_j from stacked (or broadcast [1, d]) starts x."""
+        c = self.c[torch.as_tensor(ids)]
+        return c + self.contraction * (x - c)
+
+    on_nonfinite = "error"
+
+    def job_samples(self, client_ids):
+        return np.zeros(len(client_ids), dtype=np.int64)
+
+    def run_jobs(self, starts, client_ids, keys, weights, optimizer=None, correction=None,
+                 keep_local=False):
+        x = (starts.params["w"].unsqueeze(0) if isinstance(starts, SharedStart)
+             else starts["w"])
+        y = self.local_from(x, client_ids)
         w = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
-        return RoundOutput(delta_sum={"w": (w[:, None] * (y - params["w"])).sum(0)},
+        return RoundOutput(delta_sum={"w": (w[:, None] * (y - x)).sum(0)},
                            weight_sum=float(w.sum()), loss_sum=0.0, samples=0,
                            updates=len(client_ids), local_params={"w": y} if keep_local else None,
                            local_loss=np.zeros(len(client_ids)) if keep_local else None)
@@ -92,7 +104,7 @@ def test_fedfix_unbiased_weights_remove_the_bias_and_identical_do_not():
 def test_fedbuff_identical_weights_follow_participation_and_unbiased_the_optimum():
     buff = SchedulePolicy(4, buffer_size=2)
     x, state = run(algorithm(buff, "uniform"), 2000)
-    f = state.client_state["async"]["sched"]["participations"].numpy().astype(float)
+    f = state.extra["async"]["sched"]["participations"].numpy().astype(float)
     surrogate = (f[:, None] * CENTERS).sum(0) / f.sum()              # q_i ∝ participations
     np.testing.assert_allclose(x, surrogate, atol=0.005)
     assert np.linalg.norm(surrogate - OPTIMUM) > 0.3

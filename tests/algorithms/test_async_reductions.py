@@ -82,7 +82,7 @@ def reference_general(sim, rounds, mixing_alpha=None):
     same clock; weights from the algorithm's rule (checked separately)."""
     alg, ex = sim.algorithm, sim.executor
     state = alg.init(sim.state.params)
-    st = state.client_state["async"]["sched"]
+    st = state.extra["async"]["sched"]
     models = {0: {k: v.clone() for k, v in state.params.items()}}
     theta = models[0]
     out = []
@@ -120,5 +120,5 @@ def test_lazy_batched_computation_equals_one_job_at_a_time(algorithm):
     for a, b in zip(got, ref):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
-    calls = sim.state.client_state["async"]
+    calls = sim.state.extra["async"]
     assert set(calls["versions"]) <= set(range(13))   # only versions still needed are kept

@@ -33,7 +33,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, algorithm, rounds, sp
     whole = fedopt.run(config(rounds, algorithm), tmp_path / "whole", progress=False)
     fedopt.run(config(split, algorithm), tmp_path / "split", progress=False)
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "split"))
-    held = ckpt["server"]["client_state"]["async"]
+    held = ckpt["server"]["extra"]["async"]
     assert held["cache"] or held["pending"]       # jobs in flight survive the checkpoint
     resumed = fedopt.run(config(rounds, algorithm), tmp_path / "split", progress=False,
                          resume=True)

@@ -189,7 +189,7 @@ def test_copied_scheduler_state_is_independent_and_equal():
     sim = Simulation(load_config(cfg))
     sim.step()
     sched = sim.algorithm.scheduler
-    st = sim.state.client_state["async"]["sched"]
+    st = sim.state.extra["async"]["sched"]
     before = copy.deepcopy(st)
 
     def same(a, b):

@@ -71,7 +71,7 @@ def test_state_update_and_server_identity(weights, m):
             delta = (out.local_params[k] - x[k].unsqueeze(0)).numpy()
             h[k][ids] += delta
             mean_deltas[k] += delta.mean(0)
-        table = ClientTable(state.client_state[TABLE_KEY])
+        table = ClientTable(state.clients[TABLE_KEY])
         for k in h:
             np.testing.assert_allclose(table.dense()[k].numpy(), h[k], rtol=1e-12, atol=1e-14)
             avg = np.tensordot(w, out.local_params[k].numpy(), 1)

@@ -169,7 +169,7 @@ def test_server_adds_back_the_corrections(average):
             else:
                 expected = (y + h[k][ids]).mean(0)
             np.testing.assert_allclose(state.params[k].numpy(), expected, rtol=1e-10, atol=1e-12)
-        table = ClientTable(state.client_state[TABLE_KEY])
+        table = ClientTable(state.clients[TABLE_KEY])
         for k in h:
             np.testing.assert_allclose(table.dense()[k].numpy(), h[k], rtol=1e-12, atol=1e-14)
 

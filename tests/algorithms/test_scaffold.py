@@ -11,7 +11,7 @@ from torch import nn
 import fedopt
 from fedopt.algorithms import FedAvg
 from fedopt.algorithms.client_state import ClientTable, population_weights
-from fedopt.algorithms.scaffold import TABLE_KEY, Scaffold, full_gradients
+from fedopt.algorithms.scaffold import TABLE_KEY, Scaffold
 from fedopt.config import ConfigError, load_config
 from fedopt.data import FederatedDataset
 from fedopt.engine.batches import local_step_counts, plan_batches
@@ -88,7 +88,7 @@ def test_round_zero_with_zero_control_variates_is_fedavg():
     f1, _ = fa.run_round(fa.init(x0), executor(), None)
     for k in x0:
         torch.testing.assert_close(s1.params[k], f1.params[k], rtol=0, atol=1e-14)
-    table = ClientTable(s1.client_state[TABLE_KEY])
+    table = ClientTable(s1.clients[TABLE_KEY])
     assert sorted(table.stored_ids()) == sorted(sc.sample_clients(0))   # only sampled clients
 
 
@@ -122,7 +122,7 @@ def test_option_two_control_variate_is_the_average_local_gradient():
             y = y - lr * g
         expected[i] = gsum / steps[i]
     assert len(set(steps[ids])) > 1                     # the clients do differ in u_i
-    table = ClientTable(state.client_state[TABLE_KEY])
+    table = ClientTable(state.clients[TABLE_KEY])
     np.testing.assert_allclose(table.dense()["w"].numpy(), expected, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(table.mean["w"].numpy(), expected.sum(0) / len(sizes),
                                rtol=1e-10, atol=1e-12)
@@ -135,7 +135,7 @@ def test_option_one_control_variate_is_the_full_local_gradient_at_the_server_mod
     trainer = LocalTrainer(FunctionalModel(model), make("sgd", lr=0.1))
     ex = VectorizedExecutor(data, trainer, batch_size=4, local_steps=3, local_epochs=None, seed=0)
     ids = np.array([2, 0, 1])
-    got = full_gradients(ex, x0, ids)
+    got = ex.full_gradients(x0, ids)
     off = data.offsets.numpy()
     for j, i in enumerate(ids):
         m = ce_model(2)
@@ -157,7 +157,7 @@ def test_identical_clients_control_variates_agree_and_later_rounds_are_fedavg():
                             client_test=z, num_classes=1, name="identical")
     alg = Scaffold(np.array([6, 6, 6]), 3)
     state = alg.run_round(alg.init(ls_start()), ls_executor(data, 0.1, steps=5, batch=6), None)[0]
-    table = ClientTable(state.client_state[TABLE_KEY])
+    table = ClientTable(state.clients[TABLE_KEY])
     for ci in table.dense()["w"]:
         torch.testing.assert_close(ci, table.mean["w"], rtol=1e-12, atol=1e-14)
     fa = FedAvg(np.array([6, 6, 6]), 3)

@@ -86,8 +86,8 @@ def test_worker_shard_result_equals_in_process_executor(sim):
     opt = sim.client_optimizer.replace(lr=0.003)
     ref = sim.executor.run_round(params, ids, weights, 3, optimizer=opt, keep_local=True,
                                  correction=corr)
-    res = w.run_shard(to_arrays(params), ids, weights, 3, optimizer=opt, keep_local=True,
-                      correction=to_arrays(corr))
+    res = w.run_jobs(to_arrays(params), None, ids, np.full(len(ids), 3), weights, optimizer=opt,
+                     keep_local=True, correction=to_arrays(corr))
     got = type(ref)(delta_sum=to_tensors(res.delta_sum), weight_sum=res.weight_sum,
                     loss_sum=res.loss_sum, samples=res.samples, updates=res.updates,
                     local_params=to_tensors(res.local_params))
@@ -101,7 +101,7 @@ def test_reassigned_clients_are_loaded_on_demand(sim):
     weights = np.full(4, 0.25)
     p = sim.state.params
     ref = sim.executor.run_round(p, ids, weights, 1)
-    res = w.run_shard(to_arrays(p), ids, weights, 1)
+    res = w.run_jobs(to_arrays(p), None, ids, np.full(len(ids), 1), weights)
     assert w.data_rebuilds == 1 and set(w.held_clients) >= {1, 5, 13}
     for k in ref.delta_sum:
         torch.testing.assert_close(ref.delta_sum[k], torch.from_numpy(res.delta_sum[k]),
@@ -112,9 +112,9 @@ def test_reassigned_clients_are_loaded_on_demand(sim):
 def test_injected_delay_holds_the_answer_without_changing_it(sim):
     w = _worker(sim, np.arange(20))
     ids, weights, p = np.array([3, 4]), np.array([0.5, 0.5]), to_arrays(sim.state.params)
-    fast = w.run_shard(p, ids, weights, 0)
+    fast = w.run_jobs(p, None, ids, np.full(len(ids), 0), weights)
     t = time.perf_counter()
-    slow = w.run_shard(p, ids, weights, 0, delay_s=0.3)
+    slow = w.run_jobs(p, None, ids, np.full(len(ids), 0), weights, delay_s=0.3)
     assert time.perf_counter() - t >= 0.3
     for k in fast.delta_sum:
         assert np.array_equal(fast.delta_sum[k], slow.delta_sum[k])
@@ -126,14 +126,15 @@ def test_worker_trains_with_the_coordinators_local_program(sim):
     program = LocalProgram(prox_mu=0.7, oracle=SAM(0.05, 0.5, False))
     w = _worker(sim, np.arange(20), program=program)
     ids, weights = np.array([0, 1, 7]), np.array([0.2, 0.3, 0.5])
-    got = w.run_shard(to_arrays(sim.state.params), ids, weights, 4)
+    got = w.run_jobs(to_arrays(sim.state.params), None, ids, np.full(len(ids), 4), weights)
     t = sim.trainer
     ref_trainer = LocalTrainer(t.fmodel, t.optimizer, program, seed=t.seed)
     ref = VectorizedExecutor.from_config(sim.config, sim.data, ref_trainer).run_round(
         sim.state.params, ids, weights, 4)
     for k in ref.delta_sum:
         np.testing.assert_allclose(got.delta_sum[k], ref.delta_sum[k].numpy(), rtol=0, atol=1e-12)
-    plain = _worker(sim, np.arange(20)).run_shard(to_arrays(sim.state.params), ids, weights, 4)
+    plain = _worker(sim, np.arange(20)).run_jobs(to_arrays(sim.state.params), None, ids,
+                                                 np.full(len(ids), 4), weights)
     assert not np.allclose(plain.delta_sum["linear.weight"], got.delta_sum["linear.weight"])
     assert got.steps.tolist() == ref.steps.tolist()
 
@@ -158,3 +159,20 @@ def test_cuda_request_without_cuda_falls_back_to_cpu():
     dev, note = resolve_device("cuda")
     assert dev.type == "cpu" and "no CUDA device" in note
     assert resolve_device("cpu") == (torch.device("cpu"), None)
+
+
+def test_worker_runs_jobs_from_its_rows_of_the_stacked_starts(sim):
+    """Per-job starts: the worker takes rows ``rows`` of the call's stacked starts; equal, bit
+    for bit, to the in-process executor's ``run_jobs`` of those jobs."""
+    w = _worker(sim, np.arange(20))
+    g = torch.Generator().manual_seed(3)
+    starts = {k: v.unsqueeze(0) + 0.05 * torch.randn((6,) + v.shape, dtype=v.dtype, generator=g)
+              for k, v in sim.state.params.items()}
+    rows = np.array([4, 1, 5])
+    ids, keys, weights = np.array([7, 3, 7]), np.array([2, 0, 9]), np.array([0.2, 0.5, 0.3])
+    res = w.run_jobs(to_arrays(starts), rows, ids, keys, weights, keep_local=True)
+    ref = sim.executor.run_jobs({k: v[torch.as_tensor(rows)] for k, v in starts.items()}, ids,
+                                keys, weights, keep_local=True)
+    for k in ref.delta_sum:
+        assert np.array_equal(res.delta_sum[k], ref.delta_sum[k].numpy())
+        assert np.array_equal(res.local_params[k], ref.local_params[k].numpy())

@@ -41,7 +41,7 @@ def test_two_node_cluster_run_equals_in_process(cluster):
         metrics = sim.run()
         assert_metrics_close(local_metrics, metrics)
         assert_params_close(local.state.params, sim.state.params)
-        assert sim.executor.faults["worker_deaths"] == 0
+        assert sim.executor.faults()["worker_deaths"] == 0
     finally:
         sim.executor.close()
     assert ray.is_initialized()            # the cluster session belongs to the test, not the run

@@ -55,7 +55,7 @@ def test_round_output_equals_in_process_with_one_put_per_round(ray_session, ray3
     assert len(puts) == 1                       # the global model, once, not once per client
     assert_output_close(ref, got, keep_local=True)
     assert sorted(ray3.last_report.slots) == sorted(set(int(i) % 3 for i in ids))
-    assert ray3.faults == {k: 0 for k in ray3.faults}
+    assert ray3.faults() == {k: 0 for k in ray3.faults()}
     # plain FedAvg call (no correction, default optimizer) over another round's sample
     ids, weights = _round_inputs(local_sim, 5)
     assert_output_close(local_sim.executor.run_round(params, ids, weights, 5),
@@ -66,7 +66,7 @@ def test_async_jobs_arrive_as_they_finish_with_injected_delays(ray3, local_sim):
     ids = np.array([3, 4, 5, 10])
     slow = 4                                     # held by worker 1, like 10
     params = local_sim.state.params
-    jobs = ray3.submit(params, ids, round_idx=6,
+    jobs = ray3.submit(params, ids, key=6,
                        delay_s=lambda c, r: 1.0 if c == slow else 0.0)
     assert len(jobs) == 4
     arrived = []
@@ -82,9 +82,9 @@ def test_async_jobs_arrive_as_they_finish_with_injected_delays(ray3, local_sim):
         ref = local_sim.executor.run_round(params, np.array([c]), np.array([1.0]), 6)
         assert_params_close(ref.delta_sum, by_id[int(c)].delta)
         assert by_id[int(c)].mean_loss == pytest.approx(ref.loss_sum, rel=1e-9)
-        assert by_id[int(c)].round_idx == 6
+        assert by_id[int(c)].key == 6
     # grouped: one vectorized job per worker, same per-client updates
-    grouped = ray3.submit(params, ids, round_idx=6, group=True)
+    grouped = ray3.submit(params, ids, key=6, group=True)
     assert len(grouped) == len({int(c) % 3 for c in ids})
     ups, rest = ray3.wait(grouped, num_returns=len(grouped))
     assert rest == [] and sorted(u.client_id for u in ups) == sorted(ids.tolist())
@@ -93,7 +93,7 @@ def test_async_jobs_arrive_as_they_finish_with_injected_delays(ray3, local_sim):
 
 
 def test_wait_times_out_with_jobs_still_pending(ray3, local_sim):
-    jobs = ray3.submit(local_sim.state.params, [1], round_idx=0, delay_s=lambda c, r: 4.0)
+    jobs = ray3.submit(local_sim.state.params, [1], key=0, delay_s=lambda c, r: 4.0)
     t = time.perf_counter()
     ups, pending = ray3.wait(jobs, timeout=0.2)
     assert ups == [] and pending == jobs and time.perf_counter() - t < 3.0  # before the job ends
@@ -102,9 +102,8 @@ def test_wait_times_out_with_jobs_still_pending(ray3, local_sim):
 
 
 def test_full_gradients_on_workers_equal_in_process(ray3, local_sim):
-    scaffold = pytest.importorskip("fedopt.algorithms.scaffold")
     ids = np.array([0, 5, 7, 22])
-    ref = scaffold.full_gradients(local_sim.executor, local_sim.state.params, ids)
+    ref = local_sim.executor.full_gradients(local_sim.state.params, ids)
     got = ray3.full_gradients(local_sim.state.params, ids)
     assert_params_close(ref, got, atol=1e-12)
 
@@ -113,9 +112,9 @@ def test_fedavg_run_trajectory_equals_local(ray_session, monkeypatch):
     from server.ray_executor import RayExecutor
 
     rounds = []
-    real = RayExecutor.run_round
-    monkeypatch.setattr(RayExecutor, "run_round",
-                        lambda self, *a, **k: rounds.append(a[3]) or real(self, *a, **k))
+    real = RayExecutor.run_jobs
+    monkeypatch.setattr(RayExecutor, "run_jobs",
+                        lambda self, *a, **k: rounds.append(int(a[2][0])) or real(self, *a, **k))
     local = fedopt.run(make_config("local"), progress=False)
     ray_run = fedopt.run(make_config("ray", num_workers=2), progress=False)
     assert rounds == [0, 1, 2, 3] and len(ray_run.metrics) == 4
@@ -168,3 +167,42 @@ def test_drift_correcting_and_async_runs_equal_local_on_ray(ray_session, algorit
     ray_run = fedopt.run({**make_config("ray", algorithm=algorithm), **cfg}, progress=False)
     assert_metrics_close(local.metrics, ray_run.metrics)
     assert_params_close(local.final_params, ray_run.final_params)
+
+
+def test_both_executors_implement_the_contract(ray3, local_sim):
+    from fedopt.engine.contract import Executor, LiveExecutor
+
+    assert isinstance(local_sim.executor, Executor)
+    assert not isinstance(local_sim.executor, LiveExecutor)
+    assert isinstance(ray3, Executor) and isinstance(ray3, LiveExecutor)
+    assert (local_sim.executor.name, ray3.name) == ("local", "ray")
+    assert local_sim.executor.faults() == {}
+    ids = np.array([0, 5, 7, 22])
+    assert np.array_equal(ray3.job_samples(ids), local_sim.executor.job_samples(ids))
+    p = local_sim.state.params
+    assert ray3.evaluate(p, train=True) == local_sim.executor.evaluate(p, train=True)
+
+
+def test_run_jobs_with_per_job_starts_equals_in_process(ray_session, ray3, local_sim,
+                                                         monkeypatch):
+    """Jobs from different starts and keys (a client twice), float64: the workers' sums equal
+    the in-process ``run_jobs``; the stacked starts go into the object store once."""
+    ids = np.array([3, 10, 4, 3, 17, 8, 22])
+    keys = np.array([0, 4, 2, 5, 1, 1, 3])
+    w = np.array([0.1, 0.2, 0.05, 0.15, 0.2, 0.1, 0.2])
+    g = torch.Generator().manual_seed(4)
+    starts = {k: v.unsqueeze(0) + 0.05 * torch.randn((len(ids),) + v.shape, dtype=v.dtype,
+                                                     generator=g)
+              for k, v in local_sim.state.params.items()}
+    corr = {k: 0.01 * torch.randn(v.shape, dtype=v.dtype, generator=g) for k, v in starts.items()}
+    for keep in (False, True):
+        ref = local_sim.executor.run_jobs(starts, ids, keys, w, correction=corr, keep_local=keep)
+        puts = []
+        real_put = ray_session.put
+        monkeypatch.setattr(ray_session, "put",
+                            lambda v, **kw: puts.append(v) or real_put(v, **kw))
+        got = ray3.run_jobs(starts, ids, keys, w, correction=corr, keep_local=keep)
+        monkeypatch.undo()
+        assert len(puts) == 1
+        assert_output_close(ref, got, keep_local=keep)
+        assert np.array_equal(ref.steps, got.steps)

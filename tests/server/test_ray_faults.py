@@ -34,12 +34,12 @@ def fresh(ex):
     """The shared executor with all workers up, fault-free settings, counters as a baseline."""
     assert ex.wait_ready(timeout=60)
     ex.round_timeout_s, ex.on_timeout, ex.delay_s = None, "drop", None
-    yield ex, dict(ex.faults)
+    yield ex, dict(ex.faults())
     ex.round_timeout_s, ex.on_timeout, ex.delay_s = None, "drop", None
 
 
 def _new_faults(ex, before):
-    return {k: v - before[k] for k, v in ex.faults.items()}
+    return {k: v - before[k] for k, v in ex.faults().items()}
 
 
 def _inputs(sim, r):
@@ -112,7 +112,7 @@ def test_retry_policy_reruns_a_straggler_and_the_round_is_exact(fresh, local_sim
 def test_async_job_on_a_killed_worker_is_resubmitted_once(ray_session, fresh, local_sim):
     ex, before = fresh
     params = local_sim.state.params
-    jobs = ex.submit(params, [0, 1, 2, 3], round_idx=9, delay_s=lambda c, r: 1.0 if c == 1 else 0.0)
+    jobs = ex.submit(params, [0, 1, 2, 3], key=9, delay_s=lambda c, r: 1.0 if c == 1 else 0.0)
     victim = jobs[1].actor
     timer = threading.Timer(0.3, lambda: ray_session.kill(victim))
     timer.start()
@@ -139,7 +139,7 @@ def test_run_loses_a_worker_between_rounds_and_finishes_identically(ray_session)
 
         metrics = sim.run(on_round=on_round)
         assert killed and len(metrics) == 4 and sim.state.round == 4
-        assert sim.executor.faults["worker_deaths"] == 1
+        assert sim.executor.faults()["worker_deaths"] == 1
         assert sim.client_updates == local.client_updates          # nothing counted twice
         assert_params_close(local.state.params, sim.state.params)
     finally:
@@ -170,7 +170,7 @@ def test_worker_dying_past_max_retries_is_one_readable_error(ray_session, fresh,
         errors.append(sync.value)
         assert ex.wait_ready(timeout=60)
         ex.delay_s = None
-        jobs = ex.submit(local_sim.state.params, [0, 1], round_idx=6,
+        jobs = ex.submit(local_sim.state.params, [0, 1], key=6,
                          delay_s=lambda c, r: 1.0 if c == 1 else 0.0)
         timer = threading.Timer(0.3, lambda: ray_session.kill(jobs[1].actor))
         timer.start()

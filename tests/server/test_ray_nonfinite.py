@@ -83,7 +83,7 @@ def test_realtime_drop_equals_the_virtual_run_and_error_names_the_client(ray_ses
             assert rs["nonfinite_dropped"] >= 2          # the poisoned client arrived twice
             assert saw_all_dropped == (algorithm["name"] == "async_fedavg")
             # the count is in the checkpointed state: a resume continues it
-            assert real.state.client_state["realtime"]["totals"]["nonfinite_dropped"] == \
+            assert real.state.extra["realtime"]["totals"]["nonfinite_dropped"] == \
                 rs["nonfinite_dropped"]
         finally:
             real.close()

@@ -165,14 +165,17 @@ class InstantWorkers:
         self.local, self.submitted, self.cancelled = local, [], []
         self.newest_first = newest_first
 
-    def submit(self, params, client_ids, round_idx, *, optimizer=None, delay_s=None):
-        from server.ray_async import ClientUpdate
+    def __getattr__(self, name):         # the rest of the executor contract: in-process
+        return getattr(self.local, name)
+
+    def submit(self, params, client_ids, key, *, optimizer=None, delay_s=None):
+        from fedopt.engine.contract import ClientUpdate
 
         jobs = []
         for i in np.asarray(client_ids).tolist():
-            out = self.local.run_round(params, np.array([i]), np.array([1.0]), round_idx,
+            out = self.local.run_round(params, np.array([i]), np.array([1.0]), key,
                                        optimizer=optimizer)
-            upd = ClientUpdate(client_id=i, round_idx=round_idx, delta=out.delta_sum,
+            upd = ClientUpdate(client_id=i, key=key, delta=out.delta_sum,
                                mean_loss=out.loss_sum / out.weight_sum, samples=out.samples,
                                slot=0, elapsed_s=0.0, compute_s=0.0, finished_at=0.0)
             job = type("Job", (), {"client_ids": np.array([i]), "update": upd})()
