@@ -136,3 +136,33 @@ def test_a_user_loss_and_metric_run_on_ray_as_in_process(tmp_path):
             fedopt.run(cfg, **{**kw, "metrics": {"locked": lambda o, t: o[:, 0] if lock else o}})
     finally:
         ray.shutdown()
+
+
+def test_float_targets_from_arrays_and_npz_are_regression(tmp_path):
+    from fedopt.data import build_from_arrays, build_npz
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(60, 3)).astype(np.float32)
+    t = x @ np.array([1.0, -2.0, 0.5]) + 0.1
+    d = build_from_arrays(x, t, 4, "iid", seed=0)
+    assert d.is_regression and d.num_classes == 1 and d.y.dtype == torch.float32
+    t2 = np.c_[t, -t]
+    d2 = build_from_arrays(x, t2, 4, "power_law", seed=0, x_test=x[:5], y_test=t2[:5])
+    assert d2.y.shape[1:] == (2,) and d2.num_classes == 2 and d2.x_test.shape[0] == 5
+    with pytest.raises(ConfigError, match="data.partition: 'dirichlet' splits by class"):
+        build_from_arrays(x, t, 4, "dirichlet", seed=0)
+    with pytest.raises(ConfigError, match="data.num_classes"):
+        build_from_arrays(x, t, 4, "iid", seed=0, num_classes=3)
+    # whole-number float labels stay class labels
+    assert not build_from_arrays(x, (np.arange(60) % 3).astype(float), 4, "iid", seed=0).is_regression
+    client = np.arange(60) % 4
+    path = tmp_path / "reg.npz"
+    np.savez(path, x_train=x[:50], y_train=t[:50], client_train=client[:50], x_test=x[50:],
+             y_test=t[50:], client_test=client[50:])
+    d3 = build_npz(path, seed=0)      # (float y_train with fractional values: regression)
+    assert d3.is_regression and d3.num_clients == 4 and d3.y_test.shape == (10,)
+    cfg = _config()
+    cfg["data"] = {"name": "npz", "path": str(path)}
+    cfg["algorithm"]["clients_per_round"] = 4
+    res = fedopt.run(cfg, progress=False, metrics={"mse": "mse"})
+    assert res.metrics[-1]["test_loss"] == pytest.approx(res.metrics[-1]["test_mse"])

@@ -107,6 +107,46 @@ def infer_num_classes(num_classes: int | None, labels: dict[str, np.ndarray]) ->
     return num_classes
 
 
+def is_regression_target(y: ArrayLike) -> bool:
+    """Float targets are regression targets when 2-D ``[rows, p]`` or when one finite value is
+    not a whole number; 1-D whole-number floats stay class labels (as they always were)."""
+    a = to_numpy(y, "y")
+    if a.dtype.kind != "f":
+        return False
+    finite = a[np.isfinite(a)]
+    return a.ndim == 2 or bool((finite != np.round(finite)).any())
+
+
+def check_targets(y: ArrayLike, field: str, rows: int, rows_field: str) -> np.ndarray:
+    """Regression targets ``[rows]`` or ``[rows, p]``, finite, as float32; ConfigError naming
+    ``field`` otherwise."""
+    a = to_numpy(y, field)
+    if a.dtype.kind not in "iuf" or a.ndim not in (1, 2) or (a.ndim == 2 and a.shape[1] == 0):
+        raise ConfigError(f"{field}: regression targets must be numeric [rows] or [rows, p], "
+                          f"got dtype {a.dtype}, shape {a.shape}")
+    if a.shape[0] != rows:
+        raise ConfigError(f"{field} has {a.shape[0]} rows but {rows_field} has {rows}")
+    out = a.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise ConfigError(f"{field} contains NaN or inf values (or values too large for float32)")
+    return out
+
+
+def target_width(num_classes: int | None, targets: dict[str, np.ndarray]) -> int:
+    """The model's output width for regression targets (p, or 1 for [rows]); ``num_classes``
+    must equal it when given. ConfigError naming the array whose width differs."""
+    shapes = {k: v.shape[1:] for k, v in targets.items()}
+    first = next(iter(shapes.values()))
+    for k, s in shapes.items():
+        if s != first:
+            raise ConfigError(f"{k}: target shape {s} differs from {next(iter(shapes))}'s {first}")
+    width = first[0] if first else 1
+    if num_classes is not None and num_classes != width:
+        raise ConfigError(f"data.num_classes: {num_classes} given, but the regression targets "
+                          f"have width {width} (the model's output width)")
+    return width
+
+
 def build_from_arrays(x: ArrayLike, y: ArrayLike, num_clients: int,
                       partition: str | dict | None, seed: int, test_fraction: float = 0.2,
                       x_test: ArrayLike | None = None, y_test: ArrayLike | None = None, *,
@@ -119,12 +159,20 @@ def build_from_arrays(x: ArrayLike, y: ArrayLike, num_clients: int,
     ``test_fraction`` is ignored and each test row goes to a client that holds its class (with
     probability proportional to that client's rows of the class). Stages use independent streams
     spawned from ``seed``. ``num_classes`` defaults to ``max label + 1``.
+
+    Float ``y`` that are 2-D or not whole numbers are regression targets
+    (:func:`is_regression_target`): ``num_classes`` is their width, the partition must be
+    ``iid`` or ``power_law`` (the others split by class) and each test row goes to a uniformly
+    random client.
     """
     part_spec = resolve_partition(partition)
     num_clients = positive_int(num_clients, "data.num_clients")
     fraction(test_fraction, "data.test_fraction")
     rng_part, rng_split = seed_streams(seed, 2)
     xs = check_features(x, "x")
+    if is_regression_target(y):
+        return _regression_from_arrays(xs, y, x_test, y_test, num_clients, part_spec,
+                                       num_classes, name, test_fraction, rng_part, rng_split)
     ys = check_index(y, "y", xs.shape[0], "x", "labels")
     labels = {"y": ys}
     if (x_test is None) != (y_test is None):
@@ -142,4 +190,32 @@ def build_from_arrays(x: ArrayLike, y: ArrayLike, num_clients: int,
                         test_fraction=test_fraction, rng=rng_split)
     client_test = assign_test_clients(ys, client, yt, num_clients, rng_split)
     return assemble(xs, ys, client, num_clients, num_classes=num_classes, name=name,
+                    x_test=xt, y_test=yt, client_test=client_test)
+
+
+def _regression_from_arrays(xs: np.ndarray, y: ArrayLike, x_test: ArrayLike | None,
+                            y_test: ArrayLike | None, num_clients: int, part_spec: dict,
+                            num_classes: int | None, name: str, test_fraction: float,
+                            rng_part: np.random.Generator,
+                            rng_split: np.random.Generator) -> FederatedDataset:
+    if part_spec["name"] not in ("iid", "power_law"):
+        raise ConfigError(f"data.partition: {part_spec['name']!r} splits by class label; "
+                          f"regression targets (float y) take 'iid' or 'power_law'")
+    ys = check_targets(y, "y", xs.shape[0], "x")
+    targets = {"y": ys}
+    if (x_test is None) != (y_test is None):
+        raise ConfigError("x_test and y_test must be given together")
+    if x_test is not None:
+        xt = check_features(x_test, "x_test")
+        if xt.shape[1:] != xs.shape[1:]:
+            raise ConfigError(f"x_test has feature shape {xt.shape[1:]} but x has {xs.shape[1:]}")
+        targets["y_test"] = yt = check_targets(y_test, "y_test", xt.shape[0], "x_test")
+    width = target_width(num_classes, targets)
+    client = partition_rows(np.zeros(xs.shape[0], dtype=np.int64), num_clients, part_spec,
+                            rng_part)
+    if x_test is None:
+        return assemble(xs, ys, client, num_clients, num_classes=width, name=name,
+                        test_fraction=test_fraction, rng=rng_split)
+    client_test = rng_split.integers(num_clients, size=xt.shape[0]).astype(np.int64)
+    return assemble(xs, ys, client, num_clients, num_classes=width, name=name,
                     x_test=xt, y_test=yt, client_test=client_test)

@@ -11,7 +11,9 @@ Accepted layouts (array names inside the file):
    each test row goes to a client holding its class (see :func:`build_from_arrays`).
 
 Features must be numeric and finite; labels non-negative integers (whole-number floats are
-accepted). The file is read with ``allow_pickle=False``: object arrays are rejected.
+accepted). Float ``y``/``y_train`` that are 2-D or not whole numbers are regression targets
+(finite; the model's output width is their width, see :func:`~fedopt.data.arrays.
+is_regression_target`). The file is read with ``allow_pickle=False``: object arrays are rejected.
 
 Sizes taken from the file are bounded before anything is allocated for them: the arrays'
 headers are read first and the file is refused if loading it would not fit in free memory;
@@ -32,8 +34,8 @@ import numpy as np
 import torch
 from pydantic import BeforeValidator, Field
 
-from fedopt.data.arrays import (build_from_arrays, check_features, check_index,
-                                infer_num_classes)
+from fedopt.data.arrays import (build_from_arrays, check_features, check_index, check_targets,
+                                infer_num_classes, is_regression_target, target_width)
 from fedopt.data.assemble import assemble
 from fedopt.data.checks import TestFraction, positive_int
 from fedopt.data.dataset import FederatedDataset
@@ -204,8 +206,13 @@ def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
     xt = check_features(arrays["x_test"], "x_test")
     if xt.shape[1:] != x.shape[1:]:
         raise ConfigError(f"x_test has feature shape {xt.shape[1:]} but x_train has {x.shape[1:]}")
-    y = check_index(arrays["y_train"], "y_train", x.shape[0], "x_train", "labels")
-    yt = check_index(arrays["y_test"], "y_test", xt.shape[0], "x_test", "labels")
+    regression = is_regression_target(arrays["y_train"])
+    if regression:   # float targets: y_test too, whatever its values
+        y = check_targets(arrays["y_train"], "y_train", x.shape[0], "x_train")
+        yt = check_targets(arrays["y_test"], "y_test", xt.shape[0], "x_test")
+    else:
+        y = check_index(arrays["y_train"], "y_train", x.shape[0], "x_train", "labels")
+        yt = check_index(arrays["y_test"], "y_test", xt.shape[0], "x_test", "labels")
     c = check_index(arrays["client_train"], "client_train", x.shape[0], "x_train",
                     "client indices")
     ct = check_index(arrays["client_test"], "client_test", xt.shape[0], "x_test",
@@ -234,6 +241,7 @@ def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
     if ct.size and int(ct.max()) >= k:
         raise ConfigError(f"client_test: client index {int(ct.max())} out of range: the train "
                           f"set has clients 0..{k - 1}")
-    num_classes = infer_num_classes(num_classes, {"y_train": y, "y_test": yt})
+    num_classes = (target_width(num_classes, {"y_train": y, "y_test": yt}) if regression
+                   else infer_num_classes(num_classes, {"y_train": y, "y_test": yt}))
     return assemble(x, y, c, k, num_classes=num_classes, name=name,
                     x_test=xt, y_test=yt, client_test=ct)

@@ -93,7 +93,8 @@ CASES = [
     ("client_test out of range", lambda a: a["client_test"].__setitem__(0, 4), "client_test"),
     ("client without train rows",
      lambda a: a["client_train"].__setitem__(a["client_train"] == 2, 3), "client_train: client 2"),
-    ("fractional labels", lambda a: a.update(y_train=a["y_train"] + 0.5), "y_train"),
+    ("fractional y_test of integer labels",
+     lambda a: a.update(y_test=a["y_test"] + 0.5), "y_test"),
     ("negative labels", lambda a: a["y_test"].__setitem__(0, -2), "y_test"),
     ("x not numeric", lambda a: a.update(x_train=a["x_train"].astype(str)), "x_train"),
     ("NaN in x", lambda a: a["x_train"].__setitem__((3, 1), np.nan), "x_train"),
@@ -168,7 +169,6 @@ def test_inferred_classes_are_capped_unless_num_classes_is_given(tmp_path):
     (np.uint64, 2**64 - 1, r"below 2\*\*63"),           # would wrap to -1 in int64
     (np.float64, 1e300, r"below 2\*\*63"),              # a whole float beyond int64
     (np.float64, -1.0, "non-negative"),
-    (np.float64, 0.5, "integers"),
     (np.float64, np.nan, "integers"),
 ])
 def test_labels_that_do_not_fit_int64_are_refused(tmp_path, dtype, value, match):
