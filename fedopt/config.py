@@ -164,9 +164,11 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     field.
 
     Runs every check that :class:`fedopt.simulation.Simulation` makes while building a run,
-    without building the data: the schemas, the data spec's checks (``check_dataset_spec``),
-    the model's shape checks (on the meta device), the optimizers, the algorithm's ``build``
-    with unit client counts, the clock and the device."""
+    without building the data set's tensors: the schemas, the data spec's checks
+    (``check_dataset_spec``: an npz file's contents by the builder's validators, Synthetic's
+    memory bound), the model's shape and size checks (on the meta device), the optimizers, the
+    algorithm's ``build`` with unit client counts, the clock (a ``clock.timeout`` or round
+    deadline no job can meet, with the model's size as the jobs' payload) and the device."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
     cfg = parse(run_schema(), config).model_dump()
@@ -175,12 +177,16 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     alg["server_optimizer"] = _server_optimizer_section(spec, alg["server_optimizer"], alg["name"])
     cfg["client"]["optimizer"] = _optimizer_section(cfg["client"]["optimizer"], "client.optimizer")
 
-    facts = check_dataset_spec(cfg["data"])
+    facts = check_dataset_spec(cfg["data"], cfg["seed"])
     _check_device(cfg["executor"]["device"])
     check_clients_per_round(alg["clients_per_round"], facts.num_clients)
+    payload = None
     if facts.feature_shape is not None:
-        _check_model_shape(cfg["model"], facts.feature_shape, facts.num_classes or 2)
-    _dry_build(spec, cfg, facts.num_clients)
+        payload = _check_model_shape(cfg["model"], facts.feature_shape, facts.num_classes or 2,
+                                     cfg["executor"])
+    built = _dry_build(spec, cfg, facts.num_clients)
+    if built is not None and payload is not None:
+        _check_job_times(built, cfg, payload)
     return cfg
 
 
@@ -200,33 +206,59 @@ def _check_device(device: str) -> None:
 
 
 def _check_model_shape(model: dict[str, Any], feature_shape: tuple[int, ...],
-                       num_classes: int) -> None:
+                       num_classes: int, executor: dict[str, Any]) -> int | None:
     """Construct the configured model on the meta device (no memory, no initialisation), so
-    shape errors (a CNN on flat features, images too small for its pooling) surface now."""
+    shape errors (a CNN on flat features, images too small for its pooling) surface now, and
+    size it as a run does (:func:`~fedopt.models.registry.check_model_size`: at most a fraction
+    of the free memory of ``executor.device`` in ``executor.dtype``). Returns the bytes of its
+    parameters (a job's default payload on the clock)."""
     import torch
 
-    from fedopt.models.registry import MODEL_CLASSES
+    from fedopt.dtypes import DTYPES
+    from fedopt.models.registry import MODEL_CLASSES, check_model_size
 
     cls = MODEL_CLASSES.get(model["name"])
     if cls is None:
-        return
+        return None
     kwargs = {k: v for k, v in model.items() if k != "name"}
+    dtype = DTYPES[executor["dtype"]]
     try:
-        with torch.device("meta"):
-            cls(feature_shape, num_classes, **kwargs)
+        n = check_model_size(lambda: cls(feature_shape, num_classes, **kwargs), model["name"],
+                             feature_shape, num_classes, dtype, executor["device"])
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("model") else f"model: {msg}") from None
+    return n * dtype.itemsize
 
 
-def _dry_build(spec: Any, cfg: dict[str, Any], num_clients: int | None) -> None:
+def _check_job_times(built: Any, cfg: dict[str, Any], payload_bytes: int) -> None:
+    """An asynchronous algorithm's clock (with the model's size as the jobs' payload, as a
+    run sets it): refuse a ``clock.timeout``, or with cancelled stragglers an
+    ``algorithm.deadline``/``algorithm.interval``, that no job can meet
+    (:meth:`~fedopt.clock.VirtualClock.check_reachable`). Not in real time without
+    ``executor.seconds_per_unit``: there jobs take their real time, not the clock's."""
+    from fedopt.clock import VirtualClock
+
+    policy, clock_config = getattr(built, "policy", None), getattr(built, "clock_config", None)
+    if policy is None or clock_config is None:
+        return
+    ex = cfg["executor"]
+    if ex.get("realtime") and ex.get("seconds_per_unit") is None:
+        return
+    clock = VirtualClock(clock_config, built.num_clients, built.seed, float(payload_bytes))
+    clock.check_reachable(deadline=policy.deadline, cancel_stragglers=policy.cancel_stragglers,
+                          interval=policy.interval)
+
+
+def _dry_build(spec: Any, cfg: dict[str, Any], num_clients: int | None) -> Any:
     """The algorithm's own ``build`` (cheap: no parameters yet) with ``num_clients`` unit client
     counts, so its checks (FedBuff's buffer_size against clients_per_round, the clock's
-    per-client lists, ...) run now; and the real-time driver's, when asked for."""
+    per-client lists, ...) run now; and the real-time driver's, when asked for. Returns the
+    built algorithm (None without a number of clients)."""
     import numpy as np
 
     if num_clients is None:
-        return
+        return None
     alg = cfg["algorithm"]
     so = {k: tuple(v) if isinstance(v, list) else v
           for k, v in alg["server_optimizer"].items() if v is not None}
@@ -246,6 +278,7 @@ def _dry_build(spec: Any, cfg: dict[str, Any], num_clients: int | None) -> None:
             raise ConfigError(f"algorithm.name: real-time mode (executor.realtime) runs the "
                               f"asynchronous algorithms (fedavg_sync, fedfix, async_fedavg, "
                               f"fedasync, fedbuff, async_general), not {alg['name']!r}")
+    return built
 
 
 # ----------------------------------------------------------------------------- YAML

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedopt.executors import ExecutorConfig, ExecutorEntry
-from fedopt.schema import Bool, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Str
+from fedopt.schema import (Bool, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                           Str, fail)
 
 
 class RayExecutorConfig(ExecutorConfig):
@@ -35,8 +36,23 @@ class RayExecutorConfig(ExecutorConfig):
                                               "time (server/realtime.py) instead of on the "
                                               "virtual clock")
     seconds_per_unit: Optional[PositiveFloat] = Field(
-        None, description="real time: seconds per clock unit; clock: job times are injected "
-                          "as delays (null: no delays, intervals/timeouts in seconds)")
+        None, description="with realtime: seconds per clock unit, the clock's job times are "
+                          "injected as delays (null: no delays, intervals/timeouts in seconds)")
+
+    @model_validator(mode="after")
+    def _needs_its_switch(self) -> "RayExecutorConfig":
+        """A key that only acts with another key set is refused without it (it would be
+        silently ignored)."""
+        if self.seconds_per_unit is not None and not self.realtime:
+            raise fail("seconds_per_unit", "only acts in real time (executor.realtime: true); "
+                                           "without it the asynchronous algorithms run on the "
+                                           "virtual clock and it would be ignored: set "
+                                           "executor.realtime: true or remove it")
+        if self.on_timeout == "retry" and self.round_timeout_s is None:
+            raise fail("on_timeout", "'retry' only acts with executor.round_timeout_s (without "
+                                     "it no worker is ever late): set executor.round_timeout_s "
+                                     "or remove it")
+        return self
 
 
 ENTRY = ExecutorEntry("ray", "server.ray_config:RayExecutorConfig",

@@ -25,6 +25,7 @@ from fedopt.clock.availability import build_availability
 from fedopt.clock.factors import client_factors
 from fedopt.clock.laws import build_law
 from fedopt.rng import STREAM_CLOCK, keyed_uniform
+from fedopt.schema import ConfigError
 
 # sub-stream tags (first coordinate after STREAM_CLOCK)
 TAG_COMPUTE, TAG_FAILURE, TAG_AVAILABILITY, TAG_SPEED, TAG_LINK = 1, 2, 3, 4, 5
@@ -85,6 +86,42 @@ class VirtualClock:
         clients = np.asarray(clients, dtype=np.int64)
         jobs = np.asarray(jobs, dtype=np.int64)
         return self.availability.finish(clients, float(t0), self.work(clients, jobs, state), state)
+
+    def min_work(self) -> float:
+        """The shortest time any job can take: ``min_i (s_i · min X + c_i)`` (the law's lower
+        bound, :meth:`~fedopt.clock.laws.ComputeLaw.minimum`; availability only lengthens a
+        job, failures only lose it). +inf when no client's job can ever complete."""
+        x = self.law.minimum()
+        with np.errstate(invalid="ignore"):
+            compute = np.where(np.isinf(self.speed) | math.isinf(x), math.inf, self.speed * x)
+        work = compute + self.comm
+        return float(work.min()) if work.size else math.inf
+
+    def check_reachable(self, deadline: float | None = None, cancel_stragglers: bool = False,
+                        interval: float | None = None) -> None:
+        """ConfigError when no job can ever come back in time: ``clock.timeout`` below
+        :meth:`min_work` (every job is dropped before it returns), or, when stragglers are
+        cancelled at each aggregation, a round ``deadline`` (``algorithm.deadline``) or FedFix
+        ``interval`` (``algorithm.interval``) below it (every round ends before a job can
+        return, so every round is empty). A job returning exactly at the limit counts."""
+        least = self.min_work()
+        if math.isinf(least):
+            raise ConfigError("clock.timeout: no client's job can ever complete (every client's "
+                              "time is +inf: clock.compute, clock.speed or clock.communication), "
+                              "so no client update ever arrives, whatever clock.timeout is")
+        why = (f"the shortest possible job time is {least:.6g} (clock.compute's minimum x "
+               f"clock.speed + communication)")
+        if self.timeout < least:
+            raise ConfigError(f"clock.timeout: {self.timeout:g} is below every job's time: {why}, "
+                              f"so every job is dropped before it returns and no client update "
+                              f"ever arrives; raise clock.timeout to at least {least:.6g}")
+        if not cancel_stragglers:
+            return
+        for field, limit in (("algorithm.deadline", deadline), ("algorithm.interval", interval)):
+            if limit is not None and limit < least:
+                raise ConfigError(f"{field}: {limit:g} is below every job's time: {why}; the "
+                                  f"jobs in flight are cancelled at each aggregation, so every "
+                                  f"round would be empty; raise {field} to at least {least:.6g}")
 
     def mean_durations(self) -> np.ndarray:
         """``E[τ_i]`` per client: mean online work divided by the long-run online fraction

@@ -35,7 +35,8 @@ Tag = tuple[int, ...]
 
 
 class ComputeLaw:
-    """Base class: ``sample`` keyed draws for (client, job) pairs; ``mean`` = E[X]."""
+    """Base class: ``sample`` keyed draws for (client, job) pairs; ``mean`` = E[X];
+    ``minimum`` = the smallest X a draw can take."""
 
     #: whether the law carries per-client state across jobs (``markov``)
     stateful = False
@@ -57,6 +58,11 @@ class ComputeLaw:
     def mean(self) -> float:
         raise NotImplementedError
 
+    def minimum(self) -> float:
+        """The smallest time a draw can take (the law's lower bound; 0 where X can be
+        arbitrarily small)."""
+        return 0.0
+
 
 class Constant(ComputeLaw):
     def __init__(self, tag: Tag, value: float):
@@ -67,6 +73,9 @@ class Constant(ComputeLaw):
         return np.full(len(clients), self.value)
 
     def mean(self) -> float:
+        return self.value
+
+    def minimum(self) -> float:
         return self.value
 
 
@@ -80,6 +89,9 @@ class ShiftedExponential(ComputeLaw):
 
     def mean(self) -> float:
         return self.shift + self.scale
+
+    def minimum(self) -> float:
+        return self.shift
 
 
 class LogNormal(ComputeLaw):
@@ -105,6 +117,9 @@ class Pareto(ComputeLaw):
 
     def mean(self) -> float:
         return self.shape * self.scale / (self.shape - 1.0) if self.shape > 1 else math.inf
+
+    def minimum(self) -> float:
+        return self.scale
 
 
 class TwoStateMarkov(ComputeLaw):
@@ -136,6 +151,13 @@ class TwoStateMarkov(ComputeLaw):
         state[clients] = bad.astype(np.int64)
         return np.where(bad, self.bad.sample(seed, clients, jobs, None),
                         self.good.sample(seed, clients, jobs, None))
+
+    def minimum(self) -> float:
+        """The smaller of the states' minima, over the states a client can be in (a state of
+        stationary probability 0 is never entered: the chain starts from its stationary law)."""
+        pb = self.stationary_bad
+        return min(m for m, w in ((self.good.minimum(), 1 - pb), (self.bad.minimum(), pb))
+                   if w > 0)
 
     def mean(self) -> float:
         pb = self.stationary_bad

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -165,6 +166,38 @@ def load_npz_arrays(path: Any) -> dict[str, np.ndarray]:
         raise ConfigError(f"data.path: {p} is not a readable .npz file ({e})") from e
 
 
+@dataclass(frozen=True)
+class NpzFacts:
+    """What :func:`check_npz` learned from the file's contents: the number of clients, the
+    feature shape, the number of classes (output width), the rows, and the layout."""
+
+    num_clients: int
+    feature_shape: tuple[int, ...]
+    num_classes: int
+    rows: int
+    federated: bool
+
+
+def check_npz(path: Any, *, seed: int = 0, num_clients: int | None = None,
+              partition: str | dict | None = None, test_fraction: float = 0.2,
+              num_classes: int | None = None) -> NpzFacts:
+    """Every check :func:`build_npz` makes on the file and its contents, by the same code, so
+    the same first error (ConfigError naming ``data.<key>`` or the array): the file is read
+    (:func:`load_npz_arrays`: memory bound first); the federated layout's arrays are checked
+    by the builder's own checks without building tensors; a plain layout is built as a run
+    builds it (:func:`~fedopt.data.arrays.build_from_arrays`: its checks depend on the
+    partition and the kind of targets, so they are not repeated here), then dropped."""
+    arrays = load_npz_arrays(path)
+    if "client_train" in arrays or "client_test" in arrays:
+        if num_clients is not None:
+            num_clients = positive_int(num_clients, "data.num_clients")
+        x, _, _, k, classes, _, _, _ = _federated_arrays(arrays, num_clients, num_classes)
+        return NpzFacts(k, tuple(x.shape[1:]), classes, int(x.shape[0]), True)
+    data = _build_loaded(arrays, path, seed, num_clients, partition, test_fraction, num_classes)
+    rows = int(data.x.shape[0] + data.x_test.shape[0])
+    return NpzFacts(data.num_clients, tuple(data.feature_shape), data.num_classes, rows, False)
+
+
 def build_npz(path: str | Path, seed: int, *, num_clients: int | None = None,
               partition: str | dict | None = None, test_fraction: float = 0.2,
               num_classes: int | None = None) -> FederatedDataset:
@@ -172,7 +205,14 @@ def build_npz(path: str | Path, seed: int, *, num_clients: int | None = None,
     the plain layouts. ``num_clients``: for the federated layout ``None`` means
     ``max(client_train) + 1`` and a number is checked against the client indices; for the plain
     layouts ``None`` means 100. ``num_classes`` defaults to ``max label + 1``."""
-    arrays = load_npz_arrays(path)
+    return _build_loaded(load_npz_arrays(path), path, seed, num_clients, partition,
+                         test_fraction, num_classes)
+
+
+def _build_loaded(arrays: dict[str, np.ndarray], path: Any, seed: int, num_clients: int | None,
+                  partition: str | dict | None, test_fraction: float,
+                  num_classes: int | None) -> FederatedDataset:
+    """:func:`build_npz` on the file's loaded arrays."""
     name = f"npz:{Path(str(path)).name}"
     if num_clients is not None:
         num_clients = positive_int(num_clients, "data.num_clients")
@@ -201,6 +241,15 @@ def _require(arrays: dict[str, Any], names: tuple[str, ...], layout: str) -> Non
 
 def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
                num_classes: int | None, name: str) -> FederatedDataset:
+    x, y, c, k, num_classes, xt, yt, ct = _federated_arrays(arrays, num_clients, num_classes)
+    return assemble(x, y, c, k, num_classes=num_classes, name=name,
+                    x_test=xt, y_test=yt, client_test=ct)
+
+
+def _federated_arrays(arrays: dict[str, np.ndarray], num_clients: int | None,
+                      num_classes: int | None) -> tuple:
+    """The federated layout's arrays checked (the build's and :func:`check_npz`'s checks):
+    ``(x, y, client, K, num_classes, x_test, y_test, client_test)``."""
     _require(arrays, FEDERATED_ARRAYS, "federated layout")
     x = check_features(arrays["x_train"], "x_train")
     xt = check_features(arrays["x_test"], "x_test")
@@ -243,5 +292,4 @@ def _federated(arrays: dict[str, np.ndarray], num_clients: int | None,
                           f"set has clients 0..{k - 1}")
     num_classes = (target_width(num_classes, {"y_train": y, "y_test": yt}) if regression
                    else infer_num_classes(num_classes, {"y_train": y, "y_test": yt}))
-    return assemble(x, y, c, k, num_classes=num_classes, name=name,
-                    x_test=xt, y_test=yt, client_test=ct)
+    return x, y, c, k, num_classes, xt, yt, ct

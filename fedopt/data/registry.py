@@ -5,28 +5,24 @@ Each data set's schema lives beside its builder (:class:`~fedopt.data.synthetic.
 is their union on ``name`` and ``DATASET_KEYS[name]`` lists every key a builder accepts (besides
 ``name``) with its default (``None`` where the default is decided by the data, or, for ``npz``'s
 ``path``, where the builder requires a value). :func:`resolve_dataset_spec` checks a spec and
-fills defaults, and :func:`check_dataset_spec` runs every check of the builder that needs no
-data (row counts known in advance, the npz file's existence and layout) and says what is known
-before building: the number of clients, the feature shape and the number of classes. The config
-validator calls them, so ``fedopt validate`` refuses what ``fedopt run`` would, without building
-the data.
+fills defaults, and :func:`check_dataset_spec` runs every check of the builder without
+building the data set's tensors (row counts, Synthetic's memory bound, an npz file's contents
+checked by the builder's own validators) and says what is known before building: the number of
+clients, the feature shape and the number of classes. The config validator calls them, so
+``fedopt validate`` refuses what ``fedopt run`` would, without building the data.
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
-
-import numpy as np
 
 from fedopt.data.dataset import FederatedDataset
 from fedopt.data.digits import DIGITS_CLASSES, DIGITS_ROWS, DigitsData, build_digits
-from fedopt.data.npz import DEFAULT_PLAIN_CLIENTS, NpzData, build_npz
+from fedopt.data.npz import NpzData, build_npz, check_npz
 from fedopt.data.partition import check_partition_rows
 from fedopt.data.regression import RegressionData, build_regression
-from fedopt.data.synthetic import SyntheticData, build_synthetic
-from fedopt.schema import ConfigError, defaults_table, named_union, parse
+from fedopt.data.synthetic import SyntheticData, build_synthetic, check_synthetic_memory
+from fedopt.schema import ConfigError, defaults_table, named_union, parse  # noqa: F401
 
 #: the built-in data sets' schemas
 DATASET_SCHEMAS = [SyntheticData, DigitsData, NpzData, RegressionData]
@@ -60,13 +56,17 @@ class DataFacts:
     num_classes: int | None
 
 
-def check_dataset_spec(full: dict[str, Any]) -> DataFacts:
+def check_dataset_spec(full: dict[str, Any], seed: int = 0) -> DataFacts:
     """Every check of the builder of a resolved spec (:func:`resolve_dataset_spec`: its values
-    are already checked by the schema) that needs no data; ConfigError naming ``data.<key>``. Cheap for any number of clients: an npz file is
-    only opened to read its member names and array headers (and ``client_train`` when the
-    number of clients is not given)."""
+    are already checked by the schema) that can be made without building the data set's
+    tensors; ConfigError naming ``data.<key>`` (or an npz file's array). ``seed`` is the run's:
+    Synthetic's rows per client are drawn (as the builder draws them) to bound its memory.
+    An npz file is read and its contents checked by the builder's own code
+    (:func:`~fedopt.data.npz.check_npz`), so the facts are those of the data: the number of
+    clients, the feature shape and the number of classes."""
     name = full["name"]
     if name == "synthetic":
+        check_synthetic_memory(seed, {k: v for k, v in full.items() if k != "name"})
         return DataFacts(full["num_clients"], (full["num_features"],), full["num_classes"])
     if name == "regression":
         return DataFacts(full["num_clients"], (full["num_features"],), full["num_targets"])
@@ -75,56 +75,11 @@ def check_dataset_spec(full: dict[str, Any]) -> DataFacts:
         check_partition_rows(full["partition"], DIGITS_ROWS, n)
         return DataFacts(n, (64,) if full["flatten"] else (1, 8, 8), DIGITS_CLASSES)
     if name == "npz":
-        n = full["num_clients"]
-        classes = full["num_classes"]
-        members, shape, rows, clients = _npz_outline(full["path"], n is None)
-        federated = "client_train" in members or "client_test" in members
-        if n is None:
-            n = clients if federated else DEFAULT_PLAIN_CLIENTS
-        if not federated and rows is not None:
-            check_partition_rows(full["partition"], rows, n)
-        return DataFacts(n, shape, classes)
+        facts = check_npz(full["path"], seed=seed, num_clients=full["num_clients"],
+                          partition=full["partition"], test_fraction=full["test_fraction"],
+                          num_classes=full["num_classes"])
+        return DataFacts(facts.num_clients, facts.feature_shape, facts.num_classes)
     return DataFacts(None, None, None)
-
-
-def _npz_outline(path: Any, need_clients: bool
-                 ) -> tuple[set[str], tuple[int, ...] | None, int | None, int | None]:
-    """Array names of an .npz file, the feature shape and row count of its train features (from
-    the array header) and, when asked, ``max(client_train) + 1`` (None when that array is unusable: the
-    builder then names the problem)."""
-    if not isinstance(path, (str, Path)):
-        raise ConfigError(f"data.path must be a file path, got {type(path).__name__}")
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise ConfigError(f"data.path: {p} is a directory; expected a .npz file")
-    if not p.is_file():
-        raise ConfigError(f"data.path: no such file: {p}")
-    try:
-        with zipfile.ZipFile(p) as z:
-            members = {m[:-4] for m in z.namelist() if m.endswith(".npy")}
-            shape = rows = None
-            for key in ("x_train", "x"):
-                if key in members:
-                    with z.open(f"{key}.npy") as f:
-                        version = np.lib.format.read_magic(f)
-                        header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                  else np.lib.format.read_array_header_2_0)
-                        full_shape, _, dtype = header(f)
-                    if len(full_shape) >= 2 and not dtype.hasobject:   # else: the builder says
-                        shape, rows = tuple(full_shape[1:]), int(full_shape[0])
-                    break
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise ConfigError(f"data.path: {p} is not an .npz (zip) archive of arrays ({e})") from None
-    clients = None
-    if need_clients and "client_train" in members:
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                c = f["client_train"]
-            if c.ndim == 1 and c.size and c.dtype.kind in "iu" and c.min() >= 0:
-                clients = int(c.max()) + 1
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            pass
-    return members, shape, rows, clients
 
 
 def build_dataset(spec: dict[str, Any], seed: int) -> FederatedDataset:

@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import numpy as np
+import torch
 from pydantic import Field, model_validator
 
 from fedopt.data.assemble import assemble
 from fedopt.data.checks import TestFraction, seed_streams
 from fedopt.data.dataset import FederatedDataset
-from fedopt.schema import Bool, Float, NonNegativeFloat, PositiveInt, Schema, fail, parse
+from fedopt.memory import available_memory_bytes
+from fedopt.schema import (Bool, ConfigError, Float, NonNegativeFloat, PositiveInt, Schema, fail,
+                           parse)
 
 
 class SyntheticData(Schema):
@@ -118,6 +121,44 @@ def check_synthetic(*, alpha: float = 1.0, beta: float = 1.0, num_clients: int =
     return parse(SyntheticData, keys, "data").model_dump(exclude={"name"})
 
 
+def synthetic_nbytes(num_clients: int, num_features: int, num_classes: int, iid: bool,
+                     rows: float) -> float:
+    """Bytes that building Synthetic needs at its peak for ``rows`` rows in all: the generating
+    parameters (float64 ``W [K, C, d]``, ``b``, ``v``; ``v`` only for the iid variant), the
+    row counts, and per row the float32 features twice (drawn, then split into train/test
+    copies) and the labels and client ids (int64, twice)."""
+    k, d, c = num_clients, num_features, num_classes
+    per_client = 8 * ((d + 2) if iid else (c * d + c + d + 2)) + 24
+    per_row = 2 * 4 * d + 4 * 8
+    return float(k) * per_client + float(rows) * per_row
+
+
+def check_synthetic_memory(seed: int, keys: dict) -> np.ndarray:
+    """The rows of each client (:func:`draw_sizes`, the builder's stream), once Synthetic is
+    known to fit in free memory; ConfigError naming ``data.num_clients`` otherwise. Checked
+    before anything is allocated for the clients: first with ``min_samples`` rows each (a lower
+    bound, so a billion clients are refused without drawing a billion sizes), then with the
+    drawn sizes. ``keys``: checked keys (:func:`check_synthetic`)."""
+    k, d, c, iid = keys["num_clients"], keys["num_features"], keys["num_classes"], keys["iid"]
+    free = available_memory_bytes(torch.device("cpu"))
+    lower = synthetic_nbytes(k, d, c, iid, float(k) * keys["min_samples"])
+    if lower > free:
+        raise ConfigError(f"data.num_clients: {k} clients of at least {keys['min_samples']} rows "
+                          f"(data.min_samples) with {d} features and {c} classes need at least "
+                          f"{lower / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of free "
+                          f"memory")
+    sizes = draw_sizes(seed_streams(seed, 4)[1], k, keys["min_samples"], keys["max_samples"],
+                       keys["lognormal_mean"], keys["lognormal_sigma"])
+    rows = float(sizes.sum(dtype=np.float64))
+    need = synthetic_nbytes(k, d, c, iid, rows)
+    if need > free:
+        raise ConfigError(f"data.num_clients: {k} clients draw {rows:.4g} rows (data.min_samples, "
+                          f"data.max_samples, data.lognormal_*) with {d} features: about "
+                          f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of free "
+                          f"memory")
+    return sizes
+
+
 def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, SyntheticModel]:
     """Synthetic(α, β) and the parameters that generated it (for tests and oracles); keys and
     defaults as in :func:`check_synthetic` (which raises ValueError naming a bad key)."""
@@ -127,10 +168,10 @@ def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, Synthetic
     min_samples, max_samples = k["min_samples"], k["max_samples"]
     lognormal_mean, lognormal_sigma = k["lognormal_mean"], k["lognormal_sigma"]
 
-    rng_model, rng_sizes, rng_x, rng_split = seed_streams(seed, 4)
+    # rows per client (stream 1 of seed_streams(seed, 4)), drawn after the memory bound
+    sizes = check_synthetic_memory(seed, k)
+    rng_model, _, rng_x, rng_split = seed_streams(seed, 4)
     model = draw_model(rng_model, num_clients, alpha, beta, iid, num_features, num_classes)
-    sizes = draw_sizes(rng_sizes, num_clients, min_samples, max_samples,
-                       lognormal_mean, lognormal_sigma)
     x = rng_x.standard_normal((int(sizes.sum()), num_features), dtype=np.float32)
     x *= np.sqrt(model.cov_diag).astype(np.float32)
     y = np.empty(x.shape[0], dtype=np.int64)

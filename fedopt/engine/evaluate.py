@@ -21,7 +21,8 @@ def evaluate(fmodel: FunctionalModel, params: Params, x: Tensor, y: Tensor,
 
     A non-finite loss is returned as it is (a float NaN or inf: measured, not missing). A metric
     is None when any output is NaN or ±inf — a prediction from non-finite outputs (argmax of NaN
-    picks class 0) is not one. No rows: every value NaN. Sums are accumulated in float64.
+    picks class 0) is not one. No rows: every value None (not measured). Sums are accumulated
+    in float64.
 
     Rows go through the model ``chunk_rows`` at a time, fewer when the model has many outputs:
     a chunk's outputs hold at most :data:`MAX_LOGITS` entries (rows x outputs), so memory stays
@@ -33,8 +34,8 @@ def evaluate(fmodel: FunctionalModel, params: Params, x: Tensor, y: Tensor,
     loss_fn = program.for_task(regression).loss_fn
     metrics = program.metric_fns(regression)
     n = x.shape[0]
-    if n == 0:
-        return {"loss": float("nan"), **{k: float("nan") for k in metrics}}
+    if n == 0:   # nothing to measure: None (not NaN, which reads as a diverged model)
+        return {"loss": None, **{k: None for k in metrics}}
     classes = fmodel.forward(params, x[:1]).shape[-1]       # a 1-row probe sizes the chunks
     chunk_rows = max(1, min(chunk_rows, MAX_LOGITS // max(classes, 1)))
     sums = torch.zeros(1 + len(metrics), dtype=torch.float64, device=x.device)
