@@ -1,6 +1,6 @@
 """The record of what went wrong on the Ray workers, and what was done about it.
 
-``counts`` (exposed as ``RayExecutor.faults``) are cumulative over the run:
+``counts`` (exposed as ``RayExecutor.faults()``) are cumulative over the run:
 
 * ``worker_deaths``   a call failed because its actor died (killed, crashed, node lost);
 * ``timeouts``        a call ran past ``executor.round_timeout_s`` (its worker is a straggler);

@@ -91,20 +91,11 @@ from fedopt.algorithms.async_schedule import LoopHooks, Scheduler, Step
 from fedopt.algorithms.base import Params, ServerState
 from fedopt.clock import DONE, EventQueue
 from fedopt.config import ConfigError
-from fedopt.engine.contract import ClientUpdate, LiveExecutor
+from fedopt.engine.contract import ClientUpdate, check_executor
 from fedopt.engine.executor import drop_scale
 from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state, client_error
 from server.ray_async import RayJob
 from server.realtime_clock import RealTimeClock
-
-
-def check_live(executor: Any) -> None:
-    """TypeError naming the executor unless it is a
-    :class:`~fedopt.engine.contract.LiveExecutor` (submit / wait / cancel)."""
-    if not isinstance(executor, LiveExecutor):
-        name = getattr(executor, "name", type(executor).__name__)
-        raise TypeError(f"real-time mode needs a live executor (submit/wait/cancel, e.g. "
-                        f"executor.name: ray); executor {name!r} is not one")
 
 
 @dataclass(eq=False)
@@ -256,7 +247,7 @@ class RealTimeAsync:
         the clock field) when no update can ever arrive, ``TypeError`` for an executor without
         submit/wait/cancel, ``ValueError`` for a server state not made by :meth:`init`."""
         if executor is not self._checked:
-            check_live(executor)
+            check_executor(executor, live=True)   # TypeError naming it and what it lacks
             self._checked = executor
         if self.scheduler is None:
             raise RuntimeError("RealTimeAsync.run_round: call init first")

@@ -146,7 +146,8 @@ def test_only_asynchronous_algorithms_on_a_submit_wait_executor():
     sim = Simulation(config({"name": "fedbuff", "buffer_size": 2}))
     driver = RealTimeAsync(sim.algorithm, 0.1)
     state = driver.init(sim.state.params)
-    with pytest.raises(TypeError, match="executor.name: ray"):
+    with pytest.raises(TypeError, match=r"executor 'local' does not implement LiveExecutor "
+                                        r"\(missing: submit, wait, cancel\)"):
         driver.run_round(state, sim.executor, sim.client_optimizer)
     from fedopt.config import ConfigError, load_config
 
