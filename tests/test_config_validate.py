@@ -416,3 +416,16 @@ def test_npz_regression_targets_validate_as_they_build(tmp_path):
         load_config({**copy.deepcopy(BASE), "data": data})
     assert str(validate_error.value) == str(build_error.value)
     assert str(build_error.value).startswith("data.partition")
+
+
+def test_regression_data_too_large_for_memory_is_refused_by_validate_and_the_builder():
+    from fedopt.config import load_config
+    from fedopt.data.regression import build_regression
+
+    cfg = {"data": {"name": "regression", "num_clients": 10**6, "samples_per_client": 10**6},
+           "model": {"name": "logreg"}, "client": {"local_steps": 1, "loss": "mse"},
+           "algorithm": {"name": "fedavg", "rounds": 1, "clients_per_round": 1}}
+    with pytest.raises(ConfigError, match=r"^data\.num_clients: .* more than the .* free memory"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match=r"^data\.num_clients: "):   # 10^12 rows: ~10^13 bytes
+        build_regression(seed=0, num_clients=10**6, samples_per_client=10**6)

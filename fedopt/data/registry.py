@@ -20,7 +20,7 @@ from fedopt.data.dataset import FederatedDataset
 from fedopt.data.digits import DIGITS_CLASSES, DIGITS_ROWS, DigitsData, build_digits
 from fedopt.data.npz import NpzData, build_npz, check_npz
 from fedopt.data.partition import check_partition_rows
-from fedopt.data.regression import RegressionData, build_regression
+from fedopt.data.regression import RegressionData, build_regression, check_regression_memory
 from fedopt.data.synthetic import SyntheticData, build_synthetic, check_synthetic_memory
 from fedopt.schema import ConfigError, defaults_table, named_union, parse  # noqa: F401
 
@@ -69,6 +69,7 @@ def check_dataset_spec(full: dict[str, Any], seed: int = 0) -> DataFacts:
         check_synthetic_memory(seed, {k: v for k, v in full.items() if k != "name"})
         return DataFacts(full["num_clients"], (full["num_features"],), full["num_classes"])
     if name == "regression":
+        check_regression_memory(parse(RegressionData, full, "data"))
         return DataFacts(full["num_clients"], (full["num_features"],), full["num_targets"])
     if name == "digits":
         n = full["num_clients"]

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from fedopt.data.assemble import assemble
 from fedopt.data.checks import TestFraction, seed_streams
 from fedopt.data.dataset import FederatedDataset
-from fedopt.schema import NonNegativeFloat, PositiveInt, Schema, parse
+from fedopt.memory import available_memory_bytes
+from fedopt.schema import ConfigError, NonNegativeFloat, PositiveInt, Schema, parse
 
 
 class RegressionData(Schema):
@@ -51,10 +53,27 @@ class RegressionModel:
     b: np.ndarray
 
 
+def check_regression_memory(k: RegressionData) -> None:
+    """ConfigError naming ``data.num_clients`` when building the set would need more than the
+    free memory: per client W_k, b_k (float64) and per row its features (float32, plus the
+    float64 copy the targets are computed from), targets (float64 while drawn, then float32)."""
+    d, p = k.num_features, k.num_targets
+    rows = float(k.num_clients) * k.samples_per_client
+    need = k.num_clients * (16.0 * d * p + 8.0 * p) + rows * (16.0 * d + 28.0 * p + 16.0)
+    free = available_memory_bytes(torch.device("cpu"))
+    if need > free:
+        raise ConfigError(f"data.num_clients: {k.num_clients} clients of "
+                          f"{k.samples_per_client} rows (data.samples_per_client) with {d} "
+                          f"features and {p} targets need about {need / 2**30:.1f} GiB, more "
+                          f"than the {free / 2**30:.1f} GiB of free memory")
+
+
 def regression_with_model(seed: int, **keys) -> tuple[FederatedDataset, RegressionModel]:
     """The data set and the models that generated it; keys as in :class:`RegressionData`
-    (ConfigError naming ``data.<key>`` for a bad one)."""
+    (ConfigError naming ``data.<key>`` for a bad one, or ``data.num_clients`` when it would not
+    fit in memory)."""
     k = parse(RegressionData, {"name": "regression", **keys}, "data")
+    check_regression_memory(k)
     n_cl, d, p, r = k.num_clients, k.num_features, k.num_targets, k.samples_per_client
     rng_model, rng_x, rng_split = seed_streams(seed, 3)
     w = rng_model.normal(0.0, d ** -0.5, size=(d, p))
