@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from fedopt.models.shapes import normalize_input_shape
-
 from fedopt.schema import ConfigError
+
 
 def check_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
     """Raise ValueError (naming ``model``) if ``model`` breaks a requirement above.
