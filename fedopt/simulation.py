@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedopt import tree
 from fedopt.algorithms import ServerOptimizer, ServerState, algorithm_specs
 from fedopt.executors import executor_entries, realtime_driver
 from fedopt.schema import ConfigError, check_clients_per_round
@@ -183,7 +184,7 @@ class Simulation:
             if key not in ckpt:
                 raise ValueError(f"checkpoint: no {key!r} entry (not a fedopt run checkpoint)")
         server = ckpt["server"]
-        self.state = ServerState.from_state_dict(_to_device(server, self.device))
+        self.state = ServerState.from_state_dict(tree.to(server, self.device))
         self.client_updates = int(ckpt["client_updates"])
         self.samples = int(ckpt["samples"])
         self.train_time_s = float(ckpt.get("train_time_s", 0.0))
@@ -268,27 +269,6 @@ def client_program(program: LocalProgram, client: dict[str, Any], regression: bo
                               else f"client.{msg}") from None
         pieces[key] = value
     return dataclasses.replace(program, **pieces).for_task(regression)
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor in its dicts, lists and tuples moved to ``device`` (a tensor
-    met twice stays one tensor, as in the checkpoint)."""
-    moved: dict[int, torch.Tensor] = {}
-
-    def go(o: Any) -> Any:
-        if isinstance(o, torch.Tensor):
-            if id(o) not in moved:
-                moved[id(o)] = o.to(device)
-            return moved[id(o)]
-        if isinstance(o, dict):
-            return {k: go(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [go(v) for v in o]
-        if isinstance(o, tuple):
-            return tuple(go(v) for v in o)
-        return o
-
-    return go(obj)
 
 
 def summarize(metrics: list[dict[str, Any]], sim: Simulation) -> dict[str, Any]:

@@ -166,3 +166,26 @@ def test_float_targets_from_arrays_and_npz_are_regression(tmp_path):
     cfg["algorithm"]["clients_per_round"] = 4
     res = fedopt.run(cfg, progress=False, metrics={"mse": "mse"})
     assert res.metrics[-1]["test_loss"] == pytest.approx(res.metrics[-1]["test_mse"])
+
+
+def test_full_gradients_with_vector_targets_are_each_clients_least_squares_gradient():
+    """SCAFFOLD option I's ∇F_i(x) on a regression set with 3 targets: for a linear model
+    o = W a + b, F_i = mean_rows (1/3)‖o − t‖², so ∇_W F_i = (2/3) mean_rows (o − t) aᵀ and
+    ∇_b F_i = (2/3) mean_rows (o − t) — computed here in closed form from client i's rows."""
+    cfg = load_config({"data": {"name": "regression", "num_clients": 4, "num_targets": 3,
+                                "test_fraction": 0.0},
+                       "model": {"name": "logreg"}, "client": {"local_steps": 1, "loss": "mse"},
+                       "algorithm": {"name": "scaffold", "option": "I", "rounds": 1,
+                                     "clients_per_round": 2},
+                       "executor": {"dtype": "float64"}})
+    sim = Simulation(cfg)
+    ids = np.array([2, 0])
+    params = {k: torch.randn_like(v) for k, v in sim.state.params.items()}
+    g = sim.executor.full_gradients(params, ids)
+    (wk, W), (bk, b) = params.items()
+    off = sim.data.offsets.tolist()
+    for j, i in enumerate(ids):
+        a, t = sim.data.x[off[i]:off[i + 1]], sim.data.y[off[i]:off[i + 1]]
+        r = a @ W.T + b - t
+        torch.testing.assert_close(g[wk][j], (2 / 3) * r.T @ a / len(a), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g[bk][j], (2 / 3) * r.mean(0), rtol=1e-10, atol=1e-12)

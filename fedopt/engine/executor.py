@@ -24,6 +24,7 @@ from fedopt.engine.contract import Params, RoundOutput, SharedStart, Starts
 from fedopt.engine.evaluate import evaluate
 from fedopt.engine.local import LocalTrainer
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error, finite_rows
+from fedopt.engine.program import Batch
 from fedopt.memory import available_memory_bytes
 from fedopt.optim.core import FunctionalOptimizer
 
@@ -195,10 +196,10 @@ class VectorizedExecutor:
             rows = self.offsets[cid][:, None] + np.minimum(pos, cn[:, None] - 1)
             rows_t = torch.as_tensor(rows, device=dev)
             xb = data.x.index_select(0, rows_t.flatten()).view(rows.shape + tuple(data.x.shape[1:]))
-            yb = data.y.index_select(0, rows_t.flatten()).view(rows.shape)
+            yb = data.y.index_select(0, rows_t.flatten()).view(rows.shape + tuple(data.y.shape[1:]))
             wn = torch.as_tensor((pos < cn[:, None]) / cn[:, None], dtype=data.x.dtype, device=dev)
             y = {k: v.unsqueeze(0).expand((len(cid),) + v.shape) for k, v in params.items()}
-            g, _ = self.trainer._batched_grad(y, xb, yb, wn)
+            g, _ = self.trainer.batched_grad(y, Batch(xb, yb, wn))
             parts.append(g)
         if not parts:
             return {k: v.new_zeros((0,) + tuple(v.shape)) for k, v in params.items()}

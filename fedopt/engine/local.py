@@ -26,6 +26,7 @@ from fedopt.engine.batches import BatchPlan
 from fedopt.engine.program import Batch, LocalProgram, PerSample, UpdateInfo, cross_entropy
 from fedopt.optim.core import FunctionalOptimizer, masked_select
 from fedopt.rng import STREAM_PROBES, keyed_normal, keyed_uniform
+from fedopt.tree import take_rows
 
 Params = dict[str, Tensor]
 
@@ -75,15 +76,6 @@ class LocalResult:
     params: Params
     mean_loss: Tensor
     samples: int
-
-
-def _take(tree, sel: Tensor, n: int):
-    """Rows ``sel`` of every tensor in ``tree`` whose leading dim is the stack size ``n``."""
-    if isinstance(tree, dict):
-        return {k: _take(v, sel, n) for k, v in tree.items()}
-    if isinstance(tree, Tensor) and tree.ndim > 0 and tree.shape[0] == n:
-        return tree.index_select(0, sel)
-    return tree
 
 
 def _has_per_client_hparams(opt: FunctionalOptimizer) -> bool:
@@ -232,11 +224,11 @@ class LocalTrainer:
                 for n, v in y.items():
                     done[n][live_idx[~keep]] = v[~keep]
                 sel = keep.nonzero().squeeze(1)
-                y, state = _take(y, sel, n_live), _take(state, sel, n_live)
+                y, state = take_rows(y, sel, n_live), take_rows(state, sel, n_live)
                 if correction is not None:
-                    correction = _take(correction, sel, n_live)
+                    correction = take_rows(correction, sel, n_live)
                 if stacked_start and y0 is not None:
-                    y0 = _take(y0, sel, n_live)
+                    y0 = take_rows(y0, sel, n_live)
                 live = live_idx[sel]
             if pregather:
                 xb, yb = xs[k], ys[k]

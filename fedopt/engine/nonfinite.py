@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedopt.tree import leaves
+
 POLICIES = ("error", "drop")
 #: clients named in a message before "... (N in all)"
 SHOWN_IDS = 8
@@ -74,20 +76,9 @@ def finite_rows(stacked: Mapping[str, Tensor], *extra: Tensor | None) -> Tensor:
 def all_finite(tree: Any) -> bool:
     """Whether every floating-point tensor in a nested dict/list ``tree`` is finite
     (one host synchronisation)."""
-    flags = [torch.isfinite(t).all() for t in _float_tensors(tree)]
+    flags = [torch.isfinite(t).all() for t in leaves(tree)
+             if t.is_floating_point() or t.is_complex()]
     return bool(torch.stack(flags).all()) if flags else True
-
-
-def _float_tensors(tree: Any) -> Iterable[Tensor]:
-    if isinstance(tree, Tensor):
-        if tree.is_floating_point() or tree.is_complex():
-            yield tree
-    elif isinstance(tree, Mapping):
-        for v in tree.values():
-            yield from _float_tensors(v)
-    elif isinstance(tree, (list, tuple)):
-        for v in tree:
-            yield from _float_tensors(v)
 
 
 def describe_ids(ids: Iterable[int]) -> str:

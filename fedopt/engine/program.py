@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fedopt.schema import ConfigError
+
 Params = dict[str, Tensor]
 #: a per-sample function of (outputs [N, k], targets [N] or [N, d]) -> [N]
 PerSample = Callable[[Tensor, Tensor], Tensor]
@@ -296,8 +298,9 @@ def _metric_pairs(metrics: Any) -> tuple[tuple[str, str | PerSample], ...]:
 
 
 def check_shippable(program: LocalProgram) -> None:
-    """ValueError naming the field (``loss``, ``metrics.<name>``, ``oracle``, ``postprocess[i]``)
-    that Ray's cloudpickle cannot serialise: what a remote worker could not receive."""
+    """:class:`~fedopt.schema.ConfigError` naming the field (``loss``, ``metrics.<name>``,
+    ``oracle``, ``postprocess[i]``) that Ray's cloudpickle cannot serialise: what a remote
+    worker could not receive."""
     try:
         from ray import cloudpickle as pickler
     except ImportError:  # pragma: no cover - without Ray, the stdlib pickle rules
@@ -309,7 +312,7 @@ def check_shippable(program: LocalProgram) -> None:
         try:
             pickler.dumps(value)
         except Exception as e:
-            raise ValueError(f"{field}: cannot be shipped to remote workers, it does not pickle "
+            raise ConfigError(f"{field}: cannot be shipped to remote workers, it does not pickle "
                              f"({type(e).__name__}: {e}); use a function of a module the "
                              f"workers import, one defined in __main__ or a lambda (sent by "
                              f"value), or a picklable object") from None
