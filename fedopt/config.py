@@ -212,8 +212,6 @@ def _check_model_shape(model: dict[str, Any], feature_shape: tuple[int, ...],
     size it as a run does (:func:`~fedopt.models.registry.check_model_size`: at most a fraction
     of the free memory of ``executor.device`` in ``executor.dtype``). Returns the bytes of its
     parameters (a job's default payload on the clock)."""
-    import torch
-
     from fedopt.dtypes import DTYPES
     from fedopt.models.registry import MODEL_CLASSES, check_model_size
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from functools import lru_cache
-from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator,
                       Field, Tag, TypeAdapter, ValidationError, create_model, model_validator)

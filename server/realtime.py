@@ -87,13 +87,13 @@ from typing import Any
 
 import numpy as np
 
+from fedopt.algorithms.async_aggregate import ParamSum, WeightedMean, renormalized
 from fedopt.algorithms.async_schedule import LoopHooks, Scheduler, Step
 from fedopt.algorithms.base import Params, ServerState
 from fedopt.clock import DONE, EventQueue
 from fedopt.config import ConfigError
 from fedopt.engine.contract import ClientUpdate, check_executor
-from fedopt.engine.executor import drop_scale
-from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state, client_error
+from fedopt.engine.nonfinite import check_server_state, client_error
 from server.ray_async import RayJob
 from server.realtime_clock import RealTimeClock
 
@@ -447,8 +447,7 @@ class RealTimeAsync:
         lost = np.array([bool(a.update.nonfinite) for a in arrivals], dtype=bool)
         if lost.any() and policy != "drop":
             raise client_error(step.clients[lost], step.versions[lost])
-        acc: Params | None = None
-        loss_num = loss_den = 0.0
+        total, loss = ParamSum(), WeightedMean()
         for k, arr in enumerate(arrivals):
             if lost[k]:
                 continue
@@ -456,18 +455,7 @@ class RealTimeAsync:
             if self.alg.combine == "model":
                 term = {n: term[n] + (arr.base[n] - current[n]) for n in term}
             wk = float(w[k])
-            acc = ({n: v * wk for n, v in term.items()} if acc is None
-                   else {n: acc[n] + term[n] * wk for n in acc})
-            loss_num += wk * float(arr.update.mean_loss)
-            loss_den += wk
-        loss = loss_num / loss_den if loss_den > 0 else None
-        if not lost.any():
-            return acc, loss, 0
-        totals = self._rt["totals"]
-        totals[DROPPED_KEY] = int(totals.get(DROPPED_KEY, 0)) + int(lost.sum())
-        if acc is None:
-            return None, None, int(lost.sum())
-        scale = drop_scale(float(np.sum(w)), float(np.sum(w[~lost])))
-        if scale != 1.0:
-            acc = {n: v * scale for n, v in acc.items()}
-        return acc, loss, int(lost.sum())
+            total.add(term, wk)
+            loss.add(wk * float(arr.update.mean_loss), wk)
+        acc, mean_loss = renormalized(self._rt, total, loss, w, lost)
+        return acc, mean_loss, int(lost.sum())

@@ -50,6 +50,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fedopt.algorithms.async_aggregate import ParamSum, WeightedMean, add_call, renormalized
 from fedopt.algorithms.async_schedule import SchedulePolicy, Scheduler, Step
 from fedopt.algorithms.async_weights import (STALENESS, WEIGHT_RULES, Arrivals, WeightRule,
                                              expected_participation)
@@ -59,7 +60,7 @@ from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.clock import VirtualClock, validate_clock_config
 from fedopt.schema import ConfigError
 from fedopt.engine.contract import Executor, SharedStart
-from fedopt.engine.executor import drop_scale, job_samples
+from fedopt.engine.executor import job_samples
 from fedopt.engine.nonfinite import DROPPED_KEY, check_server_state
 from fedopt.engine.program import LocalProgram
 
@@ -259,9 +260,9 @@ class AsyncFederated:
         exactly the uncomputed arrivals, the call is weighted (for one version: FedAvg's very
         call from the shared θ^ρ, bit for bit); otherwise the deltas are cached until their own
         arrival."""
-        total = _ParamSum()          # Σ_i ω_i Δ_i
+        total = ParamSum()          # Σ_i ω_i Δ_i
         add = total.add
-        loss = _WeightedMean()       # Σ ω_i L_i / Σ ω_i over the jobs aggregated now
+        loss = WeightedMean()       # Σ ω_i L_i / Σ ω_i over the jobs aggregated now
 
         arrivals = list(zip(step.clients.tolist(), step.versions.tolist()))
         lost = np.zeros(len(arrivals), dtype=bool)       # arrivals dropped: non-finite
@@ -293,7 +294,7 @@ class AsyncFederated:
                 if weights is not None:
                     out = executor.run_jobs(starts, ids, vers, weights[ks], optimizer=opt)
                     lost[np.asarray(fresh)[ks][~out.kept(ids)]] = True
-                    _add_call(total, loss, out, weights[ks], ids)
+                    add_call(total, loss, out, weights[ks], ids)
                 else:
                     out = executor.run_jobs(starts, ids, vers, np.ones(len(ks)), optimizer=opt,
                                             keep_local=True)
@@ -318,7 +319,7 @@ class AsyncFederated:
                 if wv.sum() != 0:
                     theta_v = a["versions"][v]
                     add({k: theta_v[k] - current[k] for k in current}, float(wv.sum()))
-        return _renormalized(a, total, loss, w, lost)
+        return renormalized(a, total, loss, w, lost)
 
     def step_stats(self, a: dict, step: Step, executor: Executor) -> dict[str, Any]:
         t = a["totals"]
@@ -355,65 +356,6 @@ class AsyncFederated:
 
 #: cache entry of a job whose result was non-finite (dropped under ``on_nonfinite: drop``)
 _DROPPED: tuple[dict, float] = ({}, float("nan"))
-
-
-def _add_call(total: "_ParamSum", loss: "_WeightedMean", out: Any, weights: np.ndarray,
-              ids: np.ndarray) -> None:
-    """Add a weighted executor call's sums, undoing the executor's own renormalisation over its
-    kept jobs (the step renormalises once, over all its arrivals: :func:`_renormalized`)."""
-    if not out.updates:
-        return
-    kept_w = float(np.sum(np.asarray(weights, dtype=np.float64)[out.kept(ids)]))
-    s = drop_scale(out.weight_sum, kept_w)
-    if s == 1.0:
-        total.add(out.delta_sum)
-        loss.add(out.loss_sum, out.weight_sum)
-    else:
-        total.add(out.delta_sum, 1.0 / s)
-        loss.add(out.loss_sum / s, kept_w)
-
-
-def _renormalized(a: dict, total: "_ParamSum", loss: "_WeightedMean", w: np.ndarray,
-                  lost: np.ndarray) -> tuple[Params | None, float | None]:
-    """The step's ``(Δ^n, local loss)`` with the arrivals in ``lost`` left out: Δ^n scaled by
-    Σ_{A(n)} ω / Σ_{kept} ω (:func:`~fedopt.engine.executor.drop_scale`); ``(None, None)`` when
-    nothing is kept. Counts the dropped arrivals (cumulative, ``totals``)."""
-    if not lost.any():
-        return total.value, loss.value
-    a["totals"][DROPPED_KEY] = int(a["totals"].get(DROPPED_KEY, 0)) + int(lost.sum())
-    if lost.all() or total.value is None:
-        return None, None
-    s = drop_scale(float(np.sum(w)), float(np.sum(w[~lost])))
-    if s != 1.0:
-        total.value = {k: v * s for k, v in total.value.items()}
-    return total.value, loss.value
-
-
-class _ParamSum:
-    """Running sum of parameter dicts, each optionally scaled; ``value`` is None when empty."""
-
-    def __init__(self) -> None:
-        self.value: Params | None = None
-
-    def add(self, term: Params, scale: float | None = None) -> None:
-        if scale is not None:
-            term = {k: v * scale for k, v in term.items()}
-        self.value = term if self.value is None else {k: self.value[k] + term[k] for k in term}
-
-
-class _WeightedMean:
-    """Running Σ numerator / Σ weight; ``value`` is None before any positive weight."""
-
-    def __init__(self) -> None:
-        self.num = self.den = 0.0
-
-    def add(self, num: float, den: float) -> None:
-        self.num += num
-        self.den += den
-
-    @property
-    def value(self) -> float | None:
-        return self.num / self.den if self.den > 0 else None
 
 
 # ------------------------------------------------------------------------------ registry

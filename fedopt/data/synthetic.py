@@ -165,9 +165,6 @@ def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, Synthetic
     k = check_synthetic(**keys)
     alpha, beta, num_clients, iid = k["alpha"], k["beta"], k["num_clients"], k["iid"]
     num_features, num_classes, test_fraction = k["num_features"], k["num_classes"], k["test_fraction"]
-    min_samples, max_samples = k["min_samples"], k["max_samples"]
-    lognormal_mean, lognormal_sigma = k["lognormal_mean"], k["lognormal_sigma"]
-
     # rows per client (stream 1 of seed_streams(seed, 4)), drawn after the memory bound
     sizes = check_synthetic_memory(seed, k)
     rng_model, _, rng_x, rng_split = seed_streams(seed, 4)
