@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from fedopt.engine.batches import BatchPlan
-from fedopt.engine.program import Batch, LocalProgram, PerSample, UpdateInfo, cross_entropy
+from fedopt.engine.program import (Batch, LocalProgram, PerSample, StepKeys, UpdateInfo,
+                                   cross_entropy)
 from fedopt.optim.core import FunctionalOptimizer, masked_select
 from fedopt.rng import STREAM_PROBES, keyed_normal, keyed_uniform
 from fedopt.tree import take_rows
@@ -102,6 +103,7 @@ class LocalTrainer:
         self.program = program
         self._loss_fn = program.loss_fn
         self.seed = seed
+        self.step_keys: StepKeys | None = None   # the current local step, for keyed oracles
 
     # -- gradients -------------------------------------------------------------------------
     def batched_grad(self, y: Params, batch: Batch) -> tuple[Params, Tensor]:
@@ -201,6 +203,7 @@ class LocalTrainer:
             y = {k: v.unsqueeze(0).expand((C,) + v.shape).clone() for k, v in start.items()}
             y0 = {k: v.unsqueeze(0) for k, v in start.items()} if mu > 0 else None
         keys = np.asarray(round_idx, dtype=np.int64) if np.ndim(round_idx) > 0 else round_idx
+        ids_all = np.arange(C) if client_ids is None else np.asarray(client_ids, dtype=np.int64)
         state = opt.init(y, batch_shape=(C,))
         # ℓ_i = Σ_b wn_ib CE_ib with wn = weight / (real samples); 0 for finished clients
         wn_all = plan.weight / plan.weight.sum(-1, keepdim=True).clamp_min(1.0)
@@ -239,6 +242,9 @@ class LocalTrainer:
             wn, active = wn_all[k], plan.active[k]
             if live is not None:
                 xb, yb, wn, active = xb[live], yb[live], wn[live], active[live]
+            rows = None if live is None else live.cpu().numpy()
+            self.step_keys = StepKeys(keys if rows is None or np.ndim(keys) == 0 else keys[rows],
+                                      ids_all if rows is None else ids_all[rows], k)
             g, loss = self._gradient(y, xb, yb, wn)
             if live is None:
                 loss_sum += loss

@@ -13,7 +13,8 @@ and returns Δ_i = P(y_{i,u_i} − y_{i,0}). A :class:`LocalProgram` names each 
   rows (``None``: the task's default, accuracy for classification, none for regression);
 * ``oracle`` G, the gradient oracle: :class:`Autograd` (∇ℓ, the default) or :class:`SAM` (the
   quasi-gradient at an ascent point); any object with
-  ``gradient(ctx, y, batch) -> (grads, loss)`` plugs in (a zeroth-order estimator is next);
+  ``gradient(ctx, y, batch) -> (grads, loss)`` plugs in (zeroth-order estimators:
+  :class:`fedopt.zo.estimators.ZerothOrder`, through ``batched_loss`` and ``step_keys``);
 * the additive corrections: ``prox_mu`` μ ≥ 0, FedProx's proximal term μ(y − y₀); the per-client
   linear terms c_i (SCAFFOLD/FedDyn control variates) are data, passed per job by the algorithm;
 * ``postprocess``, a chain of update postprocessors P = P_n ∘ … ∘ P_1 applied to the stacked
@@ -101,10 +102,22 @@ class Batch(NamedTuple):
     w: Tensor
 
 
+class StepKeys(NamedTuple):
+    """Who the current local step belongs to, for keyed randomness in an oracle (zeroth-order
+    directions): the job ``keys`` (one int, or one per client [C]), ``client_ids`` int64 [C]
+    (the stack's rows, in order) and the local ``step`` index."""
+
+    keys: int | np.ndarray
+    client_ids: np.ndarray
+    step: int
+
+
 class OracleContext(Protocol):
-    """What an oracle may ask of the trainer running it."""
+    """What an oracle may ask of the trainer running it (``step_keys``: the current step's
+    :class:`StepKeys`, set by the trainer before each oracle call)."""
 
     seed: int
+    step_keys: StepKeys | None
 
     def batched_grad(self, y: Params, batch: Batch) -> tuple[Params, Tensor]:
         """Per-client ∇ℓ_i(y_i) (stacked like ``y``) and losses ℓ_i [C]."""
