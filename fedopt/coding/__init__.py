@@ -11,7 +11,9 @@
 from fedopt.coding.codes import (DEFAULT_TOL, GradientCode, NotDecodable, combine, cyclic,
                                  cyclic_generator, frc, from_matrix, ignore_stragglers_vector,
                                  least_squares, uncoded)
+from fedopt.coding.bursty import conforms, generate
+from fedopt.coding.sgc import GC, MSGC, SRSGC, simulate_runtime
 
 __all__ = ["DEFAULT_TOL", "GradientCode", "NotDecodable", "combine", "cyclic",
            "cyclic_generator", "frc", "from_matrix", "ignore_stragglers_vector", "least_squares",
-           "uncoded"]
+           "uncoded", "GC", "SRSGC", "MSGC", "simulate_runtime", "conforms", "generate"]
