@@ -1,0 +1,93 @@
+"""FedZO (Fang, Yu, Jiang, Shi, Jones, Zhou, "Communication-Efficient Stochastic Zeroth-Order
+Optimization for Federated Learning", IEEE TSP 70, 2022; arXiv 2201.09531): FedAvg whose clients
+can only evaluate their loss.
+
+Round t: sample M of the N devices uniformly without replacement (S_t); each runs H local
+ZO-SGD steps from x_t on fresh minibatches ξ (``client.local_steps``, ``client.batch_size`` b1),
+
+    y ← y − η ĝ(y; ξ),   ĝ = (d / (μ b2)) Σ_{j=1..b2} (F_i(y + μ u_j; ξ) − F_i(y; ξ)) u_j
+
+(u_j uniform on the unit sphere: ``client.estimator: {name: sphere, directions: b2, mu: μ}``,
+any law of :mod:`fedopt.zo.estimators` plugs in), and the server averages the deltas,
+x_{t+1} = x_t + (1/M) Σ_{i∈S_t} Δ_i (``aggregation_weights: uniform``, the authors' code; the
+server optimizer applies as in FedAvg). The clients' program is FedAvg's with the
+:class:`~fedopt.zo.estimators.ZerothOrder` oracle — the same engine, another gradient oracle.
+
+Queries: every function evaluation F_i(·; ξ) is one query (a minibatch evaluation counts once,
+``../shared/algorithms/zeroth_order.md`` §0): u_i·(b2 + 1) per client and round with u_i local
+steps (forward differences; 2·b2 central). Metrics rows carry ``queries``, cumulative over all
+clients and rounds, kept in ``ServerState.extra["zo_queries"]`` (checkpointed).
+
+Paper defaults (authors' scripts): N = 10, M = N, H = 20, b1 = 25, b2 = 20, μ = 1e-3, η = 1e-3.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from fedopt.algorithms.base import AlgorithmSpec, ServerState
+from fedopt.algorithms.fedavg import AGGREGATION_WEIGHTS, FedAvg, dropped_stats, local_loss
+from fedopt.algorithms.server_opt import ServerOptimizer
+from fedopt.engine.contract import Executor
+from fedopt.engine.program import LocalProgram
+from fedopt.zo.estimators import ZerothOrder
+
+QUERIES_KEY = "zo_queries"
+
+
+def count_queries(state: ServerState, n: int) -> int:
+    """Add n queries to the cumulative count in ``state.extra``; returns the new total."""
+    total = int(state.extra.get(QUERIES_KEY, 0)) + int(n)
+    state.extra[QUERIES_KEY] = total
+    return total
+
+
+class FedZO(FedAvg):
+    """FedAvg's sampling, weights and server step; clients run ``oracle`` (module docstring)."""
+
+    def __init__(self, counts: np.ndarray, clients_per_round: int,
+                 server_optimizer: ServerOptimizer | None = None,
+                 aggregation_weights: str = "uniform", seed: int = 0,
+                 oracle: ZerothOrder | None = None):
+        super().__init__(counts, clients_per_round, server_optimizer, aggregation_weights, seed)
+        self.oracle = oracle if oracle is not None else ZerothOrder()
+
+    def local_program(self) -> LocalProgram:
+        return LocalProgram(oracle=self.oracle)
+
+    def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None
+                  ) -> tuple[ServerState, dict[str, Any]]:
+        ids = self.sample_clients(state.round)
+        out, _, _ = self.run_clients(state, executor, ids, self.weights(ids), optimizer)
+        d = sum(v.numel() for v in state.params.values())
+        total = count_queries(state, int(np.sum(out.steps)) * self.oracle.queries_per_step(d))
+        stats = {"local_loss": local_loss(out), "updates": out.updates, "samples": out.samples,
+                 "queries": total, **dropped_stats(state, executor)}
+        return self.apply(state, out.delta_sum if out.updates else None), stats
+
+
+def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,
+           server_optimizer: ServerOptimizer, config: dict[str, Any]) -> FedZO:
+    est = (config.get("client") or {}).get("estimator")
+    try:
+        oracle = ZerothOrder.from_config(est)
+    except ValueError as e:
+        raise ValueError(f"client.estimator.{e}") from None
+    return FedZO(counts, cfg["clients_per_round"], server_optimizer, cfg["aggregation_weights"],
+                 seed=seed, oracle=oracle)
+
+
+def _specs() -> dict[str, AlgorithmSpec]:
+    from fedopt.algorithms.base import schema
+
+    weights = (Literal[AGGREGATION_WEIGHTS], Field(
+        "uniform", description="FedZO averages the M deltas uniformly (authors' code)"))
+    return {"fedzo": AlgorithmSpec(
+        schema("fedzo", "FedZO: FedAvg with zeroth-order clients (client.estimator)",
+               aggregation_weights=weights),
+        {"name": "sgd", "lr": 1.0}, _build, "FedZO (zeroth-order clients; client.estimator)")}
+
+
+ALGORITHM_SPECS = _specs()
