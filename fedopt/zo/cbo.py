@@ -111,3 +111,13 @@ class CBO:
             queries += x.shape[0] * x.shape[1]
         v = consensus(x, f(x), self.alpha)
         return x, v, queries + x.shape[0] * x.shape[1]
+
+
+@dataclass(frozen=True)
+class LossOnly:
+    """A gradient oracle that only evaluates: G(y) = 0 and ℓ_i(y_i) by the trainer's
+    ``batched_loss`` (no gradient). Clients running it with a zero step size return their
+    minibatch losses at the points they were sent: how FedCBO's clients rate particles."""
+
+    def gradient(self, ctx, y, batch):
+        return {k: torch.zeros_like(v) for k, v in y.items()}, ctx.batched_loss(y, batch)
