@@ -225,8 +225,20 @@ def encode_checkpoint(state: Mapping[str, Any]) -> bytes:
     return save(enc.tensors, metadata=meta)
 
 
+def _looks_like_safetensors(data: bytes) -> bool:
+    """An 8-byte little-endian header length that fits the file, then a JSON object."""
+    if len(data) < 9:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return n <= len(data) - 8 and data[8:9] == b"{"
+
+
 def _is_pickle(data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"   # torch.save zip / raw pickle
+    """torch.save's zip or a raw pickle (protocol ≥ 2 starts with 0x80) — checked only for a file
+    that is not safetensors: a header length whose low byte is 0x80 starts with that byte too."""
+    if _looks_like_safetensors(data):
+        return False
+    return data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
 
 
 def _header(data: bytes, source: str, check_size: bool = True) -> dict[str, Any]:

@@ -605,3 +605,17 @@ def test_remove_run_dir_deletes_only_a_fedopt_run(tmp_path):
     with pytest.raises(RunDirError, match="not a fedopt run directory"):
         remove_run_dir(plain)
     assert (plain / "config.json").exists()
+
+
+def test_a_checkpoint_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle():
+    """safetensors files begin with their header's length, little-endian: a length whose low
+    byte is 0x80 (as 0x80 starts a raw pickle) must still load. Pad the structure until the
+    header length's low byte is 0x80."""
+    for pad in range(300):
+        data = encode_checkpoint({"x": torch.arange(3.0), "pad": "p" * pad})
+        if data[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    back = decode_checkpoint(data)
+    assert back["x"].tolist() == [0.0, 1.0, 2.0]
