@@ -55,8 +55,8 @@ class ShardResult:
     local_params: Arrays | None = None
     steps: np.ndarray | None = None  # u_i, in the order of client_ids
     local_loss: np.ndarray | None = None  # per-client mean local loss (with local_params)
-    #: ids of the shard's clients with non-finite results, left out of the sums above (not
-    #: renormalised: the coordinator applies the run's ``on_nonfinite`` policy to the round)
+    #: positions (in this shard's job order) of the jobs with non-finite results, left out of
+    #: the sums above (not renormalised: the coordinator applies the run's ``on_nonfinite``)
     nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     compute_s: float = 0.0           # time spent in local training on the worker
     finished_at: float = 0.0         # worker's time.time() when it returned (after any delay)

@@ -130,7 +130,8 @@ class AsyncDispatcher:
         worker's sums leave the non-finite clients out)."""
         ref = next(iter(job.params.values()))
         local = to_tensors(res.local_params, ref.device, ref.dtype)
-        bad = np.isin(job.client_ids, np.asarray(getattr(res, "nonfinite", ()), dtype=np.int64))
+        bad = np.zeros(len(job.client_ids), dtype=bool)     # res.nonfinite: job positions
+        bad[np.asarray(res.nonfinite, dtype=np.int64)] = True
         kept_w = float(np.sum(~bad))            # the job's clients are submitted with weight 1
         mean_loss = res.loss_sum / max(kept_w, 1e-300)
         elapsed = time.monotonic() - job.submitted_at

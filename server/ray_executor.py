@@ -28,8 +28,8 @@ policy ``on_timeout`` (``"drop"``: FedAvg's renormalisation over the jobs that r
 needed) stragglers are always retried.
 
 Non-finite clients (NaN/±inf results) are found on the workers, by the in-process executor's own
-check, left out of each shard's sums and their ids sent back (``ShardResult.nonfinite``); the
-coordinator applies the run's ``on_nonfinite`` to the whole round: ``"error"`` raises one
+check, left out of each shard's sums and their job positions sent back
+(``ShardResult.nonfinite``); the coordinator applies the run's ``on_nonfinite`` to the whole round: ``"error"`` raises one
 :class:`~fedopt.engine.nonfinite.NonFiniteError` naming them, ``"drop"`` renormalises over the
 clients that returned finite results, with the same :func:`~fedopt.engine.executor.drop_scale`
 as for stragglers (``RoundOutput.nonfinite`` lists them).
@@ -345,7 +345,7 @@ class RayExecutor:
         loss_sum, samples, updates, w_returned = 0.0, 0, 0, 0.0
         steps = np.zeros(len(ids), dtype=np.int64)
         local_loss = np.zeros(len(ids)) if keep_local else None
-        nonfinite: list[np.ndarray] = []
+        nonfinite: list[np.ndarray] = []     # positions in the call of non-finite jobs
         for task, res in results:
             d = to_tensors(res.delta_sum, dev, dt)
             delta_sum = d if delta_sum is None else {k: delta_sum[k] + d[k] for k in d}
@@ -353,10 +353,10 @@ class RayExecutor:
             samples += res.samples
             updates += res.updates
             w_returned += float(np.sum(w[task.positions]))
-            bad = np.asarray(getattr(res, "nonfinite", ()), dtype=np.int64)
-            if len(bad):
+            bad = np.asarray(task.positions)[np.asarray(res.nonfinite, dtype=np.int64)]
+            if len(bad):                    # the shard's positions -> the call's
                 nonfinite.append(bad)
-                w_returned -= float(np.sum(w[task.positions][np.isin(ids[task.positions], bad)]))
+                w_returned -= float(np.sum(w[bad]))
             steps[task.positions] = res.steps
             if keep_local:
                 local_loss[task.positions] = res.local_loss
@@ -372,15 +372,14 @@ class RayExecutor:
                 for k, v in y.items():
                     local[k][pos] = v
         weight_sum = float(np.sum(w))
-        bad_ids = np.sort(np.concatenate(nonfinite)) if nonfinite else np.zeros(0, np.int64)
-        if len(bad_ids) and self.on_nonfinite == "error":
-            bad = np.isin(ids, bad_ids)
-            raise client_error(ids[bad], keys[bad])
-        if delta_sum is not None and (report.dropped or len(bad_ids)):
+        bad_pos = np.sort(np.concatenate(nonfinite)) if nonfinite else np.zeros(0, np.int64)
+        if len(bad_pos) and self.on_nonfinite == "error":
+            raise client_error(ids[bad_pos], keys[bad_pos])
+        if delta_sum is not None and (report.dropped or len(bad_pos)):
             delta_sum, loss_sum = renormalise(delta_sum, loss_sum, weight_sum, w_returned)
         return RoundOutput(delta_sum=delta_sum, weight_sum=weight_sum, loss_sum=loss_sum,
                            samples=samples, updates=updates, local_params=local, steps=steps,
-                           local_loss=local_loss, nonfinite=bad_ids)
+                           local_loss=local_loss, nonfinite=bad_pos)
 
     # -- asynchronous, real time ------------------------------------------------------------------
     def submit(self, params: Params, client_ids, key: int, *, optimizer=None,

@@ -307,3 +307,20 @@ def test_finite_rows_overflowing_sum_of_finite_entries_is_finite():
     t = torch.tensor([[3e38, 3e38], [1.0, math.nan], [1.0, 2.0]], dtype=torch.float32)
     assert torch.isinf(t[0].sum())
     assert finite_rows({"w": t}).tolist() == [True, False, True]
+
+
+def test_a_client_with_two_jobs_in_one_call_is_judged_per_job(data):
+    """Two jobs of client 3 in one run_jobs call (as when a fast FedBuff client arrives twice
+    in one buffer window), the first from a NaN start: only that job is left out, by position,
+    and the sum is the second job's weighted delta (renormalised over the kept weight)."""
+    sim = Simulation(config(data, policy="drop", executor={"dtype": "float64"}))
+    ex = sim.executor
+    good = sim.state.params
+    starts = {k: torch.stack([torch.full_like(v, float("nan")), v]) for k, v in good.items()}
+    ids, keys, w = np.array([3, 3]), np.array([0, 0]), np.array([0.25, 0.75])
+    out = ex.run_jobs(starts, ids, keys, w)
+    assert out.nonfinite.tolist() == [0] and out.kept(2).tolist() == [False, True]
+    assert out.updates == 1
+    alone = ex.run_jobs({k: v[1:] for k, v in starts.items()}, ids[1:], keys[1:], np.array([1.0]))
+    for k in good:   # Σ w Δ over the kept job, scaled by Σw / Σw_kept = 1 / 0.75
+        torch.testing.assert_close(out.delta_sum[k], alone.delta_sum[k], rtol=1e-12, atol=1e-14)

@@ -24,7 +24,7 @@ def add_call(total: "ParamSum", loss: "WeightedMean", out: Any, weights: np.ndar
     kept jobs (the step renormalises once, over all its arrivals: :func:`renormalized`)."""
     if not out.updates:
         return
-    kept_w = float(np.sum(np.asarray(weights, dtype=np.float64)[out.kept(ids)]))
+    kept_w = float(np.sum(np.asarray(weights, dtype=np.float64)[out.kept(len(ids))]))
     s = drop_scale(out.weight_sum, kept_w)
     if s == 1.0:
         total.add(out.delta_sum)

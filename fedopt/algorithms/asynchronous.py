@@ -293,12 +293,12 @@ class AsyncFederated:
                 opt = self.optimizer_at(int(vers[0]), optimizer)   # one per group
                 if weights is not None:
                     out = executor.run_jobs(starts, ids, vers, weights[ks], optimizer=opt)
-                    lost[np.asarray(fresh)[ks][~out.kept(ids)]] = True
+                    lost[np.asarray(fresh)[ks][~out.kept(len(ids))]] = True
                     add_call(total, loss, out, weights[ks], ids)
                 else:
                     out = executor.run_jobs(starts, ids, vers, np.ones(len(ks)), optimizer=opt,
                                             keep_local=True)
-                    kept = out.kept(ids)
+                    kept = out.kept(len(ids))
                     for r, (i, v) in enumerate(zip(ids.tolist(), vers.tolist())):
                         theta = models[int(inv[r])]
                         a["cache"][(i, v)] = (({n_: out.local_params[n_][r] - theta[n_]

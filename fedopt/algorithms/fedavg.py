@@ -135,7 +135,7 @@ class FedAvg:
             out = executor.run_jobs(SharedStart(state.params), ids[pos],
                                     np.full(len(pos), state.round, dtype=np.int64), w_run,
                                     optimizer=optimizer, correction=corr, keep_local=keep_local)
-            kept = out.kept(ids[pos])
+            kept = out.kept(len(pos))
             new = None
             if client_state is not None and kept.any():
                 new = client_state(out, pos)

@@ -68,13 +68,17 @@ class RoundOutput:
     local_params: Params | None = None  # stacked y_{j,u_j} [m, *shape] (with keep_local)
     steps: np.ndarray | None = None     # int64 [m]: u_j, each job's number of local steps
     local_loss: np.ndarray | None = None  # float64 [m]: L_j (with keep_local)
-    #: ids of the clients left out for non-finite values (their rows of ``local_params`` /
-    #: ``local_loss`` are kept as computed); the sums above are over the other jobs
+    #: int64 positions (0..m−1, in job order) of the jobs left out for non-finite values — by
+    #: position, since a client may run two jobs in one call; their rows of ``local_params`` /
+    #: ``local_loss`` are kept as computed; the sums above are over the other jobs
     nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
-    def kept(self, client_ids: np.ndarray) -> np.ndarray:
-        """Bool mask over ``client_ids``: True for the jobs in the sums (not non-finite)."""
-        return ~np.isin(np.asarray(client_ids, dtype=np.int64), self.nonfinite)
+    def kept(self, num_jobs: int) -> np.ndarray:
+        """Bool mask over the call's ``num_jobs`` jobs: False for those left out as non-finite
+        (stragglers a live executor dropped are not listed here: they are not in ``updates``)."""
+        mask = np.ones(int(num_jobs), dtype=bool)
+        mask[np.asarray(self.nonfinite, dtype=np.int64)] = False
+        return mask
 
 
 @dataclass

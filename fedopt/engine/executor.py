@@ -232,8 +232,7 @@ class VectorizedExecutor:
         loss_sum, samples = 0.0, 0
         w_all = torch.as_tensor(weights, dtype=next(iter(delta_sum.values())).dtype,
                                 device=self.device)
-        bad_ids: list[np.ndarray] = []
-        bad_keys: list[np.ndarray] = []
+        bad_pos: list[np.ndarray] = []      # positions of the non-finite jobs in the call
         bad_weight = 0.0
         for lo in range(0, len(client_ids), chunk):
             ids = client_ids[lo:lo + chunk]
@@ -257,9 +256,7 @@ class VectorizedExecutor:
                     delta_sum[k] += torch.tensordot(w, y - base, dims=1)
             else:   # leave the non-finite clients out (NaN · 0 is NaN: select, not weight)
                 bad = (~ok).nonzero().flatten().cpu().numpy()
-                bad_ids.append(ids[bad])
-                bad_keys.append(np.asarray(key_c)[bad] if stacked
-                                else np.full(len(bad), key_c, dtype=np.int64))
+                bad_pos.append(lo + bad)
                 bad_weight += float(np.sum(np.asarray(weights, dtype=np.float64)[lo + bad]))
                 loss_c = float(torch.where(ok, wl, torch.zeros_like(wl)).sum())
                 for k, y in res.params.items():
@@ -276,10 +273,13 @@ class VectorizedExecutor:
         local_params = ({k: torch.cat([p[k] for p in locals_]) for k in delta_sum}
                         if keep_local else None)
         local_loss = torch.cat(local_losses).double().cpu().numpy() if keep_local else None
-        nonfinite = (np.concatenate(bad_ids) if bad_ids else np.zeros(0, dtype=np.int64))
+        nonfinite = (np.concatenate(bad_pos).astype(np.int64) if bad_pos
+                     else np.zeros(0, dtype=np.int64))
         weight_sum = float(np.sum(weights))
         if len(nonfinite) and self.on_nonfinite == "error":
-            raise client_error(nonfinite, np.concatenate(bad_keys))
+            raise client_error(client_ids[nonfinite],
+                               np.asarray(key)[nonfinite] if stacked
+                               else np.full(len(nonfinite), key, dtype=np.int64))
         if len(nonfinite) and self.on_nonfinite == "drop":
             scale = drop_scale(weight_sum, weight_sum - bad_weight)
             delta_sum = {k: v * scale for k, v in delta_sum.items()}
