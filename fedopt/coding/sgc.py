@@ -281,7 +281,7 @@ class Runtime:
     decoded_at: np.ndarray
 
 
-def simulate_runtime(scheme: Scheme, delay: np.ndarray, c_comp: float, mu: float = 1.0,
+def simulate_runtime(scheme: Scheme, delay: Any, c_comp: float = 0.0, mu: float = 1.0,
                      admission: str = "feasible", B: int | None = None, W: int | None = None,
                      lam: int | None = None) -> Runtime:
     """Total runtime of ``scheme`` on a delay matrix (spec §2.6): worker i's time in round r is
@@ -289,6 +289,8 @@ def simulate_runtime(scheme: Scheme, delay: np.ndarray, c_comp: float, mu: float
     master declares stragglers past ``(1 + μ) · min_i time`` and the round lasts
     ``min((1 + μ) · min_i time, max_i time)`` — unless the scheme cannot absorb the pattern, then
     it waits for everybody (``max_i time``, nobody straggles). Rounds with no task last 0.
+    ``delay`` may also be a function ``load -> [n, ≥ J + T]`` giving the times at the scheme's
+    load directly (:mod:`fedopt.coding.delays`; ``c_comp`` is then not used).
 
     ``admission``: ``"feasible"`` — absorb a pattern iff every started job can still decode by
     its deadline when nobody straggles afterwards (never waits needlessly, never decodes
@@ -297,6 +299,8 @@ def simulate_runtime(scheme: Scheme, delay: np.ndarray, c_comp: float, mu: float
     B, W, λ), and a job missing its deadline raises RuntimeError.
     """
     n = scheme.n
+    if callable(delay):
+        delay, c_comp = np.asarray(delay(scheme.load), dtype=np.float64), 0.0
     delay = np.asarray(delay, dtype=np.float64)
     if delay.shape[0] != n or delay.shape[1] < scheme.rounds:
         raise ValueError(f"delay: need shape [{n}, >= {scheme.rounds}], got {delay.shape}")
