@@ -34,7 +34,7 @@ from fedopt.algorithms import ServerOptimizer, algorithm_specs
 from fedopt.algorithms.server_opt import DEFAULTS, RULE_KEYS
 from fedopt.clock.config import ClockConfig
 from fedopt.data.registry import DataSpec, check_dataset_spec
-from fedopt.engine.program import LOSSES, METRICS
+from fedopt.engine.program import LOSSES, METRICS, check_task_fit
 from fedopt.executors import LocalExecutorConfig, executor_entries, executor_schemas
 from fedopt.models.registry import MODEL_SCHEMAS, ModelSpec
 from fedopt.zo.estimators import READ_ESTIMATOR, EstimatorConfig
@@ -186,6 +186,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
                           f"({', '.join(sorted(READ_ESTIMATOR))})")
 
     facts = check_dataset_spec(cfg["data"], cfg["seed"])
+    if facts.regression is not None:   # the loss and metrics fit the targets (as a run checks)
+        for key in ("loss", "metrics"):
+            check_task_fit(key, cfg["client"][key], f"client.{key}", facts.regression,
+                           cfg["data"]["name"] == "regression")
     _check_device(cfg["executor"]["device"])
     check_clients_per_round(alg["clients_per_round"], facts.num_clients)
     payload = None

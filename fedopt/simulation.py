@@ -28,7 +28,7 @@ from fedopt.dtypes import DTYPES
 from fedopt.engine.batches import capped_batch_size
 from fedopt.engine.contract import Executor, check_executor
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
-from fedopt.engine.program import LocalProgram, PerSample
+from fedopt.engine.program import LocalProgram, PerSample, check_task_fit
 from fedopt.models import build_model
 from fedopt.optim import from_config as optimizer_from_config
 
@@ -113,7 +113,9 @@ class Simulation:
         self.base_client_lr = getattr(self.client_optimizer, "lr", None)
         self.algorithm = build_algorithm(alg, self.data.counts.cpu().numpy(), seed, config)
         self.program = client_program(self.algorithm.local_program(), client,
-                                      self.data.is_regression, loss, metrics)
+                                      self.data.is_regression, loss, metrics,
+                                      regression_by_name=(dataset is None and
+                                                          config["data"]["name"] == "regression"))
         self.trainer = LocalTrainer(self.fmodel, self.client_optimizer, self.program, seed=seed)
         self.executor = build_executor(config, self.data, self.trainer)
         if ex.get("realtime"):   # an executor whose schema has it (Ray)
@@ -254,13 +256,19 @@ def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,
 
 
 def client_program(program: LocalProgram, client: dict[str, Any], regression: bool,
-                   loss: str | PerSample | None = None, metrics: Any = None) -> LocalProgram:
+                   loss: str | PerSample | None = None, metrics: Any = None, *,
+                   regression_by_name: bool = False) -> LocalProgram:
     """The algorithm's ``program`` with the run's loss and metrics: the arguments, else the
     config's ``client.loss`` / ``client.metrics``, else the task's defaults. ConfigError naming
-    ``client.loss`` / ``client.metrics`` (config) or ``loss`` / ``metrics`` (arguments)."""
+    ``client.loss`` / ``client.metrics`` (config) or ``loss`` / ``metrics`` (arguments) for a
+    bad value, for a built-in one that does not fit the targets (cross_entropy/accuracy need
+    class labels, mse float targets), and when float targets were found in a user's data
+    (``regression`` without ``regression_by_name``, i.e. not ``data.name: regression``) but no
+    loss says so: a regression run is confirmed by a loss, never inferred silently."""
     pieces = {}
     for key, given in (("loss", loss), ("metrics", metrics)):
         value, field = (given, key) if given is not None else (client.get(key), f"client.{key}")
+        check_task_fit(key, value, field, regression, regression_by_name)
         try:
             dataclasses.replace(program, **{key: value})
         except ValueError as e:

@@ -408,7 +408,9 @@ def test_npz_regression_targets_validate_as_they_build(tmp_path):
 
     path = _npz(tmp_path, x=np.zeros((10, 3), np.float32), y=np.linspace(0, 1, 10))
     data = {"name": "npz", "path": path, "num_clients": 2}
-    assert load_config({**copy.deepcopy(BASE), "data": data})["data"]["path"] == path
+    regression = {**copy.deepcopy(BASE), "data": data}
+    regression["client"]["loss"] = "mse"        # float targets: a loss confirms regression
+    assert load_config(regression)["data"]["path"] == path
     data["partition"] = {"name": "dirichlet", "alpha": 0.5}
     with pytest.raises(ConfigError) as build_error:
         build_dataset(data, seed=0)

@@ -164,8 +164,21 @@ def test_float_targets_from_arrays_and_npz_are_regression(tmp_path):
     cfg = _config()
     cfg["data"] = {"name": "npz", "path": str(path)}
     cfg["algorithm"]["clients_per_round"] = 4
+    # float targets found in a user's file are not made a regression run silently: a loss
+    # must say so; a loss or metric that needs class labels is refused by name
+    with pytest.raises(ConfigError, match=r"^client\.loss: the data set's targets are floats"):
+        fedopt.run(cfg, progress=False)
+    for key, value, name in (("loss", "cross_entropy", "cross_entropy"),
+                             ("metrics", ["accuracy"], "accuracy")):
+        bad = {**cfg, "client": {**cfg["client"], "loss": "mse", key: value}}
+        with pytest.raises(ConfigError, match=rf"^client\.{key}: {name} needs class labels"):
+            fedopt.run(bad, progress=False)
+    cfg["client"]["loss"] = "mse"
     res = fedopt.run(cfg, progress=False, metrics={"mse": "mse"})
     assert res.metrics[-1]["test_loss"] == pytest.approx(res.metrics[-1]["test_mse"])
+    labels = {**_config(loss="mse"), "data": {"name": "synthetic", "num_clients": 6}}
+    with pytest.raises(ConfigError, match=r"^client\.loss: mse needs float regression targets"):
+        fedopt.run(labels, progress=False)
 
 
 def test_full_gradients_with_vector_targets_are_each_clients_least_squares_gradient():
@@ -189,3 +202,29 @@ def test_full_gradients_with_vector_targets_are_each_clients_least_squares_gradi
         r = a @ W.T + b - t
         torch.testing.assert_close(g[wk][j], (2 / 3) * r.T @ a / len(a), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(g[bk][j], (2 / 3) * r.mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_validate_refuses_a_loss_or_metric_that_does_not_fit_the_targets(tmp_path):
+    """What a run refuses (above), validate refuses with the same field, before any data is
+    built: a loss/metric for class labels on the regression set, mse on class labels, and float
+    targets in a user's npz file without a loss that confirms a regression run."""
+    cases = [({"loss": "cross_entropy"}, {}, r"^client\.loss: cross_entropy needs class labels"),
+             ({"loss": "mse", "metrics": ["accuracy"]}, {},
+              r"^client\.metrics: accuracy needs class labels"),
+             ({"loss": "mse"}, {"name": "synthetic", "num_clients": 6},
+              r"^client\.loss: mse needs float regression targets")]
+    for client, data, match in cases:
+        cfg = _config(**client)
+        cfg["data"] = data or cfg["data"]
+        with pytest.raises(ConfigError, match=match):
+            load_config(cfg)
+    g = np.random.default_rng(1)
+    x = g.normal(size=(40, 3)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x=x, y=(x @ np.array([1.0, 2.0, -1.0])).astype(np.float32))
+    cfg = _config()
+    cfg["data"] = {"name": "npz", "path": str(tmp_path / "reg.npz"), "num_clients": 4}
+    cfg["algorithm"]["clients_per_round"] = 4
+    with pytest.raises(ConfigError, match=r"^client\.loss: the data set's targets are floats"):
+        load_config(cfg)
+    cfg["client"]["loss"] = "mse"
+    assert load_config(cfg)["client"]["loss"] == "mse"

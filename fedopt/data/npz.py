@@ -176,6 +176,7 @@ class NpzFacts:
     num_classes: int
     rows: int
     federated: bool
+    regression: bool
 
 
 def check_npz(path: Any, *, seed: int = 0, num_clients: int | None = None,
@@ -192,10 +193,12 @@ def check_npz(path: Any, *, seed: int = 0, num_clients: int | None = None,
         if num_clients is not None:
             num_clients = positive_int(num_clients, "data.num_clients")
         x, _, _, k, classes, _, _, _ = _federated_arrays(arrays, num_clients, num_classes)
-        return NpzFacts(k, tuple(x.shape[1:]), classes, int(x.shape[0]), True)
+        return NpzFacts(k, tuple(x.shape[1:]), classes, int(x.shape[0]), True,
+                        is_regression_target(arrays["y_train"]))
     data = _build_loaded(arrays, path, seed, num_clients, partition, test_fraction, num_classes)
     rows = int(data.x.shape[0] + data.x_test.shape[0])
-    return NpzFacts(data.num_clients, tuple(data.feature_shape), data.num_classes, rows, False)
+    return NpzFacts(data.num_clients, tuple(data.feature_shape), data.num_classes, rows, False,
+                    data.is_regression)
 
 
 def build_npz(path: str | Path, seed: int, *, num_clients: int | None = None,

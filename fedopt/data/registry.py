@@ -54,6 +54,8 @@ class DataFacts:
     num_clients: int | None
     feature_shape: tuple[int, ...] | None
     num_classes: int | None
+    #: float (regression) targets; None: known only after building
+    regression: bool | None = None
 
 
 def check_dataset_spec(full: dict[str, Any], seed: int = 0) -> DataFacts:
@@ -67,19 +69,20 @@ def check_dataset_spec(full: dict[str, Any], seed: int = 0) -> DataFacts:
     name = full["name"]
     if name == "synthetic":
         check_synthetic_memory(seed, {k: v for k, v in full.items() if k != "name"})
-        return DataFacts(full["num_clients"], (full["num_features"],), full["num_classes"])
+        return DataFacts(full["num_clients"], (full["num_features"],), full["num_classes"], False)
     if name == "regression":
         check_regression_memory(parse(RegressionData, full, "data"))
-        return DataFacts(full["num_clients"], (full["num_features"],), full["num_targets"])
+        return DataFacts(full["num_clients"], (full["num_features"],), full["num_targets"], True)
     if name == "digits":
         n = full["num_clients"]
         check_partition_rows(full["partition"], DIGITS_ROWS, n)
-        return DataFacts(n, (64,) if full["flatten"] else (1, 8, 8), DIGITS_CLASSES)
+        return DataFacts(n, (64,) if full["flatten"] else (1, 8, 8), DIGITS_CLASSES, False)
     if name == "npz":
         facts = check_npz(full["path"], seed=seed, num_clients=full["num_clients"],
                           partition=full["partition"], test_fraction=full["test_fraction"],
                           num_classes=full["num_classes"])
-        return DataFacts(facts.num_clients, facts.feature_shape, facts.num_classes)
+        return DataFacts(facts.num_clients, facts.feature_shape, facts.num_classes,
+                         facts.regression)
     return DataFacts(None, None, None)
 
 

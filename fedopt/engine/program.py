@@ -329,3 +329,28 @@ def check_shippable(program: LocalProgram) -> None:
                              f"({type(e).__name__}: {e}); use a function of a module the "
                              f"workers import, one defined in __main__ or a lambda (sent by "
                              f"value), or a picklable object") from None
+
+
+#: built-in losses / metrics that need class labels (the other built-ins need float targets)
+_FOR_LABELS = frozenset({"cross_entropy", "accuracy"})
+
+
+def check_task_fit(key: str, value: Any, field: str, regression: bool,
+                   regression_by_name: bool) -> None:
+    """ConfigError naming ``field`` when the built-in ``loss``/``metrics`` named in ``value``
+    do not fit the targets (cross_entropy and accuracy need class labels, mse float targets),
+    or when a user's data holds float targets (``regression`` without ``regression_by_name``,
+    i.e. not ``data.name: regression``) and no loss says so: a regression run is confirmed by a
+    loss, never inferred silently from a file's dtype. ``key``: "loss" or "metrics"."""
+    names = [value] if isinstance(value, str) else (
+        [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else [])
+    for name in names:
+        if (name in _FOR_LABELS) == regression:
+            need = "class labels" if name in _FOR_LABELS else "float regression targets"
+            has = "float regression targets" if regression else "integer class labels"
+            raise ConfigError(f"{field}: {name} needs {need}, but the data set has {has}")
+    if key == "loss" and value is None and regression and not regression_by_name:
+        raise ConfigError(
+            "client.loss: the data set's targets are floats (2-D, or with fractional values), "
+            "i.e. regression targets; confirm a regression run with client.loss: mse (or "
+            "fedopt.run(..., loss=...)), or store the labels as integers")
