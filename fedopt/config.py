@@ -163,6 +163,20 @@ def _server_optimizer_section(spec: Any, user: Mapping[str, Any] | None, name: s
     return out
 
 
+def _check_executor_name(config: Mapping[str, Any]) -> None:
+    """An executor name no installed package registers: the usual ConfigError, plus how
+    executors become known (an entry point is written when its package is installed, so a
+    checkout updated without reinstalling does not know a newly registered one)."""
+    ex = config.get("executor")
+    name = ex.get("name") if isinstance(ex, Mapping) else None
+    known = executor_entries()
+    if isinstance(name, str) and name not in known:
+        raise ConfigError(f"executor.name: unknown {name!r} (choose one of {', '.join(known)}); "
+                          f"executors register under the 'fedopt.executors' entry points of "
+                          f"installed packages: after installing or updating one, reinstall it "
+                          f"(e.g. pip install -e . in a fedopt checkout)")
+
+
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     """The resolved config (defaults filled; a plain dict) or a :class:`ConfigError` naming the
     field.
@@ -175,6 +189,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     deadline no job can meet, with the model's size as the jobs' payload) and the device."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
+    _check_executor_name(config)
     cfg = parse(run_schema(), config).model_dump()
     spec = algorithm_specs()[cfg["algorithm"]["name"]]
     alg = cfg["algorithm"]

@@ -117,3 +117,14 @@ def test_values_the_builders_check_are_refused_by_validation(quickstart, overrid
     """The builders' checks run at validation (no data built): one ConfigError."""
     with pytest.raises(ConfigError, match=f"^{field}"):
         load_config(quickstart, [override, "algorithm.clients_per_round=1"])
+
+
+def test_an_executor_no_package_registers_says_how_executors_become_known(monkeypatch):
+    import fedopt.config as config_mod
+
+    monkeypatch.setattr(config_mod, "executor_entries", lambda: {"local": None})  # an old install
+    with pytest.raises(ConfigError, match=r"^executor\.name: unknown 'ray' \(choose one of local\)"
+                                          r".*reinstall"):
+        config_mod.validate({"data": {"name": "synthetic"}, "executor": {"name": "ray"},
+                             "algorithm": {"name": "fedavg", "rounds": 1, "clients_per_round": 1},
+                             "client": {"local_steps": 1}})
