@@ -233,11 +233,15 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix or "config"]
 
 
-def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
+_MISSING = object()
+
+
+def _get(cfg: Mapping[str, Any], dotted: str, missing: Any = None) -> Any:
+    """The value at ``dotted`` in a nested config, or ``missing`` when a key is absent."""
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return None
+            return missing
         node = node[part]
     return node
 
@@ -365,6 +369,14 @@ class RunRecorder:
         with run_dir_errors(config_path, "read"):
             old = read_json(config_path)
         changed = [k for k in _diff_keys(old, self.config) if k not in RESUMABLE_CHANGES]
+        added = [k for k in changed if _get(old, k, _MISSING) is _MISSING]
+        removed = [k for k in changed if _get(self.config, k, _MISSING) is _MISSING]
+        if added or removed:   # the schema itself differs: another fedopt version wrote it
+            raise ResumeMismatchError(
+                f"{(added + removed)[0]}: the recorded config of {self.out_dir} was written by "
+                f"another fedopt version (keys this version adds: {', '.join(added) or 'none'}; "
+                f"keys it no longer has: {', '.join(removed) or 'none'}); resume it with the "
+                f"version that wrote it, or start a new run in another --out")
         if changed:
             raise ResumeMismatchError(
                 f"{changed[0]}: differs from the recorded config of {self.out_dir} "

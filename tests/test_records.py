@@ -619,3 +619,18 @@ def test_a_checkpoint_whose_header_length_starts_with_0x80_is_not_taken_for_a_pi
         pytest.fail("no padding gave a header length ending in 0x80")
     back = decode_checkpoint(data)
     assert back["x"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_resuming_a_run_another_version_recorded_names_the_schema_difference(tmp_path):
+    """A recorded config whose keys differ from this version's (a key added since, one
+    removed) is not the user's change: the error says another version wrote it."""
+    old = {**CONFIG, "executor": {"name": "local", "num_workers": 2}}          # a removed key
+    with RunRecorder(tmp_path, old, seed=3) as rec:
+        rec.log({"round": 1})
+    new = {**CONFIG, "executor": {"name": "local"}, "on_nonfinite": "error"}  # an added key
+    with pytest.raises(ResumeMismatchError, match=r"written by another fedopt version \(keys "
+                       r"this version adds: on_nonfinite; keys it no longer has: "
+                       r"executor\.num_workers\)"):
+        RunRecorder(tmp_path, new, seed=3, resume=True)
+    with pytest.raises(ResumeMismatchError, match=r"^data\.num_clients: differs from the recorded"):
+        RunRecorder(tmp_path, {**old, "data": {"num_clients": 99}}, seed=3, resume=True)
