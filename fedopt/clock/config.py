@@ -168,8 +168,3 @@ def validate_law(spec: Any, path: str = "clock.compute") -> dict[str, Any]:
     """A compute-time law spec (a name or ``{name, ...}``) with its defaults, checked by its
     schema; ConfigError naming ``<path>.<key>``."""
     return parse(ComputeLaw, spec, path).model_dump()
-
-
-def validate_factors(spec: Any, path: str = "clock.speed") -> dict[str, Any]:
-    """A per-client factors spec with its defaults; ConfigError naming ``<path>.<key>``."""
-    return parse(ClientFactors, spec, path).model_dump()

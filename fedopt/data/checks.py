@@ -1,10 +1,9 @@
 """Small validators for config values; each error names the offending config field."""
 from __future__ import annotations
 
-import copy
 import math
 import numbers
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -55,24 +54,3 @@ def seed_streams(seed: Any, count: int) -> list[np.random.Generator]:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(count)]
-
-
-def resolve_named(spec: Any, registry: Mapping[str, Mapping[str, Any]], path: str,
-                  what: str) -> dict[str, Any]:
-    """``{name, **defaults, **spec}`` for a ``{name: ..., key: value}`` spec whose name is a key
-    of ``registry`` (name -> {key: default}); ValueError naming ``<path>``, ``<path>.name`` or
-    ``<path>.<key>`` for a non-mapping, a missing/unknown name or an unknown key."""
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{path} must be a mapping with a 'name', got {type(spec).__name__}")
-    known = ", ".join(sorted(registry))
-    if "name" not in spec:
-        raise ConfigError(f"{path}.name is required (one of: {known})")
-    name = spec["name"]
-    if name not in registry:
-        raise ConfigError(f"{path}.name: unknown {what} {name!r} (known: {known})")
-    allowed = registry[name]
-    for key in spec:
-        if key != "name" and key not in allowed:
-            raise ConfigError(f"{path}.{key}: unknown key for {what} {name!r} "
-                              f"(accepted: {', '.join(['name', *allowed])})")
-    return {"name": name, **copy.deepcopy(dict(allowed)), **copy.deepcopy(dict(spec))}

@@ -130,10 +130,10 @@ class Executor(Protocol):
         ...
 
     def evaluate(self, params: Params, train: bool = False) -> dict[str, float | None]:
-        """The global model's mean loss and accuracy over every client's test rows
-        (``test_loss``, ``test_accuracy``; with ``train`` also ``train_loss``,
-        ``train_accuracy`` over the training rows). Floats; an accuracy is None when the
-        model's outputs were not finite."""
+        """The global model's mean loss and the run program's metrics over every client's test
+        rows (``test_loss``, ``test_<metric>`` such as ``test_accuracy``; with ``train`` also
+        ``train_*`` over the training rows). Floats; a metric is None when the model's outputs
+        were not finite, and every value is None when there are no rows (not measured)."""
         ...
 
     def job_samples(self, client_ids: np.ndarray) -> np.ndarray:
