@@ -24,7 +24,8 @@ have no partial participation), from x_{r−1}:
    (M floats); the server broadcasts ā = Σ_i w_i s_i a_i.
 
 Queries per client and round: 1 + T + 5(T − 1) + 51 (107 for T = 10), all counted; metrics rows
-carry the cumulative ``queries``. Each query is one evaluation of the client's loss through the
+carry the cumulative ``queries`` (``local_loss``: Σ_i w_i f_i(y_i) at the clients' last
+local iterates, already queried). Each query is one evaluation of the client's loss through the
 executor (a zero-step job of the :class:`~fedopt.zo.cbo.LossOnly` program; it averages the
 client's ``client.local_steps`` minibatches: use 1).
 
@@ -204,8 +205,10 @@ class FZooS(FedAvg):
                 picks = torch.stack([self._most_uncertain(gps[i], cands[i], self.active)
                                      for i in range(c)])
                 pts = torch.cat([pts, picks], dim=1)
-            self._append(state, pts, self._evaluate(state, executor, ids, pts, key + 2 + t))
+            vals = self._evaluate(state, executor, ids, pts, key + 2 + t)
+            self._append(state, pts, vals)
             queries += c * pts.shape[1]
+            last = vals[:, 0]                                   # f_i(y_i) after this step
         delta_flat = (w[:, None].to(dtype) * (y - x)).sum(0)
         like = {k: v.unsqueeze(0) for k, v in state.params.items()}
         delta = {k: v[0] for k, v in _unflatten(delta_flat[None], like).items()}
@@ -240,7 +243,8 @@ class FZooS(FedAvg):
         h["abar"] = (w.to(dtype)[:, None] * h["a"]).sum(0) / w.sum()
         h["have"] = True
         new_state.extra = state.extra
-        stats = {"local_loss": float("nan"), "updates": c, "samples": 0,
+        stats = {"local_loss": float((w.to(dtype) * last).sum() / w.sum()), "updates": c,
+                 "samples": 0,
                  "queries": count_queries(new_state, queries), **dropped_stats(state, executor)}
         return new_state, stats
 
