@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,8 @@ class GradientCoding:
 
     def __init__(self, counts: np.ndarray, code: str, num_workers: int, stragglers: int = 0,
                  clock_config: dict[str, Any] | None = None, seed: int = 0,
-                 wait_for: int | None = None, decode_error: bool = False):
+                 wait_for: int | None = None, decode_error: bool = False, live: bool = False,
+                 seconds_per_unit: float | None = None):
         self.counts = np.asarray(counts, dtype=np.int64)
         N, n = len(self.counts), int(num_workers)
         if n > N:
@@ -118,6 +120,15 @@ class GradientCoding:
         self.clock = VirtualClock(self.clock_config, n, seed)
         self.seed = int(seed)
         self.decode_error = bool(decode_error)
+        self.live, self.seconds_per_unit = bool(live), seconds_per_unit
+        if seconds_per_unit is not None and not live:
+            raise ConfigError("algorithm.seconds_per_unit: injected delays need algorithm.live: "
+                              "true")
+        #: clients of worker i's partitions (its live jobs)
+        self.worker_clients = [np.flatnonzero(np.isin(self.partition, s_))
+                               for s_ in self.code.supports]
+        self._full_cache = None
+        self._last_live_s = 0.0
 
     # -- state ---------------------------------------------------------------------------------
     def init(self, params: Params) -> ServerState:
@@ -145,32 +156,37 @@ class GradientCoding:
         finish = self.clock.availability.finish(workers, float(g["now"]), scaled, cstate)
         return np.where(finish - float(g["now"]) <= self.clock.timeout, finish, math.inf)
 
+    def decode_prefix(self, F: np.ndarray) -> np.ndarray | None:
+        """The decoding vector once the workers ``F`` (in arrival order) have answered, or None
+        while the rule has not fired: ``wait_for`` arrivals (ignore_stragglers: n/|F| on F;
+        approximate: least squares), else the first prefix the code decodes exactly."""
+        m = len(F)
+        if self.wait_for is not None:
+            if m < self.wait_for:
+                return None
+            if self.kind == "ignore_stragglers":
+                return ignore_stragglers_vector(self.n, F)
+            return least_squares(self.code.B, np.isin(np.arange(self.n), F))[0]
+        start = (int(self.code.groups.max()) + 1 if self.code.groups is not None
+                 else self.n - self.code.s)
+        return None if m < start else self.code.decoding_vector(F)
+
     def decoder(self, order: np.ndarray, finish: np.ndarray) -> tuple[np.ndarray, int]:
         """(a, m): the decoding vector and the number m of first arrivals (``order``) it uses.
         RuntimeError when the rule cannot fire before the remaining workers' times are +inf
         (failed jobs, offline forever, past ``clock.timeout``)."""
-        n = self.n
         arrived = np.isfinite(finish[order])
-        if self.wait_for is not None:
-            m = self.wait_for
-            if not arrived[:m].all():
-                raise RuntimeError(f"gradient_coding: only {int(arrived.sum())} workers can "
-                                   f"return this iteration, algorithm.wait_for is {m}")
-            F = order[:m]
-            if self.kind == "ignore_stragglers":
-                return ignore_stragglers_vector(n, F), m
-            return least_squares(self.code.B, np.isin(np.arange(n), F))[0], m
-        start = (int(self.code.groups.max()) + 1 if self.code.groups is not None
-                 else n - self.code.s)
-        for m in range(start, n + 1):
+        for m in range(1, self.n + 1):
             if not arrived[m - 1]:
                 break
-            a = self.code.decoding_vector(order[:m])
+            a = self.decode_prefix(order[:m])
             if a is not None:
                 return a, m
-        raise RuntimeError(f"gradient_coding: the workers that can return this iteration "
-                           f"({int(arrived.sum())} of {n}) cannot decode the {self.code.name} "
-                           f"code (clock: failures, availability or timeout)")
+        need = (f"algorithm.wait_for is {self.wait_for}" if self.wait_for is not None
+                else f"they cannot decode the {self.code.name} code")
+        raise RuntimeError(f"gradient_coding: only {int(arrived.sum())} of {self.n} workers can "
+                           f"return this iteration and {need} (clock: failures, availability "
+                           f"or timeout)")
 
     # -- one iteration -------------------------------------------------------------------------
     def partition_gradients(self, params: Params, executor: Executor) -> dict[str, torch.Tensor]:
@@ -186,43 +202,137 @@ class GradientCoding:
 
     def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
-        """One iteration: arrivals on the clock, decode, θ ← optimizer(θ, ĝ / N)."""
+        """One iteration: arrivals on the clock (or, ``live``, on the executor's workers in real
+        time), decode, θ ← optimizer(θ, ĝ / N)."""
         if optimizer is None:
             optimizer = executor.optimizer
         g = state.extra["gc"]
         finish = self.finish_times(state)
-        order = np.lexsort((np.arange(self.n), finish))       # by time, then worker id
-        a, m = self.decoder(order, finish)
-        G = self.partition_gradients(state.params, executor)
-        Bt = self._B
+        if self.live:
+            a, F, coded = self._live_arrivals(state, executor, finish)
+        else:
+            order = np.lexsort((np.arange(self.n), finish))   # by time, then worker id
+            a, m = self.decoder(order, finish)
+            F = order[:m]
+            G = {k: Gk.reshape(self.n, -1)
+                 for k, Gk in self.partition_gradients(state.params, executor).items()}
+            self._full_cache = {k: Gk.sum(0) for k, Gk in G.items()}
+            coded = {k: self._B.to(Gk.device) @ Gk for k, Gk in G.items()}  # f_i, float64
         a_t = torch.as_tensor(a)
-        coef = a_t @ Bt                                       # aᵀB: ĝ = Σ_i a_i f_i = (aᵀB)·G
         grads, errs = {}, []
-        for k, Gk in G.items():
-            flat = Gk.reshape(self.n, -1)
-            coded = Bt.to(flat.device) @ flat                 # f_i = Σ_j B_ij g_j, float64
-            dec = a_t.to(flat.device) @ coded
+        for k, fk in coded.items():
+            dec = a_t.to(fk.device) @ fk                       # ĝ = Σ_i a_i f_i, float64
             if self.decode_error:
-                errs.append((dec - flat.sum(0), flat.sum(0)))
-            grads[k] = (dec / self.total_rows).reshape(Gk.shape[1:]).to(state.params[k].dtype)
+                full = self._full_gradient(state.params, executor, k)
+                errs.append((dec - full, full))
+            shape = state.params[k].shape
+            grads[k] = (dec / self.total_rows).reshape(shape).to(state.params[k].dtype)
         opt_state = state.opt_state or optimizer.init(state.params)
         params, opt_state = optimizer.update(state.params, grads, opt_state)
         check_server_state(state.round, params, opt_state)
-        recon = float((coef - 1.0).abs().max())
-        g["now"] = float(finish[order[m - 1]])
+        recon = self.code.reconstruction_error(a)
+        if self.live and self.seconds_per_unit is None:
+            g["now"] = float(g["now"]) + self._last_live_s
+        else:
+            g["now"] = float(finish[F].max())
         g["decoded"] = int(g["decoded"]) + int(recon < DEFAULT_TOL)
-        F = order[:m]
         stats: dict[str, Any] = {
             "virtual_time": g["now"], "decoded": g["decoded"],
-            "worker_load": self.code.worker_load, "waited_for": m,
-            "reconstruction_error": recon, "updates": m,
+            "worker_load": self.code.worker_load, "waited_for": len(F),
+            "reconstruction_error": recon, "updates": len(F),
             "samples": int(self.rows_per_worker[F].sum())}
+        if self.live:
+            g["realtime_s"] = float(g.get("realtime_s", 0.0)) + self._last_live_s
+            stats["realtime_s"] = g["realtime_s"]
         if self.decode_error:
             num = math.sqrt(sum(float((d ** 2).sum()) for d, _ in errs))
             den = math.sqrt(sum(float((t ** 2).sum()) for _, t in errs))
             stats["decode_error"] = num / den if den > 0 else 0.0
+        self._full_cache = None
         return dataclasses.replace(state, params=params, opt_state=opt_state,
                                    round=state.round + 1), stats
+
+    def _full_gradient(self, params: Params, executor: Executor, name: str) -> torch.Tensor:
+        """g = Σ_j g_j of parameter ``name`` (float64, flat), for ``decode_error``."""
+        if self._full_cache is None:
+            self._full_cache = {k: Gk.reshape(self.n, -1).sum(0) for k, Gk in
+                                self.partition_gradients(params, executor).items()}
+        return self._full_cache[name]
+
+    # -- live: coded gradients from the executor's workers, first responders -------------------
+    def _live_arrivals(self, state: ServerState, executor: Any, finish: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
+        """Worker i's job: its partitions' clients, one full-batch step of SGD with lr 1 from
+        θ_t on the executor's workers (Δ_c = −∇F_c), so f_i = −Σ_c B_{i,p(c)} n_c Δ_c; jobs
+        are keyed ``t·n + i`` and, with ``seconds_per_unit``, held ``seconds_per_unit ×`` the
+        worker's virtual time. Workers arrive when their last client job has come back
+        (``wait``, in finishing order); the master decodes at the first arrival prefix its rule
+        accepts and cancels the rest. Returns (a, F, coded f ``{name: [n, d]}`` float64)."""
+        from fedopt.optim import make
+
+        t, n = state.round, self.n
+        now = float(state.extra["gc"]["now"])
+        dur = finish - now
+        spu = self.seconds_per_unit
+
+        def delay_s(client: int, key: int) -> float:
+            d = dur[key - t * n]
+            return min(3600.0, spu * d) if np.isfinite(d) else 3600.0
+
+        sgd = make("sgd", lr=1.0)
+        start = time.monotonic()
+        jobs = []
+        for i in range(n):
+            jobs += executor.submit(state.params, self.worker_clients[i], key=t * n + i,
+                                    optimizer=sgd, delay_s=delay_s if spu else None,
+                                    group=True)
+        left = np.array([len(c) for c in self.worker_clients])
+        coded = {k: torch.zeros((n, v.numel()), dtype=torch.float64, device=v.device)
+                 for k, v in state.params.items()}
+        arrived: list[int] = []
+        a = None
+        pending = jobs
+        while a is None:
+            if not pending:
+                raise RuntimeError(f"gradient_coding (live): every job answered and the "
+                                   f"{len(arrived)} workers cannot decode")
+            updates, pending = executor.wait(pending, num_returns=1)
+            for u in updates:
+                if a is not None:
+                    break
+                if u.nonfinite:
+                    raise RuntimeError(f"gradient_coding (live): client {u.client_id}'s "
+                                       f"gradient is not finite (iteration {t})")
+                i, c = u.key - t * n, u.client_id
+                coef = -float(self.code.B[i, self.partition[c]]) * float(self.counts[c])
+                for k, d in u.delta.items():
+                    coded[k][i] += coef * d.reshape(-1).to(torch.float64)
+                left[i] -= 1
+                if left[i] == 0:
+                    arrived.append(i)
+                    a = self.decode_prefix(np.array(arrived, dtype=np.int64))
+        executor.cancel(pending)
+        self._last_live_s = time.monotonic() - start
+        return a, np.array(arrived, dtype=np.int64), coded
+
+
+def _check_live(config: dict[str, Any], counts: np.ndarray) -> None:
+    """Live mode computes each client's full gradient as one full-batch SGD step (lr 1) on the
+    executor's workers: a live executor, ``client.local_steps: 1`` and a batch holding every
+    row of the largest client. ConfigError naming the field otherwise."""
+    from fedopt.executors import executor_entries
+
+    ex = (config.get("executor") or {}).get("name", "local")
+    if executor_entries()[ex].realtime is None:
+        raise ConfigError(f"algorithm.live: needs an executor whose workers answer in real time "
+                          f"(e.g. executor.name: ray), got {ex!r}")
+    client = config.get("client") or {}
+    if client.get("local_steps") != 1:
+        raise ConfigError("client.local_steps: live gradient coding computes one gradient per "
+                          "client and iteration: set client.local_steps: 1")
+    if client.get("batch_size", 0) < int(np.max(counts)):
+        raise ConfigError(f"client.batch_size: live gradient coding needs full-batch client "
+                          f"gradients: at least the largest client's rows ({int(np.max(counts))})")
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
@@ -231,7 +341,7 @@ def _specs() -> dict[str, AlgorithmSpec]:
     from pydantic import Field
 
     from fedopt.algorithms.base import schema
-    from fedopt.schema import Bool, NonNegativeInt, PositiveInt
+    from fedopt.schema import Bool, NonNegativeInt, PositiveFloat, PositiveInt
 
     doc = "Gradient coding: exact straggler-tolerant full-gradient training (Tandon et al. 2017)"
     fields = {
@@ -247,13 +357,21 @@ def _specs() -> dict[str, AlgorithmSpec]:
         "decode_error": (Bool, Field(False, description="record ‖ĝ − g‖/‖g‖ (float64)")),
         "clients_per_round": (PositiveInt, Field(1, description="not read: every client's "
                                                                 "rows are in a partition")),
+        "live": (Bool, Field(False, description="workers of a live executor (Ray) compute the "
+                                                "coded gradients; first responders decode")),
+        "seconds_per_unit": (Optional[PositiveFloat], Field(
+            None, description="live: hold each worker's answer this many seconds per unit of "
+                              "its virtual-clock time (null: real compute times)")),
     }
 
     def build(cfg: dict[str, Any], counts: np.ndarray, seed: int, server_optimizer: Any,
               config: dict[str, Any]) -> GradientCoding:
+        if cfg["live"]:
+            _check_live(config, counts)
         return GradientCoding(counts, cfg["code"], cfg["num_workers"], cfg["stragglers"],
                               config.get("clock"), seed=seed, wait_for=cfg["wait_for"],
-                              decode_error=cfg["decode_error"])
+                              decode_error=cfg["decode_error"], live=cfg["live"],
+                              seconds_per_unit=cfg["seconds_per_unit"])
 
     return {"gradient_coding": AlgorithmSpec(schema("gradient_coding", doc, **fields),
                                              {"name": "sgd", "lr": 1.0}, build, doc)}
