@@ -37,6 +37,8 @@ from fedopt.data.registry import DataSpec, check_dataset_spec
 from fedopt.engine.program import LOSSES, METRICS, check_task_fit
 from fedopt.executors import LocalExecutorConfig, executor_entries, executor_schemas
 from fedopt.models.registry import MODEL_SCHEMAS, ModelSpec
+from fedopt.algorithms.decentralized import DECENTRALIZED
+from fedopt.decentralized.topology import TopologySpec
 from fedopt.zo.estimators import READ_ESTIMATOR, EstimatorConfig
 from fedopt.schema import (SEED_MAX, Bool, Check, ConfigError, Float, NonNegativeInt,  # noqa: F401
                            PositiveInt, Schema, Seed, Str, check_clients_per_round, fail, join,
@@ -98,6 +100,9 @@ def run_schema() -> type[Schema]:
                                  "naming it; 'drop' leaves it out of the aggregate and counts it")),
         clock=(Optional[ClockConfig], Field(
             None, description="virtual-clock models of client compute/communication time")),
+        topology=(Optional[TopologySpec], Field(
+            None, description="communication graph of the decentralized algorithms "
+                              "(fedopt.decentralized.topology)")),
     )
     model.what = ""
     return model
@@ -200,6 +205,13 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
                           f"by autograd; the zeroth-order algorithms read an estimator "
                           f"({', '.join(sorted(READ_ESTIMATOR))})")
 
+    if alg["name"] not in DECENTRALIZED:
+        for key, given in (("topology", cfg["topology"] is not None),
+                           ("model.l2", bool(cfg["model"].get("l2")))):
+            if given:
+                raise ConfigError(f"{key}: read only by the decentralized algorithms "
+                                  f"({', '.join(DECENTRALIZED)}), not algorithm.name: "
+                                  f"{alg['name']}")
     facts = check_dataset_spec(cfg["data"], cfg["seed"])
     if facts.regression is not None:   # the loss and metrics fit the targets (as a run checks)
         for key in ("loss", "metrics"):

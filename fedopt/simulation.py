@@ -117,6 +117,9 @@ class Simulation:
                                       regression_by_name=(dataset is None and
                                                           config["data"]["name"] == "regression"))
         self.trainer = LocalTrainer(self.fmodel, self.client_optimizer, self.program, seed=seed)
+        bind = getattr(self.algorithm, "bind", None)
+        if bind is not None:   # decentralized algorithms: the nodes' losses (fedopt.decentralized)
+            bind(self.data, self.trainer, None if model is not None else config["model"]["name"])
         self.executor = build_executor(config, self.data, self.trainer)
         if ex.get("realtime"):   # an executor whose schema has it (Ray)
             try:

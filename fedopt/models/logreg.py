@@ -17,8 +17,10 @@ from fedopt.models.shapes import normalize_input_shape, split_lead
 class LogisticRegression(nn.Module):
     """Flatten + one ``nn.Linear(d, C)`` with ``d = prod(input_shape)``."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, l2: float = 0.0) -> None:
         super().__init__()
+        #: λ of the decentralized algorithms' (λ/2)‖x‖² (config ``model.l2``; not in forward)
+        self.l2 = float(l2)
         self.input_shape = normalize_input_shape(input_shape)
         self.linear = nn.Linear(math.prod(self.input_shape), num_classes)
 

@@ -23,8 +23,8 @@ from fedopt.models.logreg import LogisticRegression
 from fedopt.models.mlp import MLP
 from fedopt.models.seeding import seeded_build
 from fedopt.models.shapes import normalize_input_shape
-from fedopt.schema import (Check, ConfigError, PositiveInt, Schema, defaults_table, named_union,
-                           parse, variant)
+from fedopt.schema import (Check, ConfigError, Float, PositiveInt, Schema, defaults_table,
+                           named_union, parse, variant)
 
 
 class ModelConfig(Schema):
@@ -34,7 +34,10 @@ class ModelConfig(Schema):
 
 OddKernel = Annotated[PositiveInt, Check(lambda v: v % 2 == 1, "odd (same padding)")]
 MODEL_SCHEMAS = [
-    variant(ModelConfig, "logreg", doc="multinomial logistic regression"),
+    variant(ModelConfig, "logreg", doc="multinomial logistic regression",
+            l2=(Annotated[Float, Check(lambda v: v >= 0, ">= 0")], Field(
+                0.0, description="λ: (λ/2)‖x‖² added to every node's loss (decentralized "
+                                 "algorithms)"))),
     variant(ModelConfig, "mlp", doc="fully connected ReLU network",
             hidden=(list[PositiveInt], Field([200, 200], description="hidden layer widths"))),
     variant(ModelConfig, "cnn", doc="FEMNIST-style CNN",
