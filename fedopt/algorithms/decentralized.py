@@ -1,5 +1,5 @@
 """The decentralized family's algorithms in the registry (the math lives in
-:mod:`fedopt.decentralized`): ``gossip``, ``dsgd`` and ``dadao``.
+:mod:`fedopt.decentralized`): ``gossip``, ``dsgd``, ``dadao`` and ``adom_plus``.
 
 They read ``topology:`` (the graph on the data set's clients, :mod:`fedopt.decentralized.topology`)
 and ``model.l2`` (λ: (λ/2)‖x‖² added to every node's loss). ``algorithm.time_budget`` T ends the
@@ -18,7 +18,7 @@ from fedopt.algorithms.base import AlgorithmConfig, AlgorithmSpec, schema
 from fedopt.schema import Bool, NonNegativeFloat, PositiveFloat, PositiveInt
 
 #: the algorithms that read ``topology:`` and ``model.l2``
-DECENTRALIZED = ("gossip", "dsgd", "dadao")
+DECENTRALIZED = ("gossip", "dsgd", "dadao", "adom_plus")
 
 
 class DecentralizedConfig(AlgorithmConfig):
@@ -64,6 +64,14 @@ def _build_dadao(cfg, counts, seed, server_optimizer, config):
                  mu=cfg["mu"], **kw)
 
 
+def _build_adom(cfg, counts, seed, server_optimizer, config):
+    from fedopt.decentralized.adom import AdomPlus
+
+    graph, kw = _common(cfg, counts, seed, config)
+    return AdomPlus(graph, cfg["time_budget"], multi_consensus=cfg["multi_consensus"],
+                    L=cfg["L"], mu=cfg["mu"], **kw)
+
+
 def _specs() -> dict[str, AlgorithmSpec]:
     sgd = {"name": "sgd", "lr": 1.0}
     lr = {"lr": (NonNegativeFloat, Field(0.1, description="η: step of a gradient event"))}
@@ -93,6 +101,14 @@ def _specs() -> dict[str, AlgorithmSpec]:
             "comm_rate": (Optional[PositiveFloat], Field(
                 None, description="total edge activations per time unit (null: the theory's "
                                   "sqrt(2 chi1 chi2); lower is refused)")),
+            "L": (Optional[PositiveFloat], Field(None, description="smoothness (null: from "
+                                                                   "the data)")),
+            "mu": (Optional[PositiveFloat], Field(None, description="strong convexity (null: "
+                                                                    "from the data and l2)"))}),
+        "adom_plus": spec("adom_plus", "ADOM+ (Kovalev et al. 2021), accelerated synchronous",
+                          _build_adom, {
+            "multi_consensus": (Bool, Field(False, description="Q = ceil(chi ln 2) gossip steps "
+                                                               "per round")),
             "L": (Optional[PositiveFloat], Field(None, description="smoothness (null: from "
                                                                    "the data)")),
             "mu": (Optional[PositiveFloat], Field(None, description="strong convexity (null: "

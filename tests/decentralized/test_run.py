@@ -1,6 +1,7 @@
 """End to end through the config contract (`fedopt run` / fedopt.run): topology and algorithm
 sections, metrics rows vs virtual time, f* against independent solvers, config errors."""
 import json
+import math
 import subprocess
 import sys
 
@@ -65,7 +66,8 @@ def test_dadao_run_reaches_ridge_optimum():
     assert f_xbar - f_star == pytest.approx(last["suboptimality"], abs=1e-9)
 
 
-@pytest.mark.parametrize("name,extra", [("gossip", {"lr": 0.05}), ("dsgd", {"lr": 0.05})])
+@pytest.mark.parametrize("name,extra", [("gossip", {"lr": 0.05}), ("dsgd", {"lr": 0.05}),
+                                        ("adom_plus", {"multi_consensus": True})])
 def test_baselines_run_on_classification(name, extra):
     data = {"name": "synthetic", "alpha": 0.5, "beta": 0.5, "num_clients": 8,
             "min_samples": 20}
@@ -80,6 +82,8 @@ def test_baselines_run_on_classification(name, extra):
     if name == "dsgd":
         # 2 x 4 torus: two 4-cycles and 4 vertical edges (wrap-around of 2 rows coincides)
         assert rows[-1]["gradient_steps"] == 80 and rows[-1]["communications"] == 10 * 12
+    if name == "adom_plus":   # Q = ⌈χ ln 2⌉ gossip steps a round, χ = λ_max/λ₂ = 6/2 (C4 x K2)
+        assert rows[-1]["communications"] == 10 * 12 * math.ceil(3 * math.log(2))
 
 
 def test_logistic_optimum_is_stationary():
@@ -138,3 +142,26 @@ def test_cli_run_writes_decentralized_rows(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["virtual_time"] for r in rows] == [2.0, 4.0]
     assert all("communications" in r and "suboptimality" in r for r in rows)
+
+
+@pytest.mark.parametrize("name", ["dadao", "gossip"])
+def test_resume_from_checkpoint_reproduces_the_run(name):
+    from fedopt.simulation import Simulation
+    cfg = validate(config(name, T=7.5, topology={"name": "star"}))
+    full = Simulation(cfg)
+    full.run()
+    part = Simulation(cfg)
+    for _ in range(3):
+        part.step()
+    ckpt = part.checkpoint()
+    part.close()
+    resumed = Simulation(cfg)
+    resumed.restore(ckpt)
+    resumed.run()
+    assert resumed.state.extra["decentralized"]["time"] == 7.5
+    for k, v in full.state.params.items():
+        assert torch.equal(v, resumed.state.params[k])
+    for a, b in (("gradient_steps", "gradient_steps"), ("communications", "communications")):
+        assert full.state.extra["decentralized"][a] == resumed.state.extra["decentralized"][b]
+    full.close()
+    resumed.close()
