@@ -1,5 +1,5 @@
 """The decentralized family's algorithms in the registry (the math lives in
-:mod:`fedopt.decentralized`): ``gossip``, ``dsgd``, ``dadao`` and ``adom_plus``.
+:mod:`fedopt.decentralized`): ``gossip``, ``dsgd``, ``dadao``, ``adom_plus`` and ``srrw``.
 
 They read ``topology:`` (the graph on the data set's clients, :mod:`fedopt.decentralized.topology`)
 and ``model.l2`` (λ: (λ/2)‖x‖² added to every node's loss). ``algorithm.time_budget`` T ends the
@@ -9,16 +9,18 @@ run; one server step (``round``) is one virtual time unit, so ``eval_every`` cou
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 from pydantic import Field
 
 from fedopt.algorithms.base import AlgorithmConfig, AlgorithmSpec, schema
-from fedopt.schema import Bool, NonNegativeFloat, PositiveFloat, PositiveInt
+from fedopt.schema import Bool, Check, Float, NonNegativeFloat, PositiveFloat, PositiveInt
+
+Exponent = Annotated[Float, Check(lambda v: 0.5 < v <= 1, "in (0.5, 1]")]
 
 #: the algorithms that read ``topology:`` and ``model.l2``
-DECENTRALIZED = ("gossip", "dsgd", "dadao", "adom_plus")
+DECENTRALIZED = ("gossip", "dsgd", "dadao", "adom_plus", "srrw")
 
 
 class DecentralizedConfig(AlgorithmConfig):
@@ -72,6 +74,15 @@ def _build_adom(cfg, counts, seed, server_optimizer, config):
                     L=cfg["L"], mu=cfg["mu"], **kw)
 
 
+def _build_srrw(cfg, counts, seed, server_optimizer, config):
+    from fedopt.decentralized.srrw import SRRW
+
+    graph, kw = _common(cfg, counts, seed, config)
+    return SRRW(graph, cfg["time_budget"], alpha=cfg["alpha"], lr=cfg["lr"], a=cfg["a"],
+                b=cfg["b"], chain=cfg["chain"], steps_per_unit=cfg["steps_per_unit"],
+                radius=cfg["radius"], **kw)
+
+
 def _specs() -> dict[str, AlgorithmSpec]:
     sgd = {"name": "sgd", "lr": 1.0}
     lr = {"lr": (NonNegativeFloat, Field(0.1, description="η: step of a gradient event"))}
@@ -113,6 +124,17 @@ def _specs() -> dict[str, AlgorithmSpec]:
                                                                    "the data)")),
             "mu": (Optional[PositiveFloat], Field(None, description="strong convexity (null: "
                                                                     "from the data and l2)"))}),
+        "srrw": spec("srrw", "SA-SRRW token SGD (Hu, Doshi & Eun, ICLR 2024)", _build_srrw, {
+            "alpha": (NonNegativeFloat, Field(1.0, description="self-repellence (0: the base "
+                                                               "chain)")),
+            "lr": (PositiveFloat, Field(0.5, description="c_beta: beta_n = c_beta (n+1)^-b")),
+            "a": (Exponent, Field(0.6, description="gamma_n = (n+1)^-a (visit measure)")),
+            "b": (Exponent, Field(0.9, description="beta_n exponent (b > a: O(1/alpha^2))")),
+            "chain": (Literal["mhrw", "srw"], Field("mhrw", description="base chain")),
+            "steps_per_unit": (Optional[PositiveInt], Field(
+                None, description="token hops per time unit (null: the number of nodes)")),
+            "radius": (Optional[PositiveFloat], Field(
+                None, description="project theta onto this ball (null: no projection)"))}),
     }
 
 

@@ -67,7 +67,8 @@ def test_dadao_run_reaches_ridge_optimum():
 
 
 @pytest.mark.parametrize("name,extra", [("gossip", {"lr": 0.05}), ("dsgd", {"lr": 0.05}),
-                                        ("adom_plus", {"multi_consensus": True})])
+                                        ("adom_plus", {"multi_consensus": True}),
+                                        ("srrw", {"alpha": 2.0, "lr": 0.5})])
 def test_baselines_run_on_classification(name, extra):
     data = {"name": "synthetic", "alpha": 0.5, "beta": 0.5, "num_clients": 8,
             "min_samples": 20}
@@ -77,13 +78,17 @@ def test_baselines_run_on_classification(name, extra):
     rows = res.metrics
     assert [r["virtual_time"] for r in rows] == [5.0, 10.0]
     assert all(r["suboptimality"] >= -1e-9 for r in rows)
-    assert rows[-1]["suboptimality"] < rows[0]["suboptimality"] + 1e-12 or name == "gossip"
+    assert rows[-1]["suboptimality"] < rows[0]["suboptimality"] + 1e-12 or name in ("gossip",
+                                                                                  "srrw")
     assert "test_accuracy" in rows[-1]
     if name == "dsgd":
         # 2 x 4 torus: two 4-cycles and 4 vertical edges (wrap-around of 2 rows coincides)
         assert rows[-1]["gradient_steps"] == 80 and rows[-1]["communications"] == 10 * 12
     if name == "adom_plus":   # Q = ⌈χ ln 2⌉ gossip steps a round, χ = λ_max/λ₂ = 6/2 (C4 x K2)
         assert rows[-1]["communications"] == 10 * 12 * math.ceil(3 * math.log(2))
+    if name == "srrw":        # one token: N hops a time unit, one gradient and one hop each
+        assert rows[-1]["gradient_steps"] == rows[-1]["communications"] == 80
+        assert rows[-1]["consensus_error"] < 1e-25   # every node sees the token's θ
 
 
 def test_logistic_optimum_is_stationary():
