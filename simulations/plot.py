@@ -30,11 +30,15 @@ PathLike = str | os.PathLike
 
 #: x axes a run can be drawn against, with their axis labels.
 X_AXES = {"round": "round", "client_updates": "client updates", "wall_time_s": "wall time (s)",
-          "virtual_time": "virtual time"}
+          "virtual_time": "virtual time", "gradient_steps": "gradient steps",
+          "communications": "communications"}
 LOSS_COLUMNS = ("test_loss", "train_loss")
 ACCURACY_COLUMNS = ("test_accuracy",)
+#: decentralized runs' optimization columns, drawn on a log scale
+LOG_COLUMNS = ("suboptimality", "consensus_error")
 _LABELS = {"test_loss": "test loss", "train_loss": "train loss", "test_accuracy": "test accuracy",
-           "train_accuracy": "train accuracy"}
+           "train_accuracy": "train accuracy",
+           "suboptimality": "f(x̄) − f*", "consensus_error": "consensus error"}
 
 
 def _pyplot():
@@ -132,7 +136,9 @@ def _save(fig, path: Path) -> str:
 
 def plot_run(run_dir: PathLike, out: PathLike | None = None) -> list[str]:
     """Write ``loss_vs_<x>.png`` and ``accuracy_vs_<x>.png`` for x in round, wall_time_s and
-    (when present) virtual_time into ``out`` (default ``run_dir/plots``); returns the paths.
+    (when present) virtual_time, gradient_steps and communications into ``out`` (default
+    ``run_dir/plots``), and for decentralized runs ``suboptimality_vs_<x>.png`` (f(x̄) − f* and
+    the consensus error, log scale); returns the paths.
 
     A metric that became non-finite is drawn up to that point and marked there (dotted line,
     legend note); a :class:`NonFiniteMetricWarning` names the run and the metric."""
@@ -146,7 +152,8 @@ def plot_run(run_dir: PathLike, out: PathLike | None = None) -> list[str]:
         if not has_column(rows, x):
             continue
         for name, columns, ylabel in (("loss", LOSS_COLUMNS, "loss"),
-                                      ("accuracy", ACCURACY_COLUMNS, "accuracy")):
+                                      ("accuracy", ACCURACY_COLUMNS, "accuracy"),
+                                      ("suboptimality", LOG_COLUMNS, "log scale")):
             present = [c for c in columns
                        if has_column(rows, c) or first_nonfinite(rows, x, c) is not None]
             if not present:
@@ -164,6 +171,8 @@ def plot_run(run_dir: PathLike, out: PathLike | None = None) -> list[str]:
                     ax.axvline(bad, color=line.get_color(), linestyle=":", linewidth=1.5)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
+            if columns == LOG_COLUMNS:
+                ax.set_yscale("log")
             ax.set_title(title)
             ax.grid(alpha=0.3)
             ax.legend()
@@ -208,7 +217,8 @@ def aggregate(runs: Sequence[tuple[np.ndarray, np.ndarray]],
 
 def plot_runs(dirs: Sequence[PathLike], labels: Sequence[str] | None = None,
               out: PathLike | None = None, x: str = "round",
-              metrics: Sequence[str] = ("test_loss", "test_accuracy", "train_loss")) -> list[str]:
+              metrics: Sequence[str] = ("test_loss", "test_accuracy", "train_loss", *LOG_COLUMNS)
+              ) -> list[str]:
     """Overlay several runs, one PNG per metric (``<metric>_vs_<x>.png`` in ``out``, default
     ``<common parent of dirs>/comparison``). Runs with the same label are one curve: the
     mean over them, with a shaded min/max band; a run's curve stops where its metric became
@@ -262,6 +272,8 @@ def plot_runs(dirs: Sequence[PathLike], labels: Sequence[str] | None = None,
                 ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel(_LABELS.get(metric, metric))
+        if metric in LOG_COLUMNS:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
         written.append(_save(fig, out_dir / f"{metric}_vs_{x}.png"))

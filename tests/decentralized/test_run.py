@@ -170,3 +170,19 @@ def test_resume_from_checkpoint_reproduces_the_run(name):
         assert full.state.extra["decentralized"][a] == resumed.state.extra["decentralized"][b]
     full.close()
     resumed.close()
+
+
+def test_plot_draws_suboptimality_against_time_gradients_and_communications(tmp_path):
+    from simulations.plot import plot_run, plot_runs
+    dirs = []
+    for name in ("dadao", "gossip"):
+        out = tmp_path / name
+        fedopt.run(config(name, T=4, **({"lr": 0.05} if name == "gossip" else {})),
+                   out_dir=str(out), progress=False)
+        dirs.append(out)
+    written = {p.rsplit("/", 1)[1] for p in plot_run(dirs[0])}
+    for x in ("virtual_time", "gradient_steps", "communications"):
+        assert f"suboptimality_vs_{x}.png" in written
+    both = {p.rsplit("/", 1)[1] for p in plot_runs(dirs, x="communications",
+                                                   out=tmp_path / "cmp")}
+    assert "suboptimality_vs_communications.png" in both
