@@ -82,6 +82,12 @@ def test_conservation_and_batched_equals_sequential():
     run_events(alg, b, 40.0, batch=False)
     assert len(ev) > 500
     torch.testing.assert_close(a["s"], b["s"], rtol=1e-10, atol=1e-10)
+    # the plain reference: one event at a time, each propagator computed on its own
+    c = random_state(8, quad.d)
+    for k in range(len(ev)):
+        alg.apply(c, ev.time[k:k + 1], ev.kind[k:k + 1], ev.a[k:k + 1], ev.b[k:k + 1])
+    alg.finish(c, 40.0)
+    torch.testing.assert_close(a["s"], c["s"], rtol=1e-10, atol=1e-10)
     for k in (Z, ZT):
         assert a["s"][:, k].sum(0).abs().max() < 1e-11
 
