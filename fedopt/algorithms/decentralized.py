@@ -3,16 +3,17 @@
 
 They read ``topology:`` (the graph on the data set's clients, :mod:`fedopt.decentralized.topology`)
 and ``model.l2`` (λ: (λ/2)‖x‖² added to every node's loss). ``algorithm.time_budget`` T ends the
-run; one server step (``round``) is one virtual time unit, so ``eval_every`` counts time units.
-``rounds``, ``clients_per_round``, ``aggregation_weights`` and ``server_optimizer`` are not read
-(every node takes part; there is no server).
+run; one server step (``round``) is one virtual time unit, so ``eval_every`` counts time units
+(``rounds`` defaults to ⌈T⌉). ``clients_per_round``, ``aggregation_weights`` and
+``server_optimizer`` are not read (every node takes part; there is no server).
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedopt.algorithms.base import AlgorithmConfig, AlgorithmSpec, schema
 from fedopt.schema import Bool, Check, Float, NonNegativeFloat, PositiveFloat, PositiveInt
@@ -26,12 +27,19 @@ DECENTRALIZED = ("gossip", "dsgd", "dadao", "adom_plus", "srrw")
 class DecentralizedConfig(AlgorithmConfig):
     """The keys every decentralized algorithm reads."""
 
-    rounds: PositiveInt = Field(1 << 62, description="not read: the run ends at time_budget")
+    rounds: Optional[PositiveInt] = Field(
+        None, description="time units to run at most (null: ⌈time_budget⌉, the whole budget)")
     clients_per_round: PositiveInt = Field(1, description="not read: every node takes part")
     time_budget: PositiveFloat = Field(..., description="T: virtual time units to run (one "
                                                         "unit = one expected gradient per node)")
     batch_events: Bool = Field(True, description="apply events on disjoint nodes together "
                                                  "(false: one at a time, the reference loop)")
+
+    @model_validator(mode="after")
+    def _rounds_from_budget(self) -> "DecentralizedConfig":
+        if self.rounds is None:   # one round per time unit, the last one possibly shorter
+            self.rounds = max(1, math.ceil(self.time_budget))
+        return self
 
 
 def _common(cfg: dict[str, Any], counts: np.ndarray, seed: int, config: dict[str, Any]):

@@ -118,6 +118,7 @@ def test_logistic_optimum_is_stationary():
 
 
 def test_config_errors_name_the_field():
+    assert validate(config("dadao", T=7.5))["algorithm"]["rounds"] == 8   # one per time unit
     with pytest.raises(ConfigError, match=r"^topology: .*disconnected"):
         validate(config("gossip", topology={"name": "edges", "edges": [[0, 1], [2, 3],
                                                                        [3, 4], [4, 5]]}))
