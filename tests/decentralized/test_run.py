@@ -187,3 +187,15 @@ def test_plot_draws_suboptimality_against_time_gradients_and_communications(tmp_
     both = {p.rsplit("/", 1)[1] for p in plot_runs(dirs, x="communications",
                                                    out=tmp_path / "cmp")}
     assert "suboptimality_vs_communications.png" in both
+
+
+def test_any_built_in_model_runs_without_a_known_optimum():
+    cfg = config("gossip", data={"name": "synthetic", "num_clients": 6, "min_samples": 20,
+                                 "max_samples": 40}, T=2, lr=0.05)
+    cfg["model"] = {"name": "mlp", "hidden": [8]}
+    rows = fedopt.run(cfg, progress=False).metrics
+    assert "test_accuracy" in rows[-1] and "suboptimality" not in rows[-1]
+    assert rows[-1]["consensus_error"] > 0
+    cfg["algorithm"] = {"name": "dadao", "time_budget": 2}
+    with pytest.raises(ConfigError, match=r"^algorithm.L: .*give algorithm.L and algorithm.mu"):
+        fedopt.run(cfg, progress=False)
