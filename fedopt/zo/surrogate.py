@@ -30,7 +30,8 @@ from torch import Tensor
 
 def se_kernel(a: Tensor, b: Tensor, lengthscale: float, amplitude: float = 1.0) -> Tensor:
     """k(a_i, b_j) = s² exp(−‖a_i − b_j‖²/(2ℓ²)): a [..., n, d], b [..., m, d] -> [..., n, m]."""
-    d2 = (a.unsqueeze(-2) - b.unsqueeze(-3)).pow(2).sum(-1)
+    d2 = (a.pow(2).sum(-1).unsqueeze(-1) + b.pow(2).sum(-1).unsqueeze(-2)
+          - 2 * a @ b.transpose(-1, -2)).clamp_min(0)
     return amplitude * torch.exp(-0.5 * d2 / lengthscale ** 2)
 
 
@@ -51,23 +52,25 @@ class GPGradient:
         self.chol = torch.linalg.cholesky(k)
         self.alpha = torch.cholesky_solve(self.y.unsqueeze(-1), self.chol).squeeze(-1)
 
-    def _g(self, pts: Tensor) -> Tensor:
-        """G(p) [P, n, d] = ∂k(p, x_n)/∂p for points p [P, d]."""
-        diff = pts.unsqueeze(1) - self.x.unsqueeze(0)                    # [P, n, d]
-        k = se_kernel(pts, self.x, self.lengthscale, self.amplitude)     # [P, n]
-        return -diff / self.lengthscale ** 2 * k.unsqueeze(-1)
-
     def mean_grad(self, pts: Tensor) -> Tensor:
-        """∇μ(p) [P, d] for points p [P, d]."""
-        return torch.einsum("pnd,n->pd", self._g(pts), self.alpha)
+        """∇μ(p) [P, d] for points p [P, d]: −(1/ℓ²)[(Σ_n k_n α_n) p − Σ_n k_n α_n x_n], with
+        k_n = k(p, x_n) (no [P, n, d] temporaries)."""
+        ka = se_kernel(pts, self.x, self.lengthscale, self.amplitude) * self.alpha   # [P, n]
+        return -(ka.sum(1, keepdim=True) * pts - ka @ self.x) / self.lengthscale ** 2
 
     def cov_trace(self, pts: Tensor) -> Tensor:
-        """tr Cov∇(p) [P] = d s²/ℓ² − tr(G(p)ᵀK⁻¹G(p))."""
-        g = self._g(pts)                                                   # [P, n, d]
-        p, n, d = g.shape
-        sol = torch.cholesky_solve(g.transpose(0, 1).reshape(n, p * d), self.chol)
-        quad = (g.transpose(0, 1).reshape(n, p * d) * sol).sum(0).view(p, d).sum(-1)
-        return d * self.amplitude / self.lengthscale ** 2 - quad
+        """tr Cov∇(p) [P] = d s²/ℓ² − tr(G(p)ᵀK⁻¹G(p)); expanding
+        Σ_k (p − x_n)_k (p − x_m)_k = ‖p‖² − p·x_n − p·x_m + x_n·x_m gives
+        tr(GᵀK⁻¹G) = ℓ⁻⁴ [‖p‖² kᵀK⁻¹k − 2 (k ⊙ Xp)ᵀK⁻¹k + kᵀ(K⁻¹ ⊙ XXᵀ)k]: O(P n²) work."""
+        if not hasattr(self, "_kinv"):
+            self._kinv = torch.cholesky_inverse(self.chol)
+            self._kinv_gram = self._kinv * (self.x @ self.x.T)
+        k = se_kernel(pts, self.x, self.lengthscale, self.amplitude)                # [P, n]
+        a = k @ self._kinv
+        xp = pts @ self.x.T
+        quad = (pts.pow(2).sum(1) * (a * k).sum(1) - 2 * (a * k * xp).sum(1)
+                + ((k @ self._kinv_gram) * k).sum(1)) / self.lengthscale ** 4
+        return pts.shape[1] * self.amplitude / self.lengthscale ** 2 - quad
 
 
 def log_marginal_likelihood(x: Tensor, y: Tensor, lengthscale: float, amplitude: float = 1.0,

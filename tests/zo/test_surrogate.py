@@ -76,3 +76,18 @@ def test_aggregation_is_linear_in_the_coefficients():
     xs = torch.rand(40, 5, generator=g, dtype=torch.float64)
     ys = torch.sin(xs.sum(1))
     assert torch.allclose(rff.features(xs) @ rff.fit(xs, ys, 1e-10), ys, atol=1e-5)
+
+
+def test_fast_gp_formulas_equal_the_explicit_ones():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(30, 4, generator=g, dtype=torch.float64)
+    y = torch.sin(3 * x).sum(1)
+    gp = GPGradient(x, y, 0.4, 1.3, 1e-6)
+    p = torch.rand(6, 4, generator=g, dtype=torch.float64)
+    diff = p[:, None] - x[None]                                          # [P, n, d]
+    G = -diff / 0.4 ** 2 * se_kernel(p, x, 0.4, 1.3)[..., None]         # ∂k(p, x_n)/∂p
+    k = se_kernel(x, x, 0.4, 1.3) + 1e-6 * torch.eye(30, dtype=x.dtype)
+    kinv = torch.linalg.inv(k)
+    assert torch.allclose(gp.mean_grad(p), torch.einsum("pnd,n->pd", G, kinv @ y), atol=1e-8)
+    explicit = 4 * 1.3 / 0.4 ** 2 - torch.einsum("pnd,nm,pmd->p", G, kinv, G)
+    assert torch.allclose(gp.cov_trace(p), explicit, rtol=1e-6, atol=1e-8)
