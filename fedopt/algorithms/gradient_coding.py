@@ -20,6 +20,9 @@ ids: client c is in partition ⌊c·n/N⌋). Iteration t at model θ_t:
    * ``approximate``: the cyclic code, the first ``wait_for`` (default n − s) arrivals, the
      least-squares decoder a* = argmin ‖B_Fᵀa − 1‖₂ (exact when the residual is 0);
 
+   With ``minibatch: true`` each g_j is estimated from ``client.batch_size`` rows per client
+   (keyed by (seed, t, client)); decoding is exact for these estimates.
+
 4. θ_{t+1} = client.optimizer(θ_t, ĝ / N) — the run's client optimizer (its state persists
    across iterations in ``ServerState.opt_state``); the stragglers' work is cancelled and the
    next iteration starts when the master decodes.
@@ -89,7 +92,7 @@ class GradientCoding:
     def __init__(self, counts: np.ndarray, code: str, num_workers: int, stragglers: int = 0,
                  clock_config: dict[str, Any] | None = None, seed: int = 0,
                  wait_for: int | None = None, decode_error: bool = False, live: bool = False,
-                 seconds_per_unit: float | None = None):
+                 seconds_per_unit: float | None = None, minibatch: bool = False):
         self.counts = np.asarray(counts, dtype=np.int64)
         N, n = len(self.counts), int(num_workers)
         if n > N:
@@ -129,6 +132,10 @@ class GradientCoding:
                                for s_ in self.code.supports]
         self._full_cache = None
         self._last_live_s = 0.0
+        self.minibatch = bool(minibatch)
+        if minibatch and live:
+            raise ConfigError("algorithm.minibatch: not with algorithm.live (every worker's "
+                              "copy of a client must see the same rows)")
 
     # -- state ---------------------------------------------------------------------------------
     def init(self, params: Params) -> ServerState:
@@ -189,10 +196,24 @@ class GradientCoding:
                            f"or timeout)")
 
     # -- one iteration -------------------------------------------------------------------------
-    def partition_gradients(self, params: Params, executor: Executor) -> dict[str, torch.Tensor]:
-        """G: float64 ``{name: [n, *shape]}``, g_j = Σ_{c∈D_j} n_c ∇F_c(θ)."""
+    def partition_gradients(self, params: Params, executor: Executor,
+                            round_idx: int = 0) -> dict[str, torch.Tensor]:
+        """G: float64 ``{name: [n, *shape]}``, g_j = Σ_{c∈D_j} n_c ∇F_c(θ) — or, with
+        ``minibatch``, g_j = Σ_{c∈D_j} n_c ∇F_c(θ; ξ_c), ξ_c client c's ``client.batch_size``
+        rows of iteration t (one local SGD step with lr 1 from θ keyed by (seed, t, c):
+        Δ_c = −∇F_c(θ; ξ_c)), an unbiased estimate of the same sum."""
         ids = np.arange(len(self.counts), dtype=np.int64)
-        per_client = executor.full_gradients(params, ids)
+        if self.minibatch:
+            from fedopt.engine.contract import SharedStart
+            from fedopt.optim import make
+
+            out_ = executor.run_jobs(SharedStart(params), ids,
+                                     np.full(len(ids), round_idx, dtype=np.int64),
+                                     np.ones(len(ids)), optimizer=make("sgd", lr=1.0),
+                                     keep_local=True)
+            per_client = {k: params[k].unsqueeze(0) - v for k, v in out_.local_params.items()}
+        else:
+            per_client = executor.full_gradients(params, ids)
         out = {}
         for k, v in per_client.items():
             P = self._weights.to(v.device)                    # [n, N]: n_c on c's partition
@@ -215,7 +236,8 @@ class GradientCoding:
             a, m = self.decoder(order, finish)
             F = order[:m]
             G = {k: Gk.reshape(self.n, -1)
-                 for k, Gk in self.partition_gradients(state.params, executor).items()}
+                 for k, Gk in self.partition_gradients(state.params, executor,
+                                                       state.round).items()}
             self._full_cache = {k: Gk.sum(0) for k, Gk in G.items()}
             coded = {k: self._B.to(Gk.device) @ Gk for k, Gk in G.items()}  # f_i, float64
         a_t = torch.as_tensor(a)
@@ -357,6 +379,8 @@ def _specs() -> dict[str, AlgorithmSpec]:
         "decode_error": (Bool, Field(False, description="record ‖ĝ − g‖/‖g‖ (float64)")),
         "clients_per_round": (PositiveInt, Field(1, description="not read: every client's "
                                                                 "rows are in a partition")),
+        "minibatch": (Bool, Field(False, description="client.batch_size rows per client and "
+                                                      "iteration instead of full partitions")),
         "live": (Bool, Field(False, description="workers of a live executor (Ray) compute the "
                                                 "coded gradients; first responders decode")),
         "seconds_per_unit": (Optional[PositiveFloat], Field(
@@ -368,10 +392,14 @@ def _specs() -> dict[str, AlgorithmSpec]:
               config: dict[str, Any]) -> GradientCoding:
         if cfg["live"]:
             _check_live(config, counts)
+        if cfg["minibatch"] and (config.get("client") or {}).get("local_steps") != 1:
+            raise ConfigError("client.local_steps: algorithm.minibatch draws one minibatch per "
+                              "client and iteration: set client.local_steps: 1")
         return GradientCoding(counts, cfg["code"], cfg["num_workers"], cfg["stragglers"],
                               config.get("clock"), seed=seed, wait_for=cfg["wait_for"],
                               decode_error=cfg["decode_error"], live=cfg["live"],
-                              seconds_per_unit=cfg["seconds_per_unit"])
+                              seconds_per_unit=cfg["seconds_per_unit"],
+                              minibatch=cfg["minibatch"])
 
     return {"gradient_coding": AlgorithmSpec(schema("gradient_coding", doc, **fields),
                                              {"name": "sgd", "lr": 1.0}, build, doc)}
