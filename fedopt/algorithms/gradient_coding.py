@@ -32,8 +32,8 @@ the straggler pattern (float64: to ~1e-12 per step). Metrics rows gain ``virtual
 ``decoded`` (iterations decoded exactly so far), ``worker_load`` (partitions per worker),
 ``waited_for`` (results used), ``reconstruction_error`` (‖aᵀB − 1‖_∞) and, with
 ``decode_error: true``, ``decode_error`` = ‖ĝ − g‖₂ / ‖g‖₂ against the full gradient (float64).
-Sequential codes (``sr_sgc``, ``m_sgc``) are runtime simulations in :mod:`fedopt.coding.sgc`;
-training them (T + 1 concurrent models) is not available here and is refused by the config.
+Sequential codes (``sr_sgc``, ``m_sgc``, keys ``burst`` B, ``window`` W, ``lam`` λ, ``mu``) train
+T + 1 pipelined replicas: :mod:`fedopt.algorithms.sequential_coding`.
 """
 from __future__ import annotations
 
@@ -368,8 +368,12 @@ def _specs() -> dict[str, AlgorithmSpec]:
     doc = "Gradient coding: exact straggler-tolerant full-gradient training (Tandon et al. 2017)"
     fields = {
         "code": (Literal[CODES], Field("cyclic", description="frc | cyclic | uncoded | "
-                                       "ignore_stragglers | approximate (sr_sgc, m_sgc: runtime "
-                                       "simulation only, fedopt.coding.sgc)")),
+                                       "ignore_stragglers | approximate | sr_sgc | m_sgc")),
+        "burst": (PositiveInt, Field(1, description="sr_sgc / m_sgc: B of the (B, W, λ) model")),
+        "window": (PositiveInt, Field(2, description="sr_sgc / m_sgc: W")),
+        "lam": (PositiveInt, Field(1, description="sr_sgc / m_sgc: λ (stragglers per window)")),
+        "mu": (PositiveFloat, Field(1.0, description="sr_sgc / m_sgc: stragglers are the "
+                                                     "workers slower than (1 + μ)·the fastest")),
         "num_workers": (PositiveInt, Field(..., description="n workers = n data partitions "
                                                             "(groups of clients)")),
         "stragglers": (NonNegativeInt, Field(0, description="s, stragglers tolerated per "
@@ -390,6 +394,18 @@ def _specs() -> dict[str, AlgorithmSpec]:
 
     def build(cfg: dict[str, Any], counts: np.ndarray, seed: int, server_optimizer: Any,
               config: dict[str, Any]) -> GradientCoding:
+        if cfg["code"] in ("sr_sgc", "m_sgc"):
+            from fedopt.algorithms.sequential_coding import SequentialCoding
+
+            for key in ("live", "minibatch", "wait_for"):
+                if cfg[key]:
+                    raise ConfigError(f"algorithm.{key}: not with code {cfg['code']!r}")
+            if cfg["lam"] > cfg["num_workers"]:
+                raise ConfigError(f"algorithm.lam: at most algorithm.num_workers "
+                                  f"({cfg['num_workers']}), got {cfg['lam']}")
+            return SequentialCoding(counts, cfg["code"], cfg["num_workers"], cfg["burst"],
+                                    cfg["window"], cfg["lam"], cfg["rounds"], config.get("clock"),
+                                    seed=seed, mu=cfg["mu"])
         if cfg["live"]:
             _check_live(config, counts)
         if cfg["minibatch"] and (config.get("client") or {}).get("local_steps") != 1:

@@ -148,7 +148,6 @@ def test_approximate_decoder_residual_and_partial_decode():
     ({"code": "cyclic", "num_workers": 20}, "algorithm.num_workers"),
     ({"code": "cyclic", "num_workers": 6, "stragglers": 6}, "algorithm.stragglers"),
     ({"code": "uncoded", "num_workers": 6, "stragglers": 1}, "algorithm.stragglers"),
-    ({"code": "sr_sgc", "num_workers": 6}, "algorithm.code"),
     ({"code": "cyclic", "num_workers": 6, "wait_for": 3}, "algorithm.wait_for"),
     ({"code": "approximate", "num_workers": 6, "wait_for": 7}, "algorithm.wait_for"),
     ({"code": "lt", "num_workers": 6}, "algorithm.code"),
@@ -217,3 +216,40 @@ def test_minibatch_partition_gradients_decode_exactly():
         cfg = config({"code": "cyclic", "num_workers": 6, "rounds": 1, "minibatch": True})
         cfg["client"]["local_steps"] = 2
         load_config(cfg)
+
+
+@pytest.mark.parametrize("code,B,W,lam", [("sr_sgc", 1, 2, 2), ("sr_sgc", 2, 3, 3),
+                                          ("m_sgc", 1, 3, 2), ("m_sgc", 2, 3, 6)])
+def test_sequential_codes_train_replicas_exactly(code, B, W, lam):
+    """SR-SGC / M-SGC in config: the T + 1 pipelined replicas each follow full-gradient training
+    (torch.optim, float64) whatever stragglers the bursty clock causes."""
+    J = 9
+    clock = {"compute": {"name": "markov", "p_good_to_bad": 0.25, "p_bad_to_good": 0.5}}
+    cfg = config({"code": code, "num_workers": 6, "burst": B, "window": W, "lam": lam,
+                  "rounds": J}, clock, {"name": "sgd", "lr": 0.5, "momentum": 0.5},
+                 num_clients=40)
+    sim = Simulation(load_config(cfg))
+    M = sim.algorithm.M
+    ref = reference_trajectory(sim, -(-J // M), lambda p: torch.optim.SGD(p, lr=0.5,
+                                                                          momentum=0.5))
+    for _ in range(J):
+        stats = sim.step()
+    assert stats["decoded"] == J
+    replicas = sim.state.extra["sgc"]["replicas"]
+    for m in range(M):
+        u = len(range(m, J, M))
+        for k, v in replicas[m].items():
+            assert (v - ref[u - 1][k]).norm() / ref[u - 1][k].norm() < 1e-8, (m, k)
+    assert stats["stragglers"] > 0          # the clock did erase results, absorbed by the code
+    sim.close()
+
+
+def test_sequential_config_errors():
+    with pytest.raises(ConfigError, match="^algorithm.burst"):
+        load_config(config({"code": "sr_sgc", "num_workers": 6, "burst": 2, "window": 4,
+                            "rounds": 2}))
+    with pytest.raises(ConfigError, match="^algorithm.num_workers"):
+        load_config(config({"code": "m_sgc", "num_workers": 6, "burst": 1, "window": 3,
+                            "lam": 2, "rounds": 2}))            # 18 pieces > 12 clients
+    with pytest.raises(ConfigError, match="^algorithm.live"):
+        load_config(config({"code": "m_sgc", "num_workers": 6, "live": True, "rounds": 2}))
