@@ -224,6 +224,10 @@ class SequentialCoding:
         if optimizer is None:
             optimizer = executor.optimizer
         s = state.extra["sgc"]
+        if len(s["scheme"]["decoded_at"]) != self.J:
+            raise ConfigError(f"algorithm.rounds: a {self.scheme.name} run's rounds are its "
+                              f"jobs J and fix its schedule; the checkpoint has J = "
+                              f"{len(s['scheme']['decoded_at'])}, this config {self.J}")
         last = self._round(state, executor, optimizer)
         if state.round == self.J - 1:
             while int(s["round"]) < self.scheme.rounds:

@@ -253,3 +253,31 @@ def test_sequential_config_errors():
                             "lam": 2, "rounds": 2}))            # 18 pieces > 12 clients
     with pytest.raises(ConfigError, match="^algorithm.live"):
         load_config(config({"code": "m_sgc", "num_workers": 6, "live": True, "rounds": 2}))
+
+
+def test_sequential_codes_resume_exactly_from_a_checkpoint():
+    from fedopt.checkpoint import decode_checkpoint, encode_checkpoint
+
+    clock = {"compute": {"name": "markov", "p_good_to_bad": 0.25, "p_bad_to_good": 0.5}}
+    cfg = load_config(config({"code": "m_sgc", "num_workers": 6, "burst": 1, "window": 3,
+                              "lam": 2, "rounds": 8}, clock, num_clients=40))
+    full = Simulation(cfg)
+    rows = [full.step() for _ in range(8)]
+    half = Simulation(cfg)
+    for _ in range(3):
+        half.step()
+    blob = encode_checkpoint(half.checkpoint())
+    resumed = Simulation(cfg)
+    resumed.restore(decode_checkpoint(blob))
+    rows2 = [resumed.step() for _ in range(5)]
+    assert rows2 == rows[3:]
+    for k, v in full.state.params.items():
+        torch.testing.assert_close(resumed.state.params[k], v, rtol=0, atol=0)
+    longer = Simulation(load_config(config({"code": "m_sgc", "num_workers": 6, "burst": 1,
+                                            "window": 3, "lam": 2, "rounds": 12}, clock,
+                                           num_clients=40)))
+    longer.restore(decode_checkpoint(blob))
+    with pytest.raises(ConfigError, match="^algorithm.rounds"):
+        longer.step()
+    for s in (full, half, resumed, longer):
+        s.close()
