@@ -16,7 +16,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from fedopt.algorithms.base import AlgorithmConfig, AlgorithmSpec, schema
-from fedopt.schema import Bool, Check, Float, NonNegativeFloat, PositiveFloat, PositiveInt
+from fedopt.schema import (Bool, Check, ConfigError, Float, NonNegativeFloat, PositiveFloat,
+                           PositiveInt)
 
 Exponent = Annotated[Float, Check(lambda v: 0.5 < v <= 1, "in (0.5, 1]")]
 
@@ -45,6 +46,11 @@ class DecentralizedConfig(AlgorithmConfig):
 def _common(cfg: dict[str, Any], counts: np.ndarray, seed: int, config: dict[str, Any]):
     from fedopt.decentralized.topology import build_topology
 
+    executor = (config.get("executor") or {}).get("name", "local")
+    if executor != "local":
+        raise ConfigError(f"executor.name: the decentralized algorithms run on the in-process "
+                          f"engine (executor.name: local); nodes as {executor} actors are not "
+                          f"implemented yet")
     graph = build_topology(config.get("topology"), len(counts), seed)
     l2 = float((config.get("model") or {}).get("l2") or 0.0)
     return graph, {"seed": seed, "batch_events": cfg["batch_events"], "l2": l2}

@@ -82,7 +82,8 @@ def _read_edges(path: str) -> np.ndarray:
     try:
         arr = np.asarray([[int(a) for a in r] for r in pairs], dtype=np.int64)
     except ValueError:
-        raise ConfigError(f"topology.file: {path!r}: each line must be two node ids 'i j'") from None
+        raise ConfigError(f"topology.file: {path!r}: each line must be two node ids "
+                          f"'i j'") from None
     if arr.size and arr.shape[1] != 2:
         raise ConfigError(f"topology.file: {path!r}: each line must be two node ids 'i j'")
     return arr.reshape(-1, 2)

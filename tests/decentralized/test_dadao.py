@@ -9,7 +9,6 @@ import torch
 
 from fedopt.decentralized import graphs as G
 from fedopt.decentralized.dadao import X, XT, Y, YT, Z, ZT, Dadao, propagate
-from fedopt.decentralized.events import EventStream
 from fedopt.schema import ConfigError
 from tests.decentralized.quadratic import Quadratic, bind
 

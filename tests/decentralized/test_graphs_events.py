@@ -123,3 +123,22 @@ def test_event_stream_frequencies_and_keying():
     assert s3.until(T + 5).time[0] > T
     assert not np.array_equal(EventStream(np.ones(6), g.edges, rates, seed=4).until(50).time,
                               ev.time[:len(EventStream(np.ones(6), g.edges, rates, 4).until(50))])
+
+
+def test_topology_section_builds_each_graph(tmp_path):
+    from fedopt.decentralized.topology import build_topology
+
+    path = tmp_path / "g.txt"
+    path.write_text("# a path\n0 1\n1 2  # middle\n2 3\n")
+    assert np.array_equal(build_topology({"name": "edges", "file": str(path)}, 4, 0).edges,
+                          [[0, 1], [1, 2], [2, 3]])
+    path.write_text("0 1 2\n")
+    with pytest.raises(ConfigError, match=r"^topology.file: .*two node ids"):
+        build_topology({"name": "edges", "file": str(path)}, 4, 0)
+    with pytest.raises(ConfigError, match=r"^topology.edges: give exactly one"):
+        build_topology({"name": "edges"}, 4, 0)
+    assert build_topology({"name": "grid", "rows": None, "cols": None}, 12, 0).num_edges == 17
+    assert build_topology({"name": "star"}, 5, 0).num_edges == 4
+    g1 = build_topology({"name": "geometric", "radius": 0.7, "seed": 3}, 10, 0)
+    g2 = build_topology({"name": "geometric", "radius": 0.7, "seed": None}, 10, 3)
+    assert np.array_equal(g1.edges, g2.edges)   # topology.seed null: the run's seed
