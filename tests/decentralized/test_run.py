@@ -201,3 +201,15 @@ def test_any_built_in_model_runs_without_a_known_optimum():
     cfg["algorithm"] = {"name": "dadao", "time_budget": 2}
     with pytest.raises(ConfigError, match=r"^algorithm.L: .*give algorithm.L and algorithm.mu"):
         fedopt.run(cfg, progress=False)
+
+
+def test_resume_with_a_longer_budget_through_the_run_directory(tmp_path):
+    cfg = config("dadao", T=6, topology={"name": "ring"})
+    cfg.update(eval_every=1, checkpoint_every=2)
+    full = fedopt.run(cfg, progress=False)
+    short = {**cfg, "algorithm": {**cfg["algorithm"], "time_budget": 4}}
+    fedopt.run(short, out_dir=str(tmp_path / "r"), progress=False)
+    res = fedopt.run(cfg, out_dir=str(tmp_path / "r"), resume=True, progress=False)
+    assert [r["virtual_time"] for r in res.metrics] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    for k, v in full.final_params.items():
+        assert torch.equal(v, res.final_params[k])
