@@ -199,3 +199,21 @@ def test_training_t_plus_one_models_equals_full_gradient_descent(kind, B, W, lam
             ref = ref - eta * full(ref)
         np.testing.assert_allclose(got[m], ref, rtol=1e-10, atol=1e-12)
         assert not np.allclose(ref, start[m])
+
+
+def test_gc_with_s_equal_lambda_absorbs_conforming_patterns():
+    """At most λ stragglers per round (any (B, W, λ)-conforming pattern): GC with s = λ decodes
+    every job in its own round (admissibility is ≤ s, not the reference code's strict < s)."""
+    n, J = 20, 30
+    exactly_s = 0
+    for B, W, lam in PARAMS[:5]:
+        S = generate(n, J, B, W, lam, seed=5, p_start=0.2)
+        exactly_s += int((S.sum(0) == lam).sum())
+        code = cyclic(n, lam, seed=0)
+        sch = GC(n, lam, J, can_decode=code.can_decode)
+        st = sch.init_state()
+        for r in range(J):
+            st, _, missed = sch.observe(st, r, ~S[:, r])
+            assert not missed
+        assert np.array_equal(st["decoded_at"], np.arange(J))
+    assert exactly_s > 0                 # rounds with exactly s stragglers did occur
