@@ -39,7 +39,8 @@ from fedopt.executors import LocalExecutorConfig, executor_entries, executor_sch
 from fedopt.models.registry import MODEL_SCHEMAS, ModelSpec
 from fedopt.algorithms.decentralized import DECENTRALIZED
 from fedopt.decentralized.topology import TopologySpec
-from fedopt.zo.estimators import READ_ESTIMATOR, EstimatorConfig
+from fedopt.algorithms.fedzo import with_estimator
+from fedopt.zo.estimators import EstimatorConfig
 from fedopt.schema import (SEED_MAX, Bool, Check, ConfigError, Float, NonNegativeInt,  # noqa: F401
                            PositiveInt, Schema, Seed, Str, check_clients_per_round, fail, join,
                            named_union, parse, plain)
@@ -200,10 +201,6 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     alg = cfg["algorithm"]
     alg["server_optimizer"] = _server_optimizer_section(spec, alg["server_optimizer"], alg["name"])
     cfg["client"]["optimizer"] = _optimizer_section(cfg["client"]["optimizer"], "client.optimizer")
-    if cfg["client"].get("estimator") is not None and alg["name"] not in READ_ESTIMATOR:
-        raise ConfigError(f"client.estimator: algorithm.name: {alg['name']} computes gradients "
-                          f"by autograd; the zeroth-order algorithms read an estimator "
-                          f"({', '.join(sorted(READ_ESTIMATOR))})")
 
     if alg["name"] not in DECENTRALIZED:
         for key, given in (("topology", cfg["topology"] is not None),
@@ -224,6 +221,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         payload = _check_model_shape(cfg["model"], facts.feature_shape, facts.num_classes or 2,
                                      cfg["executor"])
     built = _dry_build(spec, cfg, facts.num_clients)
+    with_estimator(alg["name"], built, cfg)    # client.estimator: zeroth-order clients or refused
     if built is not None and payload is not None:
         _check_job_times(built, cfg, payload)
     return cfg

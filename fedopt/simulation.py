@@ -254,8 +254,11 @@ def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,
     so = dict(alg_cfg["server_optimizer"])
     if so.get("betas") is not None:
         so["betas"] = tuple(so["betas"])
-    return algorithm_specs()[alg_cfg["name"]].build(alg_cfg, counts, seed, ServerOptimizer(**so),
-                                                    config or {})
+    from fedopt.algorithms.fedzo import with_estimator
+
+    built = algorithm_specs()[alg_cfg["name"]].build(alg_cfg, counts, seed, ServerOptimizer(**so),
+                                                     config or {})
+    return with_estimator(alg_cfg["name"], built, config or {})   # client.estimator: ZO clients
 
 
 def client_program(program: LocalProgram, client: dict[str, Any], regression: bool,

@@ -19,9 +19,14 @@ steps (forward differences; 2·b2 central). Metrics rows carry ``queries``, cumu
 clients and rounds, kept in ``ServerState.extra["zo_queries"]`` (checkpointed).
 
 Paper defaults (authors' scripts): N = 10, M = N, H = 20, b1 = 25, b2 = 20, μ = 1e-3, η = 1e-3.
+
+The same swap of oracle works for other algorithms: with ``client.estimator`` given, the FedAvg
+family, FedProx, SCAFFOLD (option II), FedDyn and the asynchronous family on the virtual clock
+run zeroth-order clients (:func:`with_estimator`, applied when a run builds its algorithm).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import numpy as np
@@ -31,8 +36,9 @@ from fedopt.algorithms.base import AlgorithmSpec, ServerState
 from fedopt.algorithms.fedavg import AGGREGATION_WEIGHTS, FedAvg, dropped_stats, local_loss
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.contract import Executor
-from fedopt.engine.program import LocalProgram
-from fedopt.zo.estimators import ZerothOrder
+from fedopt.engine.program import Autograd, LocalProgram
+from fedopt.schema import ConfigError
+from fedopt.zo.estimators import READ_ESTIMATOR, ZerothOrder
 
 QUERIES_KEY = "zo_queries"
 
@@ -46,6 +52,8 @@ def count_queries(state: ServerState, n: int) -> int:
 
 class FedZO(FedAvg):
     """FedAvg's sampling, weights and server step; clients run ``oracle`` (module docstring)."""
+
+    reads_estimator = True
 
     def __init__(self, counts: np.ndarray, clients_per_round: int,
                  server_optimizer: ServerOptimizer | None = None,
@@ -66,6 +74,85 @@ class FedZO(FedAvg):
         stats = {"local_loss": local_loss(out), "updates": out.updates, "samples": out.samples,
                  "queries": total, **dropped_stats(state, executor)}
         return self.apply(state, out.delta_sum if out.updates else None), stats
+
+
+#: algorithms whose clients' whole computation is ``run_jobs`` with an autograd oracle, so
+#: ``client.estimator`` can swap the oracle for a zeroth-order one (SCAFFOLD: option II only,
+#: option I asks the executor for full gradients)
+ZO_CLIENTS = frozenset({"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox",
+                        "scaffold", "feddyn", "fedavg_sync", "fedfix", "async_fedavg",
+                        "fedasync", "fedbuff", "async_general"})
+
+
+class CountingExecutor:
+    """An executor seen through a query counter: every ``run_jobs`` adds Σ_j u_j · (queries per
+    local step) to :attr:`queries` (jobs computed count, kept or not); everything else is the
+    wrapped executor's."""
+
+    def __init__(self, inner: Executor, per_step: int):
+        self._inner, self.per_step, self.queries = inner, int(per_step), 0
+
+    def run_jobs(self, *args: Any, **kwargs: Any):
+        out = self._inner.run_jobs(*args, **kwargs)
+        self.queries += int(np.sum(out.steps)) * self.per_step
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class ZerothOrderClients:
+    """Algorithm ``inner`` (any of :data:`ZO_CLIENTS`: the FedAvg family, FedProx, SCAFFOLD II,
+    FedDyn, the asynchronous family on the virtual clock) with zeroth-order clients: its local
+    program with ``oracle`` in place of autograd, and ``queries`` (cumulative, in
+    ``ServerState.extra``) in its rows. Everything else is ``inner``'s (attributes delegate).
+    Queries of jobs run by the real-time Ray driver are not counted (it bypasses run_round)."""
+
+    reads_estimator = True
+
+    def __init__(self, inner: Any, oracle: ZerothOrder):
+        self.__dict__["_inner"], self.__dict__["oracle"] = inner, oracle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_inner"], name)
+
+    def init(self, params):
+        return self._inner.init(params)
+
+    def local_program(self) -> LocalProgram:
+        program = self._inner.local_program()
+        if not isinstance(program.oracle, Autograd):
+            raise ConfigError(f"client.estimator: this algorithm's clients use the "
+                              f"{type(program.oracle).__name__} oracle, not plain gradients; a "
+                              f"zeroth-order estimator cannot replace it")
+        return dataclasses.replace(program, oracle=self.oracle)
+
+    def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None):
+        d = sum(v.numel() for v in state.params.values())
+        counting = CountingExecutor(executor, self.oracle.queries_per_step(d))
+        new, stats = self._inner.run_round(state, counting, optimizer)
+        stats["queries"] = count_queries(new, counting.queries)
+        return new, stats
+
+
+def with_estimator(name: str, algorithm: Any, config: dict[str, Any]) -> Any:
+    """``algorithm`` as built for ``algorithm.name: name``, with zeroth-order clients when the
+    run's ``client.estimator`` is given (:class:`ZerothOrderClients`); ConfigError naming
+    ``client.estimator`` for an algorithm whose clients cannot take one."""
+    est = (config.get("client") or {}).get("estimator")
+    if est is None or name in READ_ESTIMATOR:
+        return algorithm
+    alg_cfg = config.get("algorithm") or {}
+    if name not in ZO_CLIENTS or (name == "scaffold" and alg_cfg.get("option") == "I"):
+        raise ConfigError(f"client.estimator: algorithm.name: {name} does not take an "
+                          f"estimator (fedzo reads it; {', '.join(sorted(ZO_CLIENTS))} run "
+                          f"zeroth-order clients with it, SCAFFOLD with option II; zo_ranksgd, "
+                          f"fzoos and fedcbo have their own oracles)")
+    if algorithm is None:
+        return None
+    wrapped = ZerothOrderClients(algorithm, ZerothOrder.from_config(est))
+    wrapped.local_program()          # refuses a non-autograd oracle (FedSpeed's SAM) now
+    return wrapped
 
 
 def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,

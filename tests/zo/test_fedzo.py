@@ -108,6 +108,6 @@ def test_estimator_config_errors_name_the_field():
         validate({**base, "client": {"local_steps": 1, "estimator": {"mu": 0.0}}})
     with pytest.raises(ConfigError, match=r"^client\.estimator\.directions"):
         validate({**base, "client": {"local_steps": 1, "estimator": {"directions": 0}}})
-    with pytest.raises(ConfigError, match=r"^client\.estimator: algorithm\.name: fedavg"):
-        validate({**base, "algorithm": {"name": "fedavg", "rounds": 1, "clients_per_round": 2},
+    with pytest.raises(ConfigError, match=r"^client\.estimator: algorithm\.name: fedcbo"):
+        validate({**base, "algorithm": {"name": "fedcbo", "rounds": 1, "clients_per_round": 2},
                   "client": {"local_steps": 1, "estimator": {"name": "sphere"}}})
