@@ -111,3 +111,29 @@ def test_estimator_config_errors_name_the_field():
     with pytest.raises(ConfigError, match=r"^client\.estimator: algorithm\.name: fedcbo"):
         validate({**base, "algorithm": {"name": "fedcbo", "rounds": 1, "clients_per_round": 2},
                   "client": {"local_steps": 1, "estimator": {"name": "sphere"}}})
+
+
+def test_more_directions_lower_the_plateau():
+    """Spec T10: constant step, M = 5 of 10, 5 seeds: the final relative gap decreases with the
+    number of directions q ∈ {1, 5, 25} (the estimator's variance (d − 1)‖g‖²/q sets the
+    neighbourhood a constant step can reach)."""
+    means = []
+    for q in (1, 5, 25):
+        gaps = []
+        for seed in range(5):
+            rows = spd_quadratic_rows(N, D, seed=seed)
+            _, f_star = spd_quadratic_optimum(rows, D)
+            x0 = torch.zeros(D, dtype=torch.float64)
+            cfg = {"seed": seed, "data": {"name": "regression", "num_clients": N},
+                   "algorithm": {"name": "fedzo", "rounds": 100, "clients_per_round": 5},
+                   "client": {"local_steps": 5, "batch_size": 1,
+                              "optimizer": {"name": "sgd", "lr": 0.005},
+                              "estimator": {"name": "sphere", "directions": q, "mu": 1e-4}},
+                   "executor": {"dtype": "float64"}, "eval_every": 100, "eval_train": False}
+            res = fedopt.run(cfg, dataset=function_dataset(torch.tensor(rows)),
+                             model=FunctionModel(spd_quadratic, x0), loss=value, metrics={},
+                             progress=False)
+            f0 = float(spd_quadratic(x0[None], torch.tensor(rows)[None]).mean())
+            gaps.append((res.final("test_loss") - f_star) / (f0 - f_star))
+        means.append(np.mean(gaps))
+    assert means[0] > means[1] > means[2], means
