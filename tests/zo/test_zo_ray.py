@@ -17,6 +17,7 @@ SMALL_FZOOS = {"name": "fzoos", "rounds": 2, "clients_per_round": 24, "iters": 2
     ({"name": "fedzo"}, {"estimator": {"name": "sphere", "directions": 3, "scheme": "central"}}),
     ({"name": "zo_ranksgd", "m": 4, "k": 2}, {}),
     ({"name": "fedcbo", "particles": 6}, {"local_steps": 1}),
+    ({"name": "fedcbo_clustered", "peers": 3}, {}),
     (SMALL_FZOOS, {"local_steps": 1, "optimizer": {"name": "adam", "lr": 0.01}}),
 ])
 def test_zeroth_order_runs_equal_local_on_ray(ray_session, algorithm, client):
