@@ -20,6 +20,12 @@ clients and rounds, kept in ``ServerState.extra["zo_queries"]`` (checkpointed).
 
 Paper defaults (authors' scripts): N = 10, M = N, H = 20, b1 = 25, b2 = 20, μ = 1e-3, η = 1e-3.
 
+**AirComp-FedZO** (``aircomp_snr_db``), as the authors' code simulates it: each round, devices
+with channel gain |h_i| ≥ 0.8 (h_i = a + jb, a, b ~ N(0, 0.5²), redrawn until one qualifies)
+transmit, Δ̄ = (1/|S|) Σ_{i∈S} Δ_i, and the receiver adds N(0, σ_n² I) with
+σ_n = (1/|S|) √(P_max / (SNR_lin · h_min · d)), P_max = max_i ‖Δ_i‖², h_min = min_{i∈S} |h_i|
+(no noise at SNR ≥ 50 dB). ``clients_per_round`` is then unused. Rows gain ``aircomp_selected``.
+
 The same swap of oracle works for other algorithms: with ``client.estimator`` given, the FedAvg
 family, FedProx, SCAFFOLD (option II), FedDyn and the asynchronous family on the virtual clock
 run zeroth-order clients (:func:`with_estimator`, applied when a run builds its algorithm).
@@ -27,9 +33,11 @@ run zeroth-order clients (:func:`with_estimator`, applied when a run builds its 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+import math
+from typing import Any, Literal, Optional
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from fedopt.algorithms.base import AlgorithmSpec, ServerState
@@ -38,7 +46,8 @@ from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.contract import Executor
 from fedopt.engine.program import Autograd, LocalProgram
 from fedopt.schema import ConfigError
-from fedopt.zo.estimators import READ_ESTIMATOR, ZerothOrder
+from fedopt.rng import keyed_normal
+from fedopt.zo.estimators import READ_ESTIMATOR, ZerothOrder, _unflatten
 
 QUERIES_KEY = "zo_queries"
 
@@ -65,8 +74,12 @@ class FedZO(FedAvg):
     def local_program(self) -> LocalProgram:
         return LocalProgram(oracle=self.oracle)
 
+    aircomp_snr_db: float | None = None
+
     def run_round(self, state: ServerState, executor: Executor, optimizer: Any = None
                   ) -> tuple[ServerState, dict[str, Any]]:
+        if self.aircomp_snr_db is not None:
+            return self._aircomp_round(state, executor, optimizer)
         ids = self.sample_clients(state.round)
         out, _, _ = self.run_clients(state, executor, ids, self.weights(ids), optimizer)
         d = sum(v.numel() for v in state.params.values())
@@ -74,6 +87,55 @@ class FedZO(FedAvg):
         stats = {"local_loss": local_loss(out), "updates": out.updates, "samples": out.samples,
                  "queries": total, **dropped_stats(state, executor)}
         return self.apply(state, out.delta_sum if out.updates else None), stats
+
+    def _aircomp_round(self, state: ServerState, executor: Executor, optimizer: Any):
+        """AirComp-FedZO as the authors' code simulates it (module docstring)."""
+        ids, h_min = aircomp_select(self.seed, state.round, self.num_clients)
+        w = np.full(len(ids), 1.0 / len(ids))
+        out, pos, _ = self.run_clients(state, executor, ids, w, optimizer, keep_local=True)
+        d = sum(v.numel() for v in state.params.values())
+        total = count_queries(state, int(np.sum(out.steps)) * self.oracle.queries_per_step(d))
+        delta = out.delta_sum
+        if out.updates:
+            base = {k: v.unsqueeze(0) for k, v in state.params.items()}
+            sq = sum((v - base[k]).pow(2).flatten(1).sum(1) for k, v in out.local_params.items())
+            p_max = float(sq[torch.isfinite(sq)].max())       # over the kept (finite) updates
+            std = aircomp_noise_std(p_max, h_min, self.aircomp_snr_db, d, len(ids))
+            if std > 0:
+                noise = _unflatten(torch.as_tensor(keyed_normal(
+                    self.seed, STREAM_AIRCOMP, state.round, 1, np.arange(d))).to(
+                        next(iter(delta.values())))[None] * std, base)
+                delta = {k: v + noise[k][0] for k, v in delta.items()}
+        stats = {"local_loss": local_loss(out), "updates": out.updates, "samples": out.samples,
+                 "queries": total, "aircomp_selected": len(ids),
+                 **dropped_stats(state, executor)}
+        return self.apply(state, delta if out.updates else None), stats
+
+
+STREAM_AIRCOMP = 0x5A05
+
+
+def aircomp_select(seed: int, round_idx: int, num_clients: int) -> tuple[np.ndarray, float]:
+    """The authors' channel-quality selection: h_i = a + jb, a, b ~ N(0, 0.5²) keyed by
+    (seed, round, attempt, client); S = {i : |h_i| ≥ 0.8}, redrawn until non-empty
+    (P(|h| ≥ 0.8) = exp(−1.28) ≈ 0.278). Returns (sorted ids, min_{i∈S} |h_i|)."""
+    attempt = 0
+    while True:
+        z = keyed_normal(seed, STREAM_AIRCOMP, round_idx, 0, attempt,
+                         np.arange(num_clients)[:, None], np.arange(2)[None, :])
+        h = 0.5 * np.hypot(z[:, 0], z[:, 1])
+        sel = np.flatnonzero(h >= 0.8)
+        if len(sel):
+            return sel, float(h[sel].min())
+        attempt += 1
+
+
+def aircomp_noise_std(p_max: float, h_min: float, snr_db: float, d: int, m: int) -> float:
+    """σ_n = (1/|S|) √(P_max / (SNR_lin · h_min · d)) (the code's h_min, not h_min²); 0 for
+    SNR ≥ 50 dB (the code's noise-free switch)."""
+    if snr_db >= 50:
+        return 0.0
+    return math.sqrt(p_max / (10 ** (snr_db / 10) * h_min * d)) / m
 
 
 #: algorithms whose clients' whole computation is ``run_jobs`` with an autograd oracle, so
@@ -162,18 +224,24 @@ def _build(cfg: dict[str, Any], counts: np.ndarray, seed: int,
         oracle = ZerothOrder.from_config(est)
     except ValueError as e:
         raise ValueError(f"client.estimator.{e}") from None
-    return FedZO(counts, cfg["clients_per_round"], server_optimizer, cfg["aggregation_weights"],
-                 seed=seed, oracle=oracle)
+    alg = FedZO(counts, cfg["clients_per_round"], server_optimizer, cfg["aggregation_weights"],
+                seed=seed, oracle=oracle)
+    alg.aircomp_snr_db = cfg.get("aircomp_snr_db")
+    return alg
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
     from fedopt.algorithms.base import schema
+    from fedopt.schema import Float
 
     weights = (Literal[AGGREGATION_WEIGHTS], Field(
         "uniform", description="FedZO averages the M deltas uniformly (authors' code)"))
     return {"fedzo": AlgorithmSpec(
         schema("fedzo", "FedZO: FedAvg with zeroth-order clients (client.estimator)",
-               aggregation_weights=weights),
+               aggregation_weights=weights,
+               aircomp_snr_db=(Optional[Float], Field(
+                   None, description="AirComp-FedZO: receive SNR in dB (channel-quality "
+                                     "selection replaces sampling; >= 50: no noise)"))),
         {"name": "sgd", "lr": 1.0}, _build, "FedZO (zeroth-order clients; client.estimator)")}
 
 

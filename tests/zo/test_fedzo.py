@@ -11,6 +11,7 @@ import yaml
 import fedopt
 from fedopt.algorithms.fedzo import FedZO
 from fedopt.config import validate
+from fedopt.engine.contract import SharedStart
 from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import FunctionalModel, LocalTrainer
 from fedopt.engine.program import LocalProgram
@@ -137,3 +138,47 @@ def test_more_directions_lower_the_plateau():
             gaps.append((res.final("test_loss") - f_star) / (f0 - f_star))
         means.append(np.mean(gaps))
     assert means[0] > means[1] > means[2], means
+
+
+def test_aircomp_selection_noise_and_noise_free_limit():
+    """Spec T11: selection frequency ≈ exp(−1.28); at SNR ≥ 50 dB the round is noise-free
+    FedZO over the selected devices (bit for bit); at finite SNR the injected noise has std σ_n
+    (within 5 % over d = 20,000 coordinates)."""
+    from fedopt.algorithms.fedzo import aircomp_noise_std, aircomp_select
+
+    counts = np.zeros(50)
+    for r in range(400):
+        ids, h_min = aircomp_select(3, r, 50)
+        counts[ids] += 1
+        assert h_min >= 0.8
+    assert abs(counts.mean() / 400 - np.exp(-1.28)) < 0.02
+    assert aircomp_noise_std(4.0, 0.9, 100.0, 10, 3) == 0.0
+    assert aircomp_noise_std(4.0, 0.9, 0.0, 10, 2) == pytest.approx(np.sqrt(4 / (0.9 * 10)) / 2)
+
+    rows = torch.tensor(spd_quadratic_rows(8, 3, seed=2))
+    x0 = torch.zeros(3, dtype=torch.float64)
+    oracle = ZerothOrder("sphere", 4, 1e-3)
+    trainer = LocalTrainer(FunctionalModel(FunctionModel(spd_quadratic, x0)),
+                           make("sgd", lr=0.01), LocalProgram(loss=value, oracle=oracle))
+    ex = VectorizedExecutor(function_dataset(rows), trainer, batch_size=1, local_steps=2,
+                            local_epochs=None, seed=0)
+    results = {}
+    for snr in (100.0, 0.0):
+        alg = FedZO(np.ones(8, dtype=np.int64), 8, seed=0, oracle=oracle)
+        alg.aircomp_snr_db = snr
+        state, stats = alg.run_round(alg.init({"x": x0}), ex)
+        results[snr] = state.params["x"]
+    ids, h_min = aircomp_select(0, 0, 8)
+    out = ex.run_jobs(SharedStart({"x": x0}), ids, np.zeros(len(ids), np.int64),
+                      np.full(len(ids), 1 / len(ids)), keep_local=True)
+    assert torch.equal(results[100.0], x0 + out.delta_sum["x"])
+    p_max = float((out.local_params["x"] - x0).pow(2).sum(1).max())
+    sigma = aircomp_noise_std(p_max, h_min, 0.0, 3, len(ids))
+    assert sigma > 0 and not torch.equal(results[0.0], results[100.0])
+    # the noise law itself, on many coordinates
+    from fedopt.algorithms.fedzo import STREAM_AIRCOMP
+    from fedopt.rng import keyed_normal
+    z = keyed_normal(0, STREAM_AIRCOMP, 0, 1, np.arange(20_000))
+    assert abs(z.std() - 1) < 0.05
+    assert torch.allclose(results[0.0] - results[100.0],
+                          sigma * torch.as_tensor(z[:3]), atol=1e-12)
