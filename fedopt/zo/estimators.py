@@ -16,6 +16,7 @@ docs: ../shared/algorithms/zeroth_order.md §1):
 ==============  =====================================  ==========  =====================
 ``gaussian``    u ~ N(0, I_d), n = q iid               1 / q       ≈ μ √d
 ``sphere``      u = z/‖z‖, z ~ N(0, I_d), n = q iid    d / q       exactly μ
+``orthogonal``  Gram–Schmidt of q ≤ d Gaussian draws   d / q       exactly μ
 ``coordinate``  u_k = e_k, k = 1..d (n = d, q unused)  1           exactly μ
 ==============  =====================================  ==========  =====================
 
@@ -23,7 +24,8 @@ Facts the tests check (f(x) = ½ xᵀAx + bᵀx, g = ∇f(x)): the central diffe
 δ_j = u_jᵀ g, for any μ; the forward one adds (μ/2) u_jᵀAu_j, still unbiased for symmetric laws;
 E ĝ = g for gaussian and sphere; with q directions in the μ → 0 limit
 tr Cov ĝ = (d + 1)‖g‖²/q (gaussian) and (d − 1)‖g‖²/q (sphere); the coordinate estimate is exact
-(central) on quadratics. The dimension scaling is the point: an estimate costs O(q) queries but
+(central) on quadratics; orthogonal directions (FZooS's "rgf" baselines) have
+tr Cov ĝ = (d/q − 1)‖g‖², exactly 0 at q = d. The dimension scaling is the point: an estimate costs O(q) queries but
 has variance O(d/q)·‖g‖², so ZO-SGD needs about d/q times more steps than SGD (step size
 η ≍ q/(d L)).
 
@@ -57,8 +59,9 @@ from fedopt.schema import PositiveFloat, PositiveInt, Schema
 
 #: the keyed-RNG stream of zeroth-order directions (apart from fedopt.rng's small stream ids)
 STREAM_ZO = 0x5A01
-ESTIMATORS = ("gaussian", "sphere", "coordinate")
+ESTIMATORS = ("gaussian", "sphere", "orthogonal", "coordinate")
 SCHEMES = ("forward", "central")
+SCALES = ("unbiased", "none")
 #: the algorithms whose clients read ``client.estimator`` (others refuse it)
 READ_ESTIMATOR = frozenset({"fedzo"})
 
@@ -77,6 +80,8 @@ class EstimatorConfig(Schema):
     mu: PositiveFloat = Field(1e-3, description="μ, the smoothing radius of a difference")
     scheme: Literal[SCHEMES] = Field("forward", description="forward (q+1 queries) or central "
                                                             "(2q queries)")
+    scale: Literal[SCALES] = Field("unbiased", description="c_D of the table (unbiased) or 1/q "
+                                                           "(none: FZooS's rgf baselines)")
 
 
 def num_directions(name: str, q: int, d: int) -> int:
@@ -96,7 +101,7 @@ def queries_per_estimate(name: str, scheme: str, q: int, d: int) -> int:
 def scale(name: str, q: int, d: int) -> float:
     """c_D of the table above."""
     _check_name(name)
-    return {"gaussian": 1.0 / q, "sphere": d / q, "coordinate": 1.0}[name]
+    return {"gaussian": 1.0 / q, "sphere": d / q, "orthogonal": d / q, "coordinate": 1.0}[name]
 
 
 def _check_name(name: str) -> None:
@@ -120,6 +125,11 @@ def directions(name: str, seed: int, keys: int | np.ndarray, client_ids: np.ndar
         z = np.broadcast_to(z, (len(ids), q, d)).copy()
     if name == "sphere":
         z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    elif name == "orthogonal":
+        if q > d:
+            raise ValueError(f"directions: orthogonal directions need q <= d = {d}, got {q}")
+        qmat, r = np.linalg.qr(np.swapaxes(z, -1, -2))        # Gram–Schmidt of the q draws
+        z = np.swapaxes(qmat * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :], -1, -2)
     return z
 
 
@@ -187,6 +197,7 @@ class ZerothOrder:
     directions: int = 20
     mu: float = 1e-3
     scheme: str = "forward"
+    scale: str = "unbiased"
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -197,13 +208,22 @@ class ZerothOrder:
             raise ValueError(f"mu: must be finite and > 0, got {self.mu!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme: one of {SCHEMES}, got {self.scheme!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale: one of {SCALES}, got {self.scale!r}")
         object.__setattr__(self, "mu", float(self.mu))
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "ZerothOrder":
         cfg = dict(cfg or {})
         return cls(cfg.get("name", "sphere"), cfg.get("directions", 20), cfg.get("mu", 1e-3),
-                   cfg.get("scheme", "forward"))
+                   cfg.get("scheme", "forward"), cfg.get("scale", "unbiased"))
+
+    def c_d(self, d: int) -> float:
+        """c_D (``scale: unbiased``), or 1/n (``none``: a global rescaling, harmless under Adam
+        and sign-like rules, not under SGD)."""
+        if self.scale == "none":
+            return 1.0 / num_directions(self.name, self.directions, d)
+        return scale(self.name, self.directions, d)
 
     def queries_per_step(self, d: int) -> int:
         """Function evaluations per client and local step for a model of d parameters."""
@@ -228,5 +248,5 @@ class ZerothOrder:
 
         with torch.no_grad():
             g, _, f0 = estimate(f, flat, u, self.mu, self.scheme,
-                                scale(self.name, self.directions, d))
+                                self.c_d(d))
         return _unflatten(g, y), f0

@@ -174,3 +174,40 @@ def test_model_black_box_and_zero_one_loss():
     assert vals.shape == (1, 2) and vals[0, 0].item() == pytest.approx(err)
     assert vals[0, 1].item() == pytest.approx(1 - err)      # negated logits flip every argmax
     assert bb.queries == 2 and bb.dim == 8
+
+
+def test_orthogonal_directions_variance_and_exactness_at_q_equals_d():
+    a, b, x, g = quadratic(4)
+    u = directions("orthogonal", 2, 0, np.arange(3000), 0, 3, D)
+    assert np.allclose(np.einsum("kid,kjd->kij", u, u), np.eye(3), atol=1e-12)
+    ut = torch.from_numpy(u)
+    est, _, _ = estimate(Counter(a, b), x.expand(3000, D), ut, 0.2, "central",
+                         scale("orthogonal", 3, D))
+    tr_cov = (D / 3 - 1) * g.pow(2).sum()
+    assert abs((est - est.mean(0)).pow(2).sum(1).mean() / tr_cov - 1) < 0.1
+    assert (est.mean(0) - g).pow(2).sum() < 4 * tr_cov / 3000
+    full = torch.from_numpy(directions("orthogonal", 2, 0, np.arange(2), 0, D, D))
+    exact, _, _ = estimate(Counter(a, b), x.expand(2, D), full, 0.2, "central",
+                           scale("orthogonal", D, D))
+    assert torch.allclose(exact, g.expand(2, D), atol=1e-10)
+    with pytest.raises(ValueError, match="q <= d"):
+        directions("orthogonal", 2, 0, np.arange(1), 0, D + 1, D)
+
+
+def test_scale_none_is_the_unbiased_estimate_over_d():
+    """FZooS's rgf baselines divide by q only: (1/q) Σ δ_j u_j is the unbiased (d/q) Σ δ_j u_j
+    divided by d (the spec's "q/d times smaller" is off by q: this is the code's formula)."""
+    class Ctx:
+        seed, step_keys = 1, None
+
+        def batched_loss(self, y, batch):
+            return 0.5 * (y["w"] ** 2).sum(1) + y["w"][:, 0]
+
+    from fedopt.engine.program import Batch, StepKeys
+    ctx = Ctx()
+    ctx.step_keys = StepKeys(0, np.arange(2), 0)
+    y = {"w": torch.randn(2, 6, dtype=torch.float64)}
+    batch = Batch(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2, 1))
+    unb, _ = ZerothOrder("orthogonal", 3, 1e-3).gradient(ctx, y, batch)
+    none, _ = ZerothOrder("orthogonal", 3, 1e-3, scale="none").gradient(ctx, y, batch)
+    assert torch.allclose(none["w"], unb["w"] / 6)
