@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -82,6 +82,9 @@ class EstimatorConfig(Schema):
                                                             "(2q queries)")
     scale: Literal[SCALES] = Field("unbiased", description="c_D of the table (unbiased) or 1/q "
                                                            "(none: FZooS's rgf baselines)")
+    max_models: Optional[PositiveInt] = Field(
+        None, description="evaluate at most this many perturbed models per forward pass "
+                          "(memory of large models; null: all C·(q+1) at once)")
 
 
 def num_directions(name: str, q: int, d: int) -> int:
@@ -198,6 +201,7 @@ class ZerothOrder:
     mu: float = 1e-3
     scheme: str = "forward"
     scale: str = "unbiased"
+    max_models: int | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -210,13 +214,17 @@ class ZerothOrder:
             raise ValueError(f"scheme: one of {SCHEMES}, got {self.scheme!r}")
         if self.scale not in SCALES:
             raise ValueError(f"scale: one of {SCALES}, got {self.scale!r}")
+        if self.max_models is not None and not (isinstance(self.max_models, int)
+                                                and self.max_models >= 1):
+            raise ValueError(f"max_models: an integer >= 1 or None, got {self.max_models!r}")
         object.__setattr__(self, "mu", float(self.mu))
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "ZerothOrder":
         cfg = dict(cfg or {})
         return cls(cfg.get("name", "sphere"), cfg.get("directions", 20), cfg.get("mu", 1e-3),
-                   cfg.get("scheme", "forward"), cfg.get("scale", "unbiased"))
+                   cfg.get("scheme", "forward"), cfg.get("scale", "unbiased"),
+                   cfg.get("max_models"))
 
     def c_d(self, d: int) -> float:
         """c_D (``scale: unbiased``), or 1/n (``none``: a global rescaling, harmless under Adam
@@ -241,10 +249,14 @@ class ZerothOrder:
         m = u.shape[1] + (1 if self.scheme == "forward" else u.shape[1])
 
         def f(pts: Tensor) -> Tensor:
-            params = _unflatten(pts.reshape(C * m, d), y)
+            flat_pts = pts.reshape(C * m, d)
             rep = Batch(*(t.unsqueeze(1).expand((C, m) + t.shape[1:]).reshape(
                 (C * m,) + t.shape[1:]) for t in batch))
-            return ctx.batched_loss(params, rep).view(C, m)
+            step = self.max_models or C * m
+            vals = [ctx.batched_loss(_unflatten(flat_pts[lo:lo + step], y),
+                                     Batch(*(t[lo:lo + step] for t in rep)))
+                    for lo in range(0, C * m, step)]
+            return torch.cat(vals).view(C, m)
 
         with torch.no_grad():
             g, _, f0 = estimate(f, flat, u, self.mu, self.scheme,

@@ -211,3 +211,27 @@ def test_scale_none_is_the_unbiased_estimate_over_d():
     unb, _ = ZerothOrder("orthogonal", 3, 1e-3).gradient(ctx, y, batch)
     none, _ = ZerothOrder("orthogonal", 3, 1e-3, scale="none").gradient(ctx, y, batch)
     assert torch.allclose(none["w"], unb["w"] / 6)
+
+
+def test_max_models_chunks_the_evaluations_without_changing_the_result():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(40, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    from fedopt.data import FederatedDataset
+    data = FederatedDataset(x=x, y=y, offsets=torch.tensor([0, 10, 25, 40]), x_test=x[:4],
+                            y_test=y[:4], client_test=torch.zeros(4, dtype=torch.int64),
+                            num_classes=3, name="t")
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out = []
+    for chunk in (None, 7):
+        oracle = ZerothOrder("gaussian", 5, 1e-3, max_models=chunk)
+        trainer = CountingTrainer(FunctionalModel(model), make("sgd", lr=0.1),
+                                  LocalProgram(oracle=oracle), seed=2)
+        plan = plan_batches(2, 0, np.arange(3), data.offsets.numpy(), 8, np.full(3, 2))
+        CountingTrainer.queries = 0
+        out.append(trainer.train(start, data.x, data.y, plan, round_idx=0,
+                                 client_ids=np.arange(3)).params)
+        assert CountingTrainer.queries == 3 * 2 * 6
+    for k in out[0]:
+        assert torch.allclose(out[0][k], out[1][k], atol=1e-12)

@@ -103,7 +103,8 @@ def test_estimator_config_errors_name_the_field():
             "client": {"local_steps": 1}}
     ok = validate({**base, "client": {"local_steps": 1, "estimator": {"name": "coordinate"}}})
     assert ok["client"]["estimator"] == {"name": "coordinate", "directions": 20, "mu": 1e-3,
-                                         "scheme": "forward", "scale": "unbiased"}
+                                         "scheme": "forward", "scale": "unbiased",
+                                         "max_models": None}
     assert ok["algorithm"]["aggregation_weights"] == "uniform"
     with pytest.raises(ConfigError, match=r"^client\.estimator\.mu: must be > 0"):
         validate({**base, "client": {"local_steps": 1, "estimator": {"mu": 0.0}}})
