@@ -200,8 +200,13 @@ class ZerothOrderClients:
 def with_estimator(name: str, algorithm: Any, config: dict[str, Any]) -> Any:
     """``algorithm`` as built for ``algorithm.name: name``, with zeroth-order clients when the
     run's ``client.estimator`` is given (:class:`ZerothOrderClients`); ConfigError naming
-    ``client.estimator`` for an algorithm whose clients cannot take one."""
+    ``client.estimator`` for an algorithm whose clients cannot take one, or
+    ``executor.realtime`` (queries are not counted in real time)."""
     est = (config.get("client") or {}).get("estimator")
+    if est is not None and (config.get("executor") or {}).get("realtime"):
+        raise ConfigError("executor.realtime: real-time runs do not count zeroth-order queries "
+                          "(the live driver bypasses the counter); run client.estimator on the "
+                          "virtual clock (executor.realtime: false)")
     if est is None or name in READ_ESTIMATOR:
         return algorithm
     alg_cfg = config.get("algorithm") or {}

@@ -77,3 +77,12 @@ def test_clients_that_cannot_take_an_estimator_are_refused(algorithm, match):
            "client": {"local_steps": 1, "estimator": EST}}
     with pytest.raises(ConfigError, match=rf"^client\.estimator: .*{match}"):
         validate(cfg)
+
+
+def test_zeroth_order_clients_in_real_time_are_refused_since_queries_would_go_uncounted():
+    cfg = {"data": {"name": "regression", "num_clients": 4}, "model": {"name": "logreg"},
+           "algorithm": {"name": "async_fedavg", "rounds": 1, "clients_per_round": 2},
+           "client": {"local_steps": 1, "loss": "mse", "estimator": EST},
+           "executor": {"name": "ray", "realtime": True}}
+    with pytest.raises(ConfigError, match=r"^executor\.realtime: real-time runs do not count"):
+        validate(cfg)
