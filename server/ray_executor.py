@@ -314,16 +314,10 @@ class RayExecutor:
     def evaluate(self, params: Params, train: bool = False) -> dict[str, float | None]:
         """The global model's test (and train) loss and metrics, on the coordinator (it holds
         the test rows): the in-process evaluation, same code and bits."""
-        from fedopt.engine.evaluate import evaluate
+        from fedopt.engine.evaluate import evaluation_row
 
         data = self._coordinator_data("evaluate")
-        fmodel, prog = self.trainer.fmodel, self.trainer.program
-        row = {f"test_{k}": v for k, v in evaluate(fmodel, params, data.x_test, data.y_test,
-                                                   program=prog).items()}
-        if train:
-            row.update({f"train_{k}": v for k, v in evaluate(fmodel, params, data.x, data.y,
-                                                             program=prog).items()})
-        return row
+        return evaluation_row(self.trainer.fmodel, self.trainer.program, data, params, train)
 
     def job_samples(self, client_ids: np.ndarray) -> np.ndarray:
         """int64 [m]: real samples one local job of each of ``client_ids`` processes."""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedopt.decentralized.engine import NodeAlgorithm
+from fedopt.decentralized.engine import NodeAlgorithm, bind_smoothness
 from fedopt.decentralized.graphs import Graph, laplacian, positive_spectrum
 from fedopt.schema import ConfigError
 
@@ -75,14 +75,7 @@ class AdomPlus(NodeAlgorithm):
             "c3": theta * (beta * nu + eta * (nu + alpha) * c5), "c4": theta * c5}
 
     def on_bind(self) -> None:
-        if self._L is not None and self._mu is not None:
-            return
-        try:
-            big, small = self.objective.smoothness()
-        except ValueError as e:
-            raise ConfigError(f"algorithm.L: {e}; give algorithm.L and algorithm.mu") from None
-        self._set_constants(self._L if self._L is not None else float(big.max()),
-                            self._mu if self._mu is not None else float(small.min()))
+        bind_smoothness(self)
 
     def init_nodes(self, x: Tensor) -> dict[str, Tensor]:
         zero = torch.zeros_like(x)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedopt.decentralized.engine import (NodeAlgorithm, as_index, disjoint_batches,
+from fedopt.decentralized.engine import (NodeAlgorithm, bind_smoothness, as_index, disjoint_batches,
                                          uniform_edge_rates)
 from fedopt.decentralized.events import GRADIENT
 from fedopt.decentralized.graphs import Graph, chi1, chi2, dadao_rate, laplacian
@@ -120,14 +120,7 @@ class Dadao(NodeAlgorithm):
         self.m = self.consts.ode_matrix()
 
     def on_bind(self) -> None:
-        if self._L is not None and self._mu is not None:
-            return
-        try:
-            big, small = self.objective.smoothness()
-        except ValueError as e:
-            raise ConfigError(f"algorithm.L: {e}; give algorithm.L and algorithm.mu") from None
-        self._set_constants(self._L if self._L is not None else float(big.max()),
-                            self._mu if self._mu is not None else float(small.min()))
+        bind_smoothness(self)
 
     def event_rates(self) -> tuple[np.ndarray, np.ndarray]:
         return np.ones(self.n), self.edge_rates

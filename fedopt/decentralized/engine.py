@@ -216,3 +216,19 @@ def as_index(a: np.ndarray, device: torch.device) -> Tensor:
 def check_finite_rate(value: float, field: str) -> None:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{field}: must be a finite number > 0, got {value!r}")
+
+
+def bind_smoothness(alg: Any) -> None:
+    """Set an accelerated algorithm's constants from L and μ: ``algorithm.L`` / ``algorithm.mu``
+    where given (``alg._L``, ``alg._mu``), else the bounds of the nodes' Hessians
+    (``alg.objective.smoothness()``: L = max_i L_i, μ = min_i μ_i), through
+    ``alg._set_constants(L, μ)``. ConfigError naming ``algorithm.L`` when the bounds are not
+    known (a model without a closed-form Hessian)."""
+    if alg._L is not None and alg._mu is not None:
+        return
+    try:
+        big, small = alg.objective.smoothness()
+    except ValueError as e:
+        raise ConfigError(f"algorithm.L: {e}; give algorithm.L and algorithm.mu") from None
+    alg._set_constants(alg._L if alg._L is not None else float(big.max()),
+                       alg._mu if alg._mu is not None else float(small.min()))

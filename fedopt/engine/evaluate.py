@@ -53,3 +53,16 @@ def evaluate(fmodel: FunctionalModel, params: Params, x: Tensor, y: Tensor,
     for name, v in zip(metrics, values[1:]):
         row[name] = v if ok else None
     return row
+
+
+def evaluation_row(fmodel: FunctionalModel, program: LocalProgram, data, params: Params,
+                   train: bool = False) -> dict[str, float | None]:
+    """The metrics row of the global model: ``test_loss`` and ``test_<metric>`` over every
+    client's test rows of ``data`` (a FederatedDataset), and with ``train`` ``train_*`` over its
+    training rows — the :meth:`Executor.evaluate` of every executor that holds the data."""
+    row = {f"test_{k}": v for k, v in evaluate(fmodel, params, data.x_test, data.y_test,
+                                               program=program).items()}
+    if train:
+        row.update({f"train_{k}": v for k, v in evaluate(fmodel, params, data.x, data.y,
+                                                         program=program).items()})
+    return row

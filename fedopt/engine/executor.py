@@ -21,7 +21,7 @@ from fedopt.data import FederatedDataset
 from fedopt.engine.batches import (capped_batch_size, local_step_counts, plan_batches,
                                    plan_bytes)
 from fedopt.engine.contract import Params, RoundOutput, SharedStart, Starts
-from fedopt.engine.evaluate import evaluate
+from fedopt.engine.evaluate import evaluation_row
 from fedopt.engine.local import LocalTrainer
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error, finite_rows
 from fedopt.engine.program import Batch
@@ -210,13 +210,7 @@ class VectorizedExecutor:
         """``test_loss`` and ``test_<metric>`` of ``params`` over every client's test rows (and,
         with ``train``, ``train_*`` over the training rows), the trainer's program's loss and
         metrics: :func:`fedopt.engine.evaluate.evaluate`."""
-        fmodel, data, prog = self.trainer.fmodel, self.data, self.trainer.program
-        row = {f"test_{k}": v for k, v in evaluate(fmodel, params, data.x_test, data.y_test,
-                                                   program=prog).items()}
-        if train:
-            row.update({f"train_{k}": v for k, v in evaluate(fmodel, params, data.x, data.y,
-                                                             program=prog).items()})
-        return row
+        return evaluation_row(self.trainer.fmodel, self.trainer.program, self.data, params, train)
 
     def _run(self, start: Params, stacked: bool, client_ids: np.ndarray, key: int | np.ndarray,
              weights: np.ndarray, optimizer: FunctionalOptimizer | None, keep_local: bool,
