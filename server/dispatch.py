@@ -7,7 +7,7 @@ transport — and the scatter/gather loop :func:`gather` runs it over any :class
 
 * **failed** (the worker died, its node was lost): the share is re-sent — to live workers at
   once, while the transport replaces the dead one — up to ``max_retries`` times, then
-  :class:`~server.ray_faults.WorkerFailedError`. Its partial work is never read, so every job
+  :class:`~server.faults.WorkerFailedError`. Its partial work is never read, so every job
   counts exactly once and the result equals the fault-free one.
 * **late** (no answer ``round_timeout_s`` seconds after it was sent): the worker is a straggler;
   the transport replaces it (a hung worker would stall later calls) and the policy decides:
@@ -38,7 +38,7 @@ import numpy as np
 
 from fedopt.engine.contract import Params
 from fedopt.engine.executor import drop_scale
-from server.ray_faults import FaultLog, WorkerFailedError
+from server.faults import FaultLog, WorkerFailedError
 
 #: ``on_timeout`` values: what happens to a late share whose per-client results are not needed
 TIMEOUT_POLICIES = ("drop", "retry")

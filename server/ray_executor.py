@@ -58,7 +58,7 @@ from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
 from server.ray_async import AsyncDispatcher, RayJob
 from server.ray_connect import RaySession, connect_ray
-from server.ray_faults import FaultLog, failure_cause
+from server.faults import FaultLog, failure_cause
 from server.ray_pool import WorkerPool, death_errors, gpu_plan
 
 log = logging.getLogger("server.ray")

@@ -19,7 +19,7 @@ import numpy as np
 
 from client.ray_worker import ShardWorker, WorkerSpec
 from client.shard import fingerprints_match
-from server.ray_faults import FaultLog, RayPoolError, failure_cause
+from server.faults import FaultLog, RayPoolError, failure_cause
 
 log = logging.getLogger("server.ray")
 
@@ -233,7 +233,7 @@ class WorkerPool:
         """Slot of each client: its home ``i mod W`` when ready, else ``live[i mod |live|]``.
 
         With no live slot it waits (up to ``wait_s``, default the start timeout) for a
-        replacement to come up; raises :class:`~server.ray_faults.RayPoolError` when none does.
+        replacement to come up; raises :class:`~server.faults.RayPoolError` when none does.
         """
         self.poll()
         live = [j for j in self.live() if j not in exclude]

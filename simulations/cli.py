@@ -63,7 +63,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
-    from server.ray_faults import RayPoolError, WorkerFailedError   # no Ray import
+    from server.faults import RayPoolError, WorkerFailedError   # no Ray import
 
     return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError, WorkerFailedError,
             RayPoolError)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from server.dispatch import (Action, CallFailed, DispatchPolicy, gather, renormalise)
-from server.ray_faults import FaultLog, WorkerFailedError
+from server.faults import FaultLog, WorkerFailedError
 
 
 # -- the policy -----------------------------------------------------------------------------

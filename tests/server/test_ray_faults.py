@@ -151,7 +151,7 @@ def test_worker_dying_past_max_retries_is_one_readable_error(ray_session, fresh,
     """``max_retries: 0`` and a worker killed mid-call: the synchronous round and a real-time
     job each raise :class:`WorkerFailedError` naming the setting, the worker, the clients and
     the cause; the CLI prints it as one ``error:`` line (exit 2, no traceback)."""
-    from server.ray_faults import WorkerFailedError
+    from server.faults import WorkerFailedError
     from simulations import cli
 
     ex, _ = fresh
@@ -201,7 +201,7 @@ def test_worker_dying_past_max_retries_is_one_readable_error(ray_session, fresh,
 def test_a_pool_with_no_live_worker_is_one_readable_error(monkeypatch, capsys, tmp_path):
     """Every worker dead and none restartable: :class:`RayPoolError` (not a bare RuntimeError),
     printed by the CLI as one ``error:`` line (exit 2)."""
-    from server.ray_faults import RayPoolError
+    from server.faults import RayPoolError
     from server.ray_pool import WorkerPool
     from simulations import cli
 

@@ -1,6 +1,9 @@
-"""The record of what went wrong on the Ray workers, and what was done about it.
+"""The record of what went wrong on a live executor's workers, and what was done about it —
+transport-independent (used by :mod:`server.dispatch`, the Ray executor now, a gRPC fleet next),
+with the errors a failed worker or pool raises.
 
-``counts`` (exposed as ``RayExecutor.faults()``) are cumulative over the run:
+``counts`` (exposed as ``Executor.faults()``, e.g. ``RayExecutor.faults()``) are cumulative
+over the run:
 
 * ``worker_deaths``   a call failed because its actor died (killed, crashed, node lost);
 * ``timeouts``        a call ran past ``executor.round_timeout_s`` (its worker is a straggler);
