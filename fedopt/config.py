@@ -304,7 +304,13 @@ def _dry_build(spec: Any, cfg: dict[str, Any], num_clients: int | None) -> Any:
         raise
     except ValueError as e:   # an algorithm's constructor names its own key (relative)
         msg = str(e)
-        raise ConfigError(msg if "." in msg.split(":")[0] else f"algorithm.{msg}") from None
+        field = msg.split(":")[0].strip()
+        top = field.split(".")[0].split("[")[0]
+        if "." in field and top in cfg:                  # already a dotted config field
+            raise ConfigError(msg) from None
+        if top in alg:                                    # one of the algorithm's own keys
+            raise ConfigError(f"algorithm.{msg}") from None
+        raise                                             # not a config field: a real bug
     ex = cfg["executor"]
     if ex.get("realtime") and executor_entries()[ex["name"]].realtime is not None:
         missing = [a for a in ("policy", "weights", "server_optimizer", "clock_config")
