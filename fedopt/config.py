@@ -199,6 +199,8 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = parse(run_schema(), config).model_dump()
     spec = algorithm_specs()[cfg["algorithm"]["name"]]
     alg = cfg["algorithm"]
+    if spec.resolve is not None:   # defaults that depend on what the user wrote
+        spec.resolve(alg, config)
     alg["server_optimizer"] = _server_optimizer_section(spec, alg["server_optimizer"], alg["name"])
     cfg["client"]["optimizer"] = _optimizer_section(cfg["client"]["optimizer"], "client.optimizer")
 

@@ -145,6 +145,8 @@ class AlgorithmSpec:
     ``algorithm.server_optimizer`` contradicts one is refused by :meth:`check_server_optimizer`.
     ``build`` must be cheap before ``init`` (no per-parameter work): ``fedopt validate`` calls it
     with unit client counts to run the same checks as a run.
+    ``resolve(alg_cfg, raw_config)`` (optional) fills, in place, a key whose default depends on
+    what the user wrote rather than on the resolved values (e.g. whether a key was given at all).
     """
 
     schema: type[AlgorithmConfig]
@@ -152,6 +154,7 @@ class AlgorithmSpec:
     build: Callable[[dict[str, Any], np.ndarray, int, Any, dict[str, Any]], Any]
     doc: str = ""
     requires: tuple[Requirement, ...] = ()
+    resolve: Callable[[dict[str, Any], Any], None] | None = None
 
     def check_server_optimizer(self, name: str, server_optimizer: dict[str, Any]) -> None:
         """Raise ConfigError naming ``algorithm.server_optimizer.<key>`` and ``algorithm.name``

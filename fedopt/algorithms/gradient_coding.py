@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -383,8 +383,10 @@ def _specs() -> dict[str, AlgorithmSpec]:
         "decode_error": (Bool, Field(False, description="record ‖ĝ − g‖/‖g‖ (float64)")),
         "clients_per_round": (PositiveInt, Field(1, description="not read: every client's "
                                                                 "rows are in a partition")),
-        "minibatch": (Bool, Field(False, description="client.batch_size rows per client and "
-                                                      "iteration instead of full partitions")),
+        "minibatch": (Optional[Bool], Field(None, description="client.batch_size rows per "
+                                                                "client and iteration instead of "
+                                                                "full partitions (null: when "
+                                                                "client.batch_size is given)")),
         "live": (Bool, Field(False, description="workers of a live executor (Ray) compute the "
                                                 "coded gradients; first responders decode")),
         "seconds_per_unit": (Optional[PositiveFloat], Field(
@@ -417,8 +419,24 @@ def _specs() -> dict[str, AlgorithmSpec]:
                               seconds_per_unit=cfg["seconds_per_unit"],
                               minibatch=cfg["minibatch"])
 
+    def resolve(cfg: dict[str, Any], raw: Any) -> None:
+        """Full-batch partitions unless ``client.batch_size`` is given (then minibatches of that
+        size, as with ``minibatch: true``); ``minibatch`` given explicitly wins. Live workers
+        compute full-batch gradients with a batch of at least every client's rows (their own
+        check names client.batch_size), so there a given batch size stays full-batch; with a
+        sequential code, which reads no batch size, one given is refused, not ignored."""
+        if cfg.get("minibatch") is not None:
+            return
+        client = raw.get("client") if isinstance(raw, Mapping) else None
+        given = isinstance(client, Mapping) and "batch_size" in client
+        if given and cfg["code"] in ("sr_sgc", "m_sgc"):
+            raise ConfigError(f"client.batch_size: gradient_coding with code {cfg['code']!r} "
+                              f"computes full-partition gradients; remove client.batch_size")
+        cfg["minibatch"] = bool(given) and not cfg.get("live")
+
     return {"gradient_coding": AlgorithmSpec(schema("gradient_coding", doc, **fields),
-                                             {"name": "sgd", "lr": 1.0}, build, doc)}
+                                             {"name": "sgd", "lr": 1.0}, build, doc,
+                                             resolve=resolve)}
 
 
 ALGORITHM_SPECS = _specs()

@@ -2,6 +2,7 @@
 exact codes give full-gradient training (a plain torch loop with torch.optim) whatever the
 straggler pattern; virtual time has a closed form on a deterministic clock; the decode rules
 use the arrivals the codes need; config errors name the field."""
+import copy
 import json
 import subprocess
 import sys
@@ -281,3 +282,23 @@ def test_sequential_codes_resume_exactly_from_a_checkpoint():
         longer.step()
     for s in (full, half, resumed, longer):
         s.close()
+
+
+def test_client_batch_size_given_switches_to_minibatches_as_the_config_contract_says():
+    """The issue's contract: full-batch partitions unless client.batch_size is set. Given, the
+    run is the explicit minibatch run; not given, the full-batch run; minibatch given wins; and
+    where minibatches do not run (sequential codes) a batch size is refused, not ignored."""
+    clock = CLOCKS["pareto_slow_cohort"]
+    base = config({"code": "cyclic", "num_workers": 6, "stragglers": 2, "rounds": 8}, clock)
+    assert "batch_size" not in base["client"]
+    assert load_config(base)["algorithm"]["minibatch"] is False
+    given = copy.deepcopy(base)
+    given["client"]["batch_size"] = 5
+    assert load_config(given)["algorithm"]["minibatch"] is True
+    given["algorithm"]["minibatch"] = False
+    assert load_config(given)["algorithm"]["minibatch"] is False
+    sgc = config({"code": "sr_sgc", "num_workers": 6, "rounds": 8}, clock)
+    sgc["client"]["batch_size"] = 5
+    with pytest.raises(ConfigError, match=r"^client\.batch_size: gradient_coding with code "
+                                          r"'sr_sgc' computes full-partition gradients"):
+        load_config(sgc)
