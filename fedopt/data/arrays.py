@@ -175,12 +175,8 @@ def build_from_arrays(x: ArrayLike, y: ArrayLike, num_clients: int,
                                        num_classes, name, test_fraction, rng_part, rng_split)
     ys = check_index(y, "y", xs.shape[0], "x", "labels")
     labels = {"y": ys}
-    if (x_test is None) != (y_test is None):
-        raise ConfigError("x_test and y_test must be given together")
-    if x_test is not None:
-        xt = check_features(x_test, "x_test")
-        if xt.shape[1:] != xs.shape[1:]:
-            raise ConfigError(f"x_test has feature shape {xt.shape[1:]} but x has {xs.shape[1:]}")
+    xt = _test_features(xs, x_test, y_test)
+    if xt is not None:
         yt = check_index(y_test, "y_test", xt.shape[0], "x_test", "labels")
         labels["y_test"] = yt
     num_classes = infer_num_classes(num_classes, labels)
@@ -193,6 +189,20 @@ def build_from_arrays(x: ArrayLike, y: ArrayLike, num_clients: int,
                     x_test=xt, y_test=yt, client_test=client_test)
 
 
+def _test_features(xs: np.ndarray, x_test: ArrayLike | None,
+                   y_test: ArrayLike | None) -> np.ndarray | None:
+    """The checked test features (None without a test set): ConfigError unless x_test and
+    y_test come together and x_test has x's feature shape."""
+    if (x_test is None) != (y_test is None):
+        raise ConfigError("x_test and y_test must be given together")
+    if x_test is None:
+        return None
+    xt = check_features(x_test, "x_test")
+    if xt.shape[1:] != xs.shape[1:]:
+        raise ConfigError(f"x_test has feature shape {xt.shape[1:]} but x has {xs.shape[1:]}")
+    return xt
+
+
 def _regression_from_arrays(xs: np.ndarray, y: ArrayLike, x_test: ArrayLike | None,
                             y_test: ArrayLike | None, num_clients: int, part_spec: dict,
                             num_classes: int | None, name: str, test_fraction: float,
@@ -203,12 +213,8 @@ def _regression_from_arrays(xs: np.ndarray, y: ArrayLike, x_test: ArrayLike | No
                           f"regression targets (float y) take 'iid' or 'power_law'")
     ys = check_targets(y, "y", xs.shape[0], "x")
     targets = {"y": ys}
-    if (x_test is None) != (y_test is None):
-        raise ConfigError("x_test and y_test must be given together")
-    if x_test is not None:
-        xt = check_features(x_test, "x_test")
-        if xt.shape[1:] != xs.shape[1:]:
-            raise ConfigError(f"x_test has feature shape {xt.shape[1:]} but x has {xs.shape[1:]}")
+    xt = _test_features(xs, x_test, y_test)
+    if xt is not None:
         targets["y_test"] = yt = check_targets(y_test, "y_test", xt.shape[0], "x_test")
     width = target_width(num_classes, targets)
     client = partition_rows(np.zeros(xs.shape[0], dtype=np.int64), num_clients, part_spec,
