@@ -4,7 +4,7 @@ A worker is built from the run config alone (plus the few coordinator-side objec
 in it: the client optimizer, the trainer's local program and, for a user-supplied
 model, the module itself). It generates or loads the federated data set ON the worker with
 ``build_dataset(config["data"], seed)`` and keeps only the train rows of its shard
-(:func:`client.shard.shard_dataset`), so client data never goes through the coordinator. Each
+(:func:`fedopt.client.shard.shard_dataset`), so client data never goes through the coordinator. Each
 call receives the global parameters (a zero-copy object-store view), the ids to run and their
 weights, and returns the shard's weighted sum Σ_i w_i (y_{i,K} − x) — the same quantity the
 in-process :class:`~fedopt.engine.executor.VectorizedExecutor` computes, by the same code.
@@ -13,7 +13,7 @@ If it is asked for clients outside its shard (their worker died and they were re
 rebuilds the data set from the config and adds their rows; the minibatch plan is keyed by
 (seed, round, global client id), so the result does not depend on which worker ran a client.
 
-The class is plain Python (testable without Ray); :mod:`server.ray_pool` wraps it with
+The class is plain Python (testable without Ray); :mod:`fedopt.server.ray_pool` wraps it with
 ``ray.remote`` as a threaded actor. Training holds a lock (one device, one job at a time); an
 injected delay is slept outside it, so a simulated straggler does not block the next job.
 """
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from protocols.ray_messages import Arrays, ShardResult, to_arrays, to_tensors
-from client.shard import data_fingerprint, shard_dataset
+from fedopt.protocols.ray_messages import Arrays, ShardResult, to_arrays, to_tensors
+from fedopt.client.shard import data_fingerprint, shard_dataset
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.engine.contract import SharedStart
 from fedopt.engine.executor import VectorizedExecutor

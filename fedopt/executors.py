@@ -4,7 +4,7 @@ its real-time driver, as ``"module:attr"`` strings imported on use.
 The core names only its own in-process executor (``local``). Every other executor — the Ray
 executor in ``server/``, a third party's — registers through the entry-point group
 ``fedopt.executors`` (``pyproject.toml``: ``[project.entry-points."fedopt.executors"]``,
-``ray = "server.ray_config:ENTRY"``), whose object is an :class:`ExecutorEntry`. Its schema
+``ray = "fedopt.server.ray_config:ENTRY"``), whose object is an :class:`ExecutorEntry`. Its schema
 module must be cheap to import (pydantic only, no transport): ``fedopt validate`` loads every
 executor's schema. Each executor's settings live in its own schema, so a key that only another
 executor reads is refused by name (``executor.num_workers: unknown key for executor 'local'``).

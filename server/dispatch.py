@@ -38,7 +38,7 @@ import numpy as np
 
 from fedopt.engine.contract import Params
 from fedopt.engine.executor import drop_scale
-from server.faults import FaultLog, WorkerFailedError
+from fedopt.server.faults import FaultLog, WorkerFailedError
 
 #: ``on_timeout`` values: what happens to a late share whose per-client results are not needed
 TIMEOUT_POLICIES = ("drop", "retry")

@@ -1,5 +1,5 @@
 """The record of what went wrong on a live executor's workers, and what was done about it —
-transport-independent (used by :mod:`server.dispatch`, the Ray executor now, a gRPC fleet next),
+transport-independent (used by :mod:`fedopt.server.dispatch`, the Ray executor now, a gRPC fleet next),
 with the errors a failed worker or pool raises.
 
 ``counts`` (exposed as ``Executor.faults()``, e.g. ``RayExecutor.faults()``) are cumulative

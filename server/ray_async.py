@@ -15,9 +15,9 @@ holds a job's answer until that many seconds after it started on its worker, so 
 studies run on real actors. A job whose worker dies is resubmitted (on a replacement or a live
 worker) and counted once; its late duplicate, if any, is never read; one that dies more than
 ``executor.max_retries`` times raises :class:`~server.faults.WorkerFailedError` (the
-decision is :class:`server.dispatch.DispatchPolicy`'s, as for synchronous calls). Clients
+decision is :class:`fedopt.server.dispatch.DispatchPolicy`'s, as for synchronous calls). Clients
 whose results are NaN/±inf come back flagged (``ClientUpdate.nonfinite``, from the worker's check):
-the caller applies the run's ``on_nonfinite`` (:mod:`server.realtime`).
+the caller applies the run's ``on_nonfinite`` (:mod:`fedopt.server.realtime`).
 """
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ from typing import Any, Callable
 import numpy as np
 
 from fedopt.engine.contract import ClientUpdate, DelayFn
-from protocols.ray_messages import Arrays, Params, to_arrays, to_tensors
-from server.dispatch import Action, DispatchPolicy
-from server.faults import WorkerFailedError, failure_cause
-from server.ray_pool import WorkerPool, death_errors
+from fedopt.protocols.ray_messages import Arrays, Params, to_arrays, to_tensors
+from fedopt.server.dispatch import Action, DispatchPolicy
+from fedopt.server.faults import WorkerFailedError, failure_cause
+from fedopt.server.ray_pool import WorkerPool, death_errors
 
 __all__ = ["AsyncDispatcher", "ClientUpdate", "DelayFn", "RayJob", "delay_from_clock"]
 

@@ -2,7 +2,7 @@
 
 It registers with the core through the entry point ``fedopt.executors: ray`` (pyproject.toml),
 so ``fedopt validate`` knows its keys without importing Ray; the executor itself
-(:mod:`server.ray_executor`) and the real-time driver (:mod:`server.realtime`) load on use.
+(:mod:`fedopt.server.ray_executor`) and the real-time driver (:mod:`fedopt.server.realtime`) load on use.
 """
 from __future__ import annotations
 
@@ -55,6 +55,6 @@ class RayExecutorConfig(ExecutorConfig):
         return self
 
 
-ENTRY = ExecutorEntry("ray", "server.ray_config:RayExecutorConfig",
-                      "server.ray_executor:RayExecutor.from_config",
-                      realtime="server.realtime:RealTimeAsync.from_config")
+ENTRY = ExecutorEntry("ray", "fedopt.server.ray_config:RayExecutorConfig",
+                      "fedopt.server.ray_executor:RayExecutor.from_config",
+                      realtime="fedopt.server.realtime:RealTimeAsync.from_config")

@@ -13,7 +13,7 @@ every algorithm runs on it unchanged::
 One call: the start parameters go into Ray's object store once (``ray.put`` of numpy arrays —
 the one shared model of a synchronous round, or the stacked ``[m, ...]`` per-job starts;
 workers map them zero-copy and take their rows); job j runs on worker ``client_ids[j] mod W``
-(or a live substitute, see :mod:`server.ray_pool`); each worker trains its jobs vectorized and
+(or a live substitute, see :mod:`fedopt.server.ray_pool`); each worker trains its jobs vectorized and
 answers with its shard's Σ_j w_j Δ_j, Σ_j w_j, Σ_j w_j·loss_j (and the stacked y_j when
 ``keep_local``); the coordinator adds the W partial sums. Minibatch plans are keyed by
 (seed, key, client), so the result equals the in-process executor's up to float summation
@@ -21,7 +21,7 @@ order. Evaluation runs on the coordinator, which holds the test rows (the same c
 as in-process).
 
 Failed and late shards (a worker that dies, a call past ``executor.round_timeout_s``) are
-handled by :mod:`server.dispatch` — retries up to ``executor.max_retries``, the straggler
+handled by :mod:`fedopt.server.dispatch` — retries up to ``executor.max_retries``, the straggler
 policy ``on_timeout`` (``"drop"``: FedAvg's renormalisation over the jobs that returned;
 ``"retry"``), never a call left without any job — and counted in :meth:`RayExecutor.faults`
 (incidents in :attr:`RayExecutor.fault_events`); with ``keep_local=True`` (per-client results
@@ -46,20 +46,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from protocols.ray_messages import Params, ShardResult, to_arrays, to_tensors
-from client.ray_worker import WorkerSpec
-from client.shard import data_fingerprint
+from fedopt.protocols.ray_messages import Params, ShardResult, to_arrays, to_tensors
+from fedopt.client.ray_worker import WorkerSpec
+from fedopt.client.shard import data_fingerprint
 from fedopt.data import FederatedDataset
 from fedopt.engine.contract import (ClientUpdate, DelayFn, RoundOutput, SharedStart, Starts)
 from fedopt.engine.executor import job_samples
 from fedopt.engine.local import LocalTrainer
 from fedopt.engine.program import check_shippable
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
-from server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
-from server.ray_async import AsyncDispatcher, RayJob
-from server.ray_connect import RaySession, connect_ray
-from server.faults import FaultLog, failure_cause
-from server.ray_pool import WorkerPool, death_errors, gpu_plan
+from fedopt.server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
+from fedopt.server.ray_async import AsyncDispatcher, RayJob
+from fedopt.server.ray_connect import RaySession, connect_ray
+from fedopt.server.faults import FaultLog, failure_cause
+from fedopt.server.ray_pool import WorkerPool, death_errors, gpu_plan
 
 log = logging.getLogger("server.ray")
 
@@ -113,7 +113,7 @@ class RayExecutor:
                  dataset: FederatedDataset | None = None):
         import ray
 
-        #: timeouts, retries and drops of every call (:mod:`server.dispatch`)
+        #: timeouts, retries and drops of every call (:mod:`fedopt.server.dispatch`)
         self.policy = DispatchPolicy(max_retries=int(max_retries),
                                      round_timeout_s=round_timeout_s, on_timeout=on_timeout)
         if on_nonfinite not in POLICIES:
@@ -234,7 +234,7 @@ class RayExecutor:
     def _gather(self, ids: np.ndarray, call: Callable[[Any, np.ndarray], Any], key: int | None,
                 report: RoundReport, need_all: bool) -> list[tuple[Call, Any]]:
         """Run ``call(actor, positions)`` for each worker's share of ``ids``, through
-        :func:`server.dispatch.gather`; (call, result) pairs, each job in exactly one."""
+        :func:`fedopt.server.dispatch.gather`; (call, result) pairs, each job in exactly one."""
         got = gather(_RayTransport(self, ids, call, key), ids, self.policy, self.faults_log,
                      key, need_all)
         report.retried += got.retried
@@ -329,7 +329,7 @@ class RayExecutor:
                  keys: np.ndarray, w: np.ndarray, ref_t: torch.Tensor, keep_local: bool,
                  report: RoundReport) -> RoundOutput:
         """Σ of the shards' partial sums (in job order), renormalised over the jobs that
-        returned finite results (:func:`server.dispatch.renormalise`: stragglers dropped, or
+        returned finite results (:func:`fedopt.server.dispatch.renormalise`: stragglers dropped, or
         non-finite clients under ``on_nonfinite="drop"``); raises
         :class:`~fedopt.engine.nonfinite.NonFiniteError` for non-finite clients under
         ``"error"``."""
@@ -380,7 +380,7 @@ class RayExecutor:
                correction: Params | None = None, delay_s: DelayFn | None = None,
                group: bool = False) -> list[RayJob]:
         """Start jobs now, keyed by ``key``; collect them with :meth:`wait` (see
-        :mod:`server.ray_async`)."""
+        :mod:`fedopt.server.ray_async`)."""
         return self._async.submit(params, client_ids, key, optimizer=optimizer,
                                   correction=correction, delay_s=delay_s, group=group)
 
@@ -411,7 +411,7 @@ class RayExecutor:
 
 
 class _RayTransport:
-    """:class:`server.dispatch.Transport` over the worker pool: a share is one actor call."""
+    """:class:`fedopt.server.dispatch.Transport` over the worker pool: a share is one actor call."""
 
     def __init__(self, ex: RayExecutor, ids: np.ndarray, call: Callable[[Any, np.ndarray], Any],
                  key: int):

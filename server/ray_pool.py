@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from client.ray_worker import ShardWorker, WorkerSpec
-from client.shard import fingerprints_match
-from server.faults import FaultLog, RayPoolError, failure_cause
+from fedopt.client.ray_worker import ShardWorker, WorkerSpec
+from fedopt.client.shard import fingerprints_match
+from fedopt.server.faults import FaultLog, RayPoolError, failure_cause
 
 log = logging.getLogger("server.ray")
 

@@ -30,7 +30,7 @@ Time. With ``seconds_per_unit`` set, the ``clock:`` models are injected: a job o
 that the virtual clock says completes at ``f`` (dispatched at ``t0``) is held on its worker until
 ``(f − t0) · seconds_per_unit`` seconds after it started (real compute counts towards it; a job
 that never returns is not submitted and waits for its timeout), and the scheduler queues its
-arrival at ``f`` exactly as on the virtual clock (:mod:`server.realtime_clock`). Events are
+arrival at ``f`` exactly as on the virtual clock (:mod:`fedopt.server.realtime_clock`). Events are
 handled in that queue's order: an answer is delivered at its virtual completion time's place —
 when a later-scheduled job answers first (jitter, or compute slower than the injected gap), it
 waits for the earlier one — and a timer or timeout is handled no earlier than
@@ -94,8 +94,8 @@ from fedopt.clock import DONE, EventQueue
 from fedopt.config import ConfigError
 from fedopt.engine.contract import ClientUpdate, check_executor
 from fedopt.engine.nonfinite import check_server_state, client_error
-from server.ray_async import RayJob
-from server.realtime_clock import RealTimeClock
+from fedopt.server.ray_async import RayJob
+from fedopt.server.realtime_clock import RealTimeClock
 
 
 @dataclass(eq=False)

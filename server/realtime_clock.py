@@ -1,6 +1,6 @@
 """The virtual clock as seen by a real-time scheduler: injected delays instead of queued arrivals.
 
-In real-time mode (:mod:`server.realtime`) the asynchronous scheduler
+In real-time mode (:mod:`fedopt.server.realtime`) the asynchronous scheduler
 (:class:`fedopt.algorithms.async_schedule.Scheduler`) runs on *real* time measured in clock units
 of ``seconds_per_unit`` seconds each: ``now = (wall seconds since the start) / seconds_per_unit``.
 Its timers (FedFix ticks ``Δt, 2Δt, ...``, deadlines, ``clock.timeout``) keep their meaning in
@@ -13,7 +13,7 @@ injected delay
 
     delay_{i,j} = (f_{i,j} − t0) · seconds_per_unit        (= w_{i,j} · seconds_per_unit when the
                                                              client is always online, exactly
-                                                             what :func:`server.ray_async.
+                                                             what :func:`fedopt.server.ray_async.
                                                              delay_from_clock` injects)
 
 which the worker holds its answer for (real compute counts towards it). To the scheduler it

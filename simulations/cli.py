@@ -1,6 +1,6 @@
 """The ``fedopt`` command line: run, validate, show and plot experiments.
 
-Also runnable as ``python -m simulations.cli``. Heavy imports (torch, matplotlib) happen
+Also runnable as ``python -m fedopt.simulations.cli``. Heavy imports (torch, matplotlib) happen
 inside the subcommands so ``fedopt --help`` is instant.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
-    from server.faults import RayPoolError, WorkerFailedError   # no Ray import
+    from fedopt.server.faults import RayPoolError, WorkerFailedError   # no Ray import
 
     return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError, WorkerFailedError,
             RayPoolError)
@@ -71,7 +71,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def invoked_as() -> str:
     """How to call this program again, as the user just did: ``fedopt`` when that name on PATH
-    is this program, else the path typed (``.venv/bin/fedopt``) or ``python -m simulations.cli``
+    is this program, else the path typed (``.venv/bin/fedopt``) or ``python -m fedopt.simulations.cli``
     — so printed hints (``plot it with: ...``) work when copied."""
     argv0 = sys.argv[0] if sys.argv else ""
     if os.path.basename(argv0) == "fedopt":
@@ -165,7 +165,7 @@ def _short(v: Any) -> str:
 
 
 def _print_table(rows: Sequence[Mapping[str, Any]], out=None) -> None:
-    from simulations.plot import results_table
+    from fedopt.simulations.plot import results_table
 
     present = [c for c in RESULT_COLUMNS if any(c[0] in r for r in rows)]
     print(results_table(rows, present or None), file=out or sys.stdout)
@@ -262,7 +262,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from simulations.plot import X_AXES, has_column, plot_run, plot_runs
+    from fedopt.simulations.plot import X_AXES, has_column, plot_run, plot_runs
     from fedopt.records import read_metrics
 
     for d in args.run_dirs:

@@ -12,7 +12,7 @@ demo), the demo stops before running anything unless ``--replace`` is given; ``-
 removes them only if they hold nothing but files fedopt writes (else it names the first other
 entry and stops, deleting nothing).
 
-    python -m simulations.demo [--out runs/demo] [--rounds-scale 1.0] [--replace]
+    python -m fedopt.simulations.demo [--out runs/demo] [--rounds-scale 1.0] [--replace]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import fedopt
 from fedopt.config import load_config
 from fedopt.records import remove_run_dir
 from fedopt.runfiles import RunDirError
-from simulations.plot import plot_runs, results_table
+from fedopt.simulations.plot import plot_runs, results_table
 
 CONFIGS = Path(__file__).parent / "configs"
 

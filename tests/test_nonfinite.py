@@ -289,7 +289,7 @@ def test_finite_rows_and_describe_ids():
 def test_diverged_mlp_run_exits_nonzero_with_one_error_line(tmp_path, capsys):
     """The issue's run: MLP on Synthetic with client lr 100 diverges; ``fedopt run`` exits 2
     with one ``error:`` line naming the round and clients (it used to finish with exit 0)."""
-    from simulations import cli
+    from fedopt.simulations import cli
 
     rc = cli.main(["run", "simulations/configs/quickstart.yaml", "--out", str(tmp_path / "run"),
                    "--set", "model.name=mlp", "--set", "client.optimizer.lr=100",

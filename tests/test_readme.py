@@ -71,7 +71,7 @@ def _cli_lines() -> list[list[str]]:
 
 @pytest.mark.slow
 def test_cli_block_runs_in_order(reader_dir):
-    from simulations.cli import main
+    from fedopt.simulations.cli import main
 
     lines = _cli_lines()
     assert [a[0] for a in lines] == ["run", "run", "plot", "show", "validate", "--help"]

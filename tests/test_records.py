@@ -585,7 +585,7 @@ def test_remove_run_dir_deletes_only_a_fedopt_run(tmp_path):
     with RunRecorder(run, CONFIG, seed=3) as rec:
         rec.log({"round": 1, "test_loss": 0.5})
         rec.save_checkpoint({"x": 1}, round=1)
-    from simulations.plot import plot_run
+    from fedopt.simulations.plot import plot_run
 
     assert plot_run(run)                                   # fedopt's own PNGs: removable
     users = {"checkpoints/mine.txt": b"mine",                # a user's files, some under the

@@ -1,5 +1,5 @@
 """One asynchronous step's aggregate, shared by the virtual-clock family
-(:mod:`fedopt.algorithms.asynchronous`) and the real-time driver (:mod:`server.realtime`):
+(:mod:`fedopt.algorithms.asynchronous`) and the real-time driver (:mod:`fedopt.server.realtime`):
 
     Δ^n = Σ_{i ∈ A(n), kept} ω_i Δ_i · (Σ_{A(n)} ω / Σ_{kept} ω)        (local loss likewise)
 

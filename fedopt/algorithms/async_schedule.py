@@ -201,7 +201,7 @@ class Scheduler:
 
         ``events`` is where events come from (default :class:`VirtualEvents`: the virtual
         queue); ``hooks`` (default :class:`LoopHooks`: none) adds side effects. The real-time
-        driver (:mod:`server.realtime`) passes its ``ray.wait``-backed source and hooks."""
+        driver (:mod:`fedopt.server.realtime`) passes its ``ray.wait``-backed source and hooks."""
         p = self.policy
         events = VirtualEvents if events is None else events
         hooks = LoopHooks if hooks is None else hooks

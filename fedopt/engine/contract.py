@@ -4,7 +4,7 @@ An *executor* runs local jobs — client ``i`` trains from a start model with mi
 ``(seed, key, i, epoch)`` — and returns their weighted sum. Algorithms are written against
 :class:`Executor` only: they never probe an executor (``hasattr``) or touch its members beyond
 this contract, so one code path runs in-process (:class:`~fedopt.engine.executor.
-VectorizedExecutor`), on Ray (:class:`server.ray_executor.RayExecutor`) and on any executor a
+VectorizedExecutor`), on Ray (:class:`fedopt.server.ray_executor.RayExecutor`) and on any executor a
 plug-in registers. Live executors (clients answering in real time) add :class:`LiveExecutor`'s
 ``submit`` / ``wait`` / ``cancel``.
 

@@ -1,6 +1,6 @@
 """Events per second of the decentralized engine against a plain per-event loop, side by side.
 
-    python -m simulations.benchmarks.decentralized [--sizes 256 4096] [--time 2]
+    python -m fedopt.simulations.benchmarks.decentralized [--sizes 256 4096] [--time 2]
 
 Logistic regression on Synthetic(1, 1) (the data set's clients are the nodes, 20–60 rows each),
 the first ``--time`` virtual time units of a run's keyed event stream. For each size and

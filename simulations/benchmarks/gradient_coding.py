@@ -10,7 +10,7 @@
   clients' gradients, the master takes first responders with ``ray.wait``; real compute
   times, no injected delay), same configs.
 
-    python -m simulations.benchmarks.gradient_coding [--repeats 50] [--no-ray]
+    python -m fedopt.simulations.benchmarks.gradient_coding [--repeats 50] [--no-ray]
 
 BLAS
 runs single-threaded (``OPENBLAS_NUM_THREADS=1`` unless set): on a shared 2-core machine a

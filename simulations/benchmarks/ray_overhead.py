@@ -14,9 +14,9 @@ training time on the workers (ray.put of the model, dispatch, result transfer, s
 executors must agree). W workers can only run in parallel on ≥ W cores: on a 2-core machine
 W = 4 shares 2 cores (and the coordinator and Ray's own processes use them too).
 
-    python -m simulations.benchmarks.ray_overhead                    # 100 clients/round
-    python -m simulations.benchmarks.ray_overhead --set client.local_steps=200   # more work/round
-    python -m simulations.benchmarks.ray_overhead --workers 1 2 4 8 --gpus-per-worker 0.25
+    python -m fedopt.simulations.benchmarks.ray_overhead                    # 100 clients/round
+    python -m fedopt.simulations.benchmarks.ray_overhead --set client.local_steps=200   # more work/round
+    python -m fedopt.simulations.benchmarks.ray_overhead --workers 1 2 4 8 --gpus-per-worker 0.25
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
             rows.append(row)
     finally:
         ray.shutdown()
-    from simulations.plot import results_table
+    from fedopt.simulations.plot import results_table
 
     print(f"cores={cores} torch={torch.__version__} ray={ray.__version__} "
           f"clients/round={args.clients_per_round} rounds={args.rounds} "

@@ -14,8 +14,8 @@ Columns, measured in one run: server steps, wall time of the timed steps, client
 coordinator would take), ``eff`` = ideal / wall, staleness mean / max (server versions), the
 share of the aggregated updates that came from the slow cohort, and the final test accuracy.
 
-    python -m simulations.benchmarks.ray_realtime
-    python -m simulations.benchmarks.ray_realtime --clients 40 --seconds-per-unit 0.02 --workers 4
+    python -m fedopt.simulations.benchmarks.ray_realtime
+    python -m fedopt.simulations.benchmarks.ray_realtime --clients 40 --seconds-per-unit 0.02 --workers 4
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ Prints client-updates/s, samples/s, the ratios vectorized/loop and vectorized/ce
 largest difference between the vectorized and loop aggregates (they must agree), and peak
 memory (process peak RSS on CPU; peak allocated on CUDA).
 
-    python -m simulations.benchmarks.throughput                 # 10 and 100 clients/round
-    python -m simulations.benchmarks.throughput --scale 10000   # + 10,000-client population
+    python -m fedopt.simulations.benchmarks.throughput                 # 10 and 100 clients/round
+    python -m fedopt.simulations.benchmarks.throughput --scale 10000   # + 10,000-client population
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     if args.scale:
         for m in (100, 1000):
             rows.append(bench(m, args.scale, max(3, args.rounds // 4), args.device, "scale"))
-    from simulations.plot import results_table
+    from fedopt.simulations.plot import results_table
 
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()}")
     print(results_table(rows))

@@ -63,7 +63,7 @@ def test_all_jobs_in_flight_dropped_refills_with_other_clients(policy):
 
 
 def test_every_client_failing_is_one_error_line_from_the_cli_before_anything_runs(tmp_path, capsys):
-    from simulations import cli
+    from fedopt.simulations import cli
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("data: {name: synthetic, num_clients: 6, min_samples: 10, max_samples: 30}\n"

@@ -12,9 +12,9 @@ from fedopt.data import build_dataset
 from fedopt.config import load_config
 from fedopt.jsonio import read_json
 from fedopt.records import RunExistsError, read_metrics
-from simulations.studies import STUDY_RECORD
-from simulations.studies.asynchrony import run as study_run
-from simulations.studies.drift import run as drift_run
+from fedopt.simulations.studies import STUDY_RECORD
+from fedopt.simulations.studies.asynchrony import run as study_run
+from fedopt.simulations.studies.drift import run as drift_run
 
 STUDY = {
     "num_clients": 6, "seeds": [0, 1], "eval_points": 5,
@@ -34,7 +34,7 @@ SCENARIO = {"name": "cohort", "title": "slow cohort", "time_budget": 12.0,
 
 @pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path):
-    from simulations.plot import X_AXES
+    from fedopt.simulations.plot import X_AXES
     X_AXES_BEFORE = dict(X_AXES)
     (tmp_path / "scen").mkdir()
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(STUDY))

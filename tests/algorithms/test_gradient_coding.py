@@ -166,7 +166,7 @@ def test_fedopt_run_end_to_end_and_resume(tmp_path):
     path = tmp_path / "gc.json"
     path.write_text(json.dumps(cfg))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "simulations.cli", "run", str(path), "--out", str(out)]
+    cmd = [sys.executable, "-m", "fedopt.simulations.cli", "run", str(path), "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [3, 6]
@@ -179,10 +179,10 @@ def test_fedopt_run_end_to_end_and_resume(tmp_path):
     resumed = tmp_path / "resumed"
     cfg3 = dict(cfg, algorithm=dict(cfg["algorithm"], rounds=3))
     path.write_text(json.dumps(cfg3))
-    subprocess.run([sys.executable, "-m", "simulations.cli", "run", str(path), "--out",
+    subprocess.run([sys.executable, "-m", "fedopt.simulations.cli", "run", str(path), "--out",
                     str(resumed)], check=True, capture_output=True)
     path.write_text(json.dumps(cfg))
-    subprocess.run([sys.executable, "-m", "simulations.cli", "run", str(path), "--out",
+    subprocess.run([sys.executable, "-m", "fedopt.simulations.cli", "run", str(path), "--out",
                     str(resumed), "--resume"], check=True, capture_output=True)
     rows2 = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(rows, rows2):

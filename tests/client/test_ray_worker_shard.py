@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from protocols.ray_messages import to_arrays, to_tensors
-from client.ray_worker import ShardWorker, WorkerSpec, resolve_device
-from client.shard import data_fingerprint, fingerprints_match, shard_dataset
+from fedopt.protocols.ray_messages import to_arrays, to_tensors
+from fedopt.client.ray_worker import ShardWorker, WorkerSpec, resolve_device
+from fedopt.client.shard import data_fingerprint, fingerprints_match, shard_dataset
 from fedopt.config import load_config
 from fedopt.data import build_dataset
 from fedopt.engine.executor import VectorizedExecutor

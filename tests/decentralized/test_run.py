@@ -145,7 +145,7 @@ def test_cli_run_writes_decentralized_rows(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "simulations.cli", "run", str(path), "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "fedopt.simulations.cli", "run", str(path), "--out", str(out)],
                    check=True, capture_output=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["virtual_time"] for r in rows] == [2.0, 4.0]
@@ -176,7 +176,7 @@ def test_resume_from_checkpoint_reproduces_the_run(name):
 
 
 def test_plot_draws_suboptimality_against_time_gradients_and_communications(tmp_path):
-    from simulations.plot import plot_run, plot_runs
+    from fedopt.simulations.plot import plot_run, plot_runs
     dirs = []
     for name in ("dadao", "gossip"):
         out = tmp_path / name

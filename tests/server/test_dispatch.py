@@ -1,11 +1,11 @@
-"""server.dispatch without Ray: the policy's decisions, renormalisation, and the scatter/gather
+"""fedopt.server.dispatch without Ray: the policy's decisions, renormalisation, and the scatter/gather
 loop over a fake transport whose workers answer, die or hang on a fake clock."""
 import numpy as np
 import pytest
 import torch
 
-from server.dispatch import (Action, CallFailed, DispatchPolicy, gather, renormalise)
-from server.faults import FaultLog, WorkerFailedError
+from fedopt.server.dispatch import (Action, CallFailed, DispatchPolicy, gather, renormalise)
+from fedopt.server.faults import FaultLog, WorkerFailedError
 
 
 # -- the policy -----------------------------------------------------------------------------

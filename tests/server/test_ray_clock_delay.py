@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from server.ray_async import delay_from_clock
+from fedopt.server.ray_async import delay_from_clock
 
 
 def test_delays_follow_the_virtual_clock_and_cap_never_returning_jobs():

@@ -6,8 +6,8 @@ import time
 import pytest
 
 import fedopt
-from server.ray_connect import _host_port, check_reachable, connect_ray
-from server.ray_pool import gpu_plan
+from fedopt.server.ray_connect import _host_port, check_reachable, connect_ray
+from fedopt.server.ray_pool import gpu_plan
 from tests.server.ray_fixtures import make_config
 
 

@@ -23,7 +23,7 @@ def local_sim():
 @pytest.fixture(scope="module")
 def ray3(ray_session, local_sim):
     """A 3-worker executor next to the in-process simulation it must agree with."""
-    from server.ray_executor import RayExecutor
+    from fedopt.server.ray_executor import RayExecutor
 
     cfg = load_config(make_config("ray", num_workers=3))
     ex = RayExecutor.from_config(cfg, local_sim.data, local_sim.trainer)
@@ -109,7 +109,7 @@ def test_full_gradients_on_workers_equal_in_process(ray3, local_sim):
 
 
 def test_fedavg_run_trajectory_equals_local(ray_session, monkeypatch):
-    from server.ray_executor import RayExecutor
+    from fedopt.server.ray_executor import RayExecutor
 
     rounds = []
     real = RayExecutor.run_jobs
@@ -143,7 +143,7 @@ def test_a_dataset_the_workers_cannot_rebuild_is_refused(ray_session):
 
 
 def test_unplaceable_pool_fails_with_a_clear_error(ray_session, local_sim):
-    from server.ray_executor import RayExecutor
+    from fedopt.server.ray_executor import RayExecutor
 
     cfg = load_config(make_config("ray", num_workers=3, num_cpus_per_worker=1.0))
     with pytest.raises(RuntimeError, match="executor.num_workers: cannot place 3"):

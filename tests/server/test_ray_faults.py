@@ -21,7 +21,7 @@ def local_sim():
 
 @pytest.fixture(scope="module")
 def ex(ray_session, local_sim):
-    from server.ray_executor import RayExecutor
+    from fedopt.server.ray_executor import RayExecutor
 
     cfg = load_config(make_config("ray", num_workers=2))
     executor = RayExecutor.from_config(cfg, local_sim.data, local_sim.trainer)
@@ -151,8 +151,8 @@ def test_worker_dying_past_max_retries_is_one_readable_error(ray_session, fresh,
     """``max_retries: 0`` and a worker killed mid-call: the synchronous round and a real-time
     job each raise :class:`WorkerFailedError` naming the setting, the worker, the clients and
     the cause; the CLI prints it as one ``error:`` line (exit 2, no traceback)."""
-    from server.faults import WorkerFailedError
-    from simulations import cli
+    from fedopt.server.faults import WorkerFailedError
+    from fedopt.simulations import cli
 
     ex, _ = fresh
     ids, w = _inputs(local_sim, 5)
@@ -201,9 +201,9 @@ def test_worker_dying_past_max_retries_is_one_readable_error(ray_session, fresh,
 def test_a_pool_with_no_live_worker_is_one_readable_error(monkeypatch, capsys, tmp_path):
     """Every worker dead and none restartable: :class:`RayPoolError` (not a bare RuntimeError),
     printed by the CLI as one ``error:`` line (exit 2)."""
-    from server.faults import RayPoolError
-    from server.ray_pool import WorkerPool
-    from simulations import cli
+    from fedopt.server.faults import RayPoolError
+    from fedopt.server.ray_pool import WorkerPool
+    from fedopt.simulations import cli
 
     pool = object.__new__(WorkerPool)              # the assignment logic alone, no Ray
     pool.poll, pool.live = (lambda: None), (lambda: [])

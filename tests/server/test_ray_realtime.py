@@ -19,9 +19,9 @@ from fedopt.clock import VirtualClock, validate_clock_config
 from fedopt.config import load_config
 from fedopt.checkpoint import decode_checkpoint, encode_checkpoint
 from fedopt.simulation import Simulation
-from server.ray_async import delay_from_clock
-from server.realtime import RealTimeAsync
-from server.realtime_clock import RealTimeClock
+from fedopt.server.ray_async import delay_from_clock
+from fedopt.server.realtime import RealTimeAsync
+from fedopt.server.realtime_clock import RealTimeClock
 from tests.server.ray_fixtures import TEST_CPUS_PER_WORKER, ray_session  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -53,7 +53,7 @@ def speeds(*values) -> dict:
 @pytest.fixture(scope="module")
 def ray_ex(ray_session):
     """One 2-worker Ray executor for every test (the algorithm lives on the coordinator)."""
-    from server.ray_executor import RayExecutor
+    from fedopt.server.ray_executor import RayExecutor
 
     base = Simulation(config({"name": "async_fedavg"}))
     ex = RayExecutor.from_config(config({"name": "async_fedavg"}, executor="ray"), base.data,

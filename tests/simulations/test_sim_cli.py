@@ -13,7 +13,7 @@ import yaml
 
 from fedopt.progress import Progress
 from fedopt.records import RunRecorder
-from simulations import cli
+from fedopt.simulations import cli
 
 CONFIGS = Path(cli.__file__).parent / "configs"
 RESOLVED = {"seed": 0, "data": {"name": "synthetic", "num_clients": 100},
@@ -104,7 +104,7 @@ def test_no_command_prints_help_and_exits_2(capsys):
 
 
 def test_python_dash_m_works():
-    proc = subprocess.run([sys.executable, "-m", "simulations.cli", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "fedopt.simulations.cli", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage: fedopt" in proc.stdout
 
@@ -402,7 +402,7 @@ def test_show_and_plot_os_errors_are_one_line(capsys, tmp_path, monkeypatch, fak
 # ----------------------------------------------------------------------------- demo folders
 
 def test_demo_never_deletes_what_it_did_not_write(capsys, tmp_path):
-    from simulations import demo
+    from fedopt.simulations import demo
 
     out = tmp_path / "demo"
     run = out / "quickstart"
@@ -443,7 +443,7 @@ def test_unreadable_out_is_one_error(capsys, tmp_path, monkeypatch, fake_config,
 
 
 def test_help_states_each_default_once(capsys):
-    from simulations.cli import build_parser
+    from fedopt.simulations.cli import build_parser
 
     parser = build_parser()
     for command in ("run", "validate", "show", "plot"):
@@ -459,7 +459,7 @@ def test_help_states_each_default_once(capsys):
 def test_printed_hints_call_the_program_as_the_user_did(monkeypatch, tmp_path):
     import shutil
 
-    from simulations import cli
+    from fedopt.simulations import cli
 
     venv_fedopt = tmp_path / ".venv/bin/fedopt"
     monkeypatch.setattr(cli.sys, "argv", [str(venv_fedopt)])
@@ -469,5 +469,5 @@ def test_printed_hints_call_the_program_as_the_user_did(monkeypatch, tmp_path):
     assert cli.invoked_as() == "fedopt"
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/fedopt")  # another install
     assert cli.invoked_as() == str(venv_fedopt)
-    monkeypatch.setattr(cli.sys, "argv", [cli.__file__])             # python -m simulations.cli
+    monkeypatch.setattr(cli.sys, "argv", [cli.__file__])             # python -m fedopt.simulations.cli
     assert cli.invoked_as().endswith(" -m simulations.cli")

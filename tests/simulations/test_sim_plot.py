@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from simulations.plot import aggregate, format_cell, plot_run, plot_runs, results_table
+from fedopt.simulations.plot import aggregate, format_cell, plot_run, plot_runs, results_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -149,7 +149,7 @@ def test_plot_run_with_nonfinite_rows_draws_the_finite_prefix_and_warns(tmp_path
     """A run whose losses become NaN at round 4 (float NaN or the JSON string "nan") and whose
     accuracy is then not reported (None): the loss curves are still drawn, up to round 3, and
     a warning names the run and each non-finite metric with the round where it started."""
-    from simulations.plot import NonFiniteMetricWarning, _finite_prefix, first_nonfinite
+    from fedopt.simulations.plot import NonFiniteMetricWarning, _finite_prefix, first_nonfinite
 
     run = tmp_path / "diverged"
     run.mkdir()
@@ -184,7 +184,7 @@ def test_plot_run_all_nan_loss_is_not_skipped_silently(tmp_path):
     with open(run / "metrics.jsonl", "w") as f:
         for r in range(1, 4):
             f.write(json.dumps({"round": r, "test_loss": "nan", "test_accuracy": None}) + "\n")
-    from simulations.plot import NonFiniteMetricWarning
+    from fedopt.simulations.plot import NonFiniteMetricWarning
 
     with pytest.warns(NonFiniteMetricWarning, match="test_loss is non-finite .* round 1"):
         paths = plot_run(run)

@@ -20,7 +20,7 @@ from fedopt.schema import ConfigError
 from fedopt.zo.estimators import ZerothOrder
 from fedopt.zo.objectives import (FunctionModel, function_dataset, spd_quadratic,
                                   spd_quadratic_optimum, spd_quadratic_rows, value)
-from simulations import cli
+from fedopt.simulations import cli
 
 D, N = 10, 10
 

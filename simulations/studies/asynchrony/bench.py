@@ -3,7 +3,7 @@ FedAvg (``fedavg``, no clock) against the same rounds through the event loop (``
 and ``fedbuff`` with buffer = clients per round dispatched on aggregation; both reduce to it
 exactly), and the per-arrival asynchronous FedAvg for reference, measured in one run.
 
-    python -m simulations.studies.asynchrony.bench [--rounds 30] [--repeats 3]
+    python -m fedopt.simulations.studies.asynchrony.bench [--rounds 30] [--repeats 3]
 
 Config: the quickstart problem (Synthetic(1,1), 100 clients, logistic regression, K = 20 local
 SGD steps, B = 10), m clients per round (10 and 100), one torch thread. Each number is the best

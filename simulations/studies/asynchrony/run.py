@@ -3,7 +3,7 @@ asynchronous FedAvg (unbiased / identical weights) on the virtual clock, under (
 exponential delays, (b) heavy-tailed Pareto stragglers and (c) a 10x slow cohort holding its own
 label skew, on Synthetic(1,1) and digits (Dirichlet 0.1).
 
-    python -m simulations.studies.asynchrony.run --out DIR [--quick] [--seeds 0 1 2]
+    python -m fedopt.simulations.studies.asynchrony.run --out DIR [--quick] [--seeds 0 1 2]
 
 Every algorithm gets the same virtual-time budget T: the number of server steps that fit in T is
 counted on the clock alone (the schedule does not depend on the data), then the run is a plain
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from simulations.studies import claim_out_dir, deep_merge
+from fedopt.simulations.studies import claim_out_dir, deep_merge
 
 HERE = Path(__file__).parent
 STUDY_FILE = HERE / "study.yaml"
@@ -170,7 +170,7 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- the sweep
 
 def _plot(dirs: list[Path], labels: list[str], out: Path) -> list[str]:
-    from simulations.plot import plot_runs
+    from fedopt.simulations.plot import plot_runs
 
     written = plot_runs(dirs, labels, out, x="virtual_time", metrics=METRICS)
     written += plot_runs(dirs, labels, out, x="client_updates", metrics=METRICS)

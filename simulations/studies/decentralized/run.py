@@ -1,7 +1,7 @@
 """Decentralized study: local gradients and communications to reach f(x̄) − f* ≤ 1e-6 for DADAO
 against ADOM+ (multi-consensus), D-SGD and asynchronous gossip SGD on ridge regression.
 
-    python -m simulations.studies.decentralized.run --out DIR [--sizes 16 64] [--seeds 0 1 2]
+    python -m fedopt.simulations.studies.decentralized.run --out DIR [--sizes 16 64] [--seeds 0 1 2]
 
 Every (n, graph, algorithm, seed) runs on the virtual clock through :class:`fedopt.simulation.
 Simulation` (the same code as ``fedopt run``), stepping one time unit at a time until the

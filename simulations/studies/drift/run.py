@@ -1,7 +1,7 @@
 """The drift-correction study: rounds to a target accuracy and final accuracy of FedAvg, FedProx,
 SCAFFOLD, FedDyn and FedSpeed on non-IID data with a long local interval.
 
-    python -m simulations.studies.drift.run --out DIR [--quick] [--study study.yaml]
+    python -m fedopt.simulations.studies.drift.run --out DIR [--quick] [--study study.yaml]
 
 Runs every (setting, algorithm, seed) of ``study.yaml`` with :func:`fedopt.run` into
 ``DIR/runs/<setting>/<algorithm>/seed<s>`` (config, metrics, summary: any run can be re-drawn or
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from simulations.studies import claim_out_dir, deep_merge
+from fedopt.simulations.studies import claim_out_dir, deep_merge
 
 STUDY_FILE = Path(__file__).with_name("study.yaml")
 
@@ -138,7 +138,7 @@ def run_study(out: str | Path, quick: bool = False, study_file: str | Path = STU
     import fedopt
     from fedopt.records import holds_run
     from fedopt.runfiles import atomic_write_bytes, atomic_write_json
-    from simulations.plot import plot_runs
+    from fedopt.simulations.plot import plot_runs
 
     torch.set_num_threads(1)
     study = load_study(study_file, quick)

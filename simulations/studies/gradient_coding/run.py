@@ -1,7 +1,7 @@
 """The sequential-gradient-coding runtime study (spec gradient_coding.md §2.6–2.7): total virtual
 runtime of J jobs for no coding, GC, SR-SGC and M-SGC on bursty Gilbert–Elliott delays.
 
-    python -m simulations.studies.gradient_coding.run --out DIR [--quick] [--seeds 0 1 2]
+    python -m fedopt.simulations.studies.gradient_coding.run --out DIR [--quick] [--seeds 0 1 2]
 
 For each n ∈ {16, 64, 256}, seed and delay model (``compute``: §3.3's defaults, only the compute
 part slows down; ``trace``: the whole round slows down, overhead included, as in the authors'
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=80)
     ap.add_argument("--quick", action="store_true", help="coarser grids")
     args = ap.parse_args(argv)
-    from simulations.studies import claim_out_dir
+    from fedopt.simulations.studies import claim_out_dir
 
     out = claim_out_dir(args.out, "gradient_coding")
     rows = []

@@ -2,7 +2,7 @@
 FedCBO, with first-order FedAvg as the reference, on FZooS's heterogeneous quadratic and on a
 black-box model task (softmax regression on the bundled digits, the loss evaluated only).
 
-    python -m simulations.studies.zeroth_order.run --out DIR [--quick] [--seeds 0 1 2]
+    python -m fedopt.simulations.studies.zeroth_order.run --out DIR [--quick] [--seeds 0 1 2]
 
 Every run is :func:`fedopt.run` on the in-process engine (the clients' local programs: the
 ZerothOrder estimator, the ranking oracle, LossOnly evaluations; FedAvg: autograd). Per
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from simulations.studies import claim_out_dir
+    from fedopt.simulations.studies import claim_out_dir
 
     torch.set_num_threads(1)   # small problems: intra-op threads only contend on shared cores
     out = claim_out_dir(args.out, "zeroth_order")
