@@ -370,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", metavar="NAME", action="append", default=None,
                    help="legend label per RUN_DIR, in order (repeat once per RUN_DIR)")
     p.set_defaults(func=cmd_plot)
+
+    from fedopt.simulations.grpc_cli import register as register_grpc   # serve, client
+
+    register_grpc(sub, _Formatter)
     return parser
 
 
