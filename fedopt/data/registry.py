@@ -7,7 +7,8 @@ is their union on ``name`` and ``DATASET_KEYS[name]`` lists every key a builder 
 ``path``, where the builder requires a value). :func:`resolve_dataset_spec` checks a spec and
 fills defaults, and :func:`check_dataset_spec` runs every check of the builder without
 building the data set's tensors (row counts, Synthetic's memory bound, an npz file's contents
-checked by the builder's own validators) and says what is known before building: the number of
+checked by the builder's own validators; for LEAF, CIFAR and image folders the expected files
+are found and their sizes bounded, without parsing them) and says what is known before building: the number of
 clients, the feature shape and the number of classes. The config validator calls them, so
 ``fedopt validate`` refuses what ``fedopt run`` would, without building the data.
 """
@@ -16,8 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fedopt.data.cifar import Cifar10Data, Cifar100Data, build_cifar10, build_cifar100, cifar_files
 from fedopt.data.dataset import FederatedDataset
 from fedopt.data.digits import DIGITS_CLASSES, DIGITS_ROWS, DigitsData, build_digits
+from fedopt.data.image_folder import ImageFolderData, build_image_folder, check_image_folder
+from fedopt.data.leaf import LeafData, build_leaf, find_leaf_files, leaf_facts
 from fedopt.data.npz import NpzData, build_npz, check_npz
 from fedopt.data.partition import check_partition_rows
 from fedopt.data.regression import RegressionData, build_regression, check_regression_memory
@@ -25,7 +29,8 @@ from fedopt.data.synthetic import SyntheticData, build_synthetic, check_syntheti
 from fedopt.schema import ConfigError, defaults_table, named_union, parse  # noqa: F401
 
 #: the built-in data sets' schemas
-DATASET_SCHEMAS = [SyntheticData, DigitsData, NpzData, RegressionData]
+DATASET_SCHEMAS = [SyntheticData, DigitsData, NpzData, RegressionData, LeafData, Cifar10Data,
+                   Cifar100Data, ImageFolderData]
 #: a ``data:`` section: one of the data sets, selected by its ``name`` (no default)
 DataSpec = named_union(DATASET_SCHEMAS)
 DATASET_KEYS: dict[str, dict[str, Any]] = defaults_table(DATASET_SCHEMAS)
@@ -35,6 +40,10 @@ _BUILDERS: dict[str, Callable[..., FederatedDataset]] = {
     "digits": build_digits,
     "npz": build_npz,
     "regression": build_regression,
+    "leaf": build_leaf,
+    "cifar10": build_cifar10,
+    "cifar100": build_cifar100,
+    "image_folder": build_image_folder,
 }
 
 
@@ -83,6 +92,19 @@ def check_dataset_spec(full: dict[str, Any], seed: int = 0) -> DataFacts:
                           num_classes=full["num_classes"])
         return DataFacts(facts.num_clients, facts.feature_shape, facts.num_classes,
                          facts.regression)
+    if name == "leaf":   # the files are listed and sized, not parsed
+        find_leaf_files(full["path"], full["task"])
+        shape, classes = leaf_facts(full["task"], full["seq_len"], full["max_words"])
+        return DataFacts(None, shape, classes, False)
+    if name in ("cifar10", "cifar100"):   # the files are found and sized, not unpickled
+        cifar_files(full["path"], name)
+        classes = 10 if name == "cifar10" else (100 if full["labels"] == "fine" else 20)
+        return DataFacts(full["num_clients"], (3, 32, 32), classes, False)
+    if name == "image_folder":   # the folders are listed, no image is decoded
+        rows, shape, classes = check_image_folder(full["path"], full["test_path"],
+                                                  full["image_size"], full["grayscale"])
+        check_partition_rows(full["partition"], rows, full["num_clients"])
+        return DataFacts(full["num_clients"], shape, classes, False)
     return DataFacts(None, None, None)
 
 

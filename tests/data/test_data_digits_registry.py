@@ -53,7 +53,8 @@ def test_resolve_fills_defaults_and_rejects_unknowns():
     full = resolve_dataset_spec({"name": "digits", "partition": "dirichlet"})
     assert full == {"name": "digits", "num_clients": 100, "test_fraction": 0.2, "flatten": True,
                     "partition": {"name": "dirichlet", "alpha": 0.5}}
-    assert set(DATASET_KEYS) == {"synthetic", "digits", "npz", "regression"}
+    assert set(DATASET_KEYS) == {"synthetic", "digits", "npz", "regression", "leaf", "cifar10",
+                                 "cifar100", "image_folder"}
     assert DATASET_KEYS["npz"]["path"] is None and "dirichlet" in PARTITION_KEYS
     with pytest.raises(ValueError, match=r"data\.name"):
         resolve_dataset_spec({"name": "mnist"})
