@@ -44,7 +44,7 @@ from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import Limits, encode, param_spec
 from fedopt.protocols.grpc_wire import channel_options, server_credentials
-from fedopt.protocols.ray_messages import to_tensors
+from fedopt.protocols.ray_messages import to_arrays, to_tensors
 from fedopt.server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
 from fedopt.server.faults import FaultLog
 from fedopt.server.grpc_service import Coordinator, CoordinatorError, ServerTask, read_tokens
@@ -85,6 +85,12 @@ class _Sum:
     local: Params | None = None
     local_loss: np.ndarray | None = None
     nonfinite: list = field(default_factory=list)
+
+
+def _rows(stacked: Params, pos: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows ``pos`` of stacked ``[m, ...]`` tensors as host arrays (one share's jobs)."""
+    idx = torch.as_tensor(pos, dtype=torch.long)
+    return to_arrays({k: v[idx.to(v.device)] for k, v in stacked.items()})
 
 
 class GrpcExecutor:
@@ -204,11 +210,10 @@ class GrpcExecutor:
         def parts_of(pos: np.ndarray):
             def build(tid: int) -> list[bytes]:
                 task = M.Task(task_id=tid, epoch=self.coordinator.epoch, kind="run",
-                              starts={} if shared else {k: v[pos] for k, v in params.items()},
+                              starts={} if shared else _rows(params, pos),
                               shared=shared, client_ids=ids[pos], keys=keys[pos],
                               weights=w[pos], optimizer=opt,
-                              correction=None if correction is None
-                              else {k: v[pos] for k, v in correction.items()},
+                              correction=None if correction is None else _rows(correction, pos),
                               keep_local=keep_local)
                 return M.pack_parts(task, {"starts": shared_bytes} if shared else None)
             return build

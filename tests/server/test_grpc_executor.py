@@ -1,0 +1,149 @@
+"""The gRPC executor against the in-process one, with client processes run as threads of the
+test (the same GrpcClient loop as ``fedopt client``; real loopback gRPC between them).
+
+Tolerance: float64 runs; the coordinator adds the client processes' partial sums in arrival
+order, the in-process executor in chunk order, so results agree to ~1e-12 (checked at 1e-10).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fedopt.client.grpc_client import GrpcClient, Options
+from fedopt.config import load_config
+from fedopt.engine.contract import SharedStart
+from fedopt.protocols import grpc_messages as M
+from fedopt.server.grpc_executor import GrpcExecutor
+from fedopt.simulation import Simulation
+from tests.server.grpc_fixtures import Raw, free_port, grpc_config, write_tokens
+from tests.server.ray_fixtures import assert_output_close, make_config
+
+
+@pytest.fixture(scope="module")
+def local_sim():
+    return Simulation(load_config(make_config("local")))
+
+
+def _start_clients(cfg, tokens, shares):
+    threads = []
+    for token, ids in zip(tokens, shares):
+        client = GrpcClient(Options(server=cfg["executor"]["address"], token=token, config=cfg,
+                                    clients=np.asarray(ids), poll_s=1.0, max_wait_s=60))
+        th = threading.Thread(target=client.serve, daemon=True)
+        th.start()
+        threads.append((client, th))
+    return threads
+
+
+@pytest.fixture(scope="module")
+def fleet(local_sim, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grpc")
+    tokens = write_tokens(folder / "tokens.txt", 2)
+    cfg = load_config(grpc_config(folder / "tokens.txt", free_port()))
+    threads = _start_clients(cfg, tokens, [range(0, 24, 2), range(1, 24, 2)])
+    ex = GrpcExecutor.from_config(cfg, local_sim.data, local_sim.trainer)
+    yield ex, threads
+    ex.close()
+    for _, th in threads:
+        th.join(10)
+        assert not th.is_alive()          # every client process heard the shutdown
+
+
+def test_round_output_equals_in_process(fleet, local_sim):
+    ex, threads = fleet
+    ids = local_sim.algorithm.sample_clients(2)
+    weights = local_sim.algorithm.weights(ids)
+    params = {k: v + 0.05 for k, v in local_sim.state.params.items()}
+    corr = {k: 0.02 * torch.randn((len(ids),) + v.shape, dtype=v.dtype,
+                                  generator=torch.Generator().manual_seed(0))
+            for k, v in params.items()}
+    opt = local_sim.client_optimizer.replace(lr=0.02)
+    ref = local_sim.executor.run_round(params, ids, weights, 2, optimizer=opt, keep_local=True,
+                                       correction=corr)
+    got = ex.run_jobs(SharedStart(params), ids, np.full(len(ids), 2), weights, optimizer=opt,
+                      correction=corr, keep_local=True)
+    assert_output_close(ref, got, keep_local=True)
+    # per-job starts (stacked), default optimizer, no correction
+    starts = {k: torch.stack([v + 0.01 * j for j in range(len(ids))]) for k, v in params.items()}
+    keys = np.arange(len(ids))
+    ref = local_sim.executor.run_jobs(starts, ids, keys, weights)
+    got = ex.run_jobs(starts, ids, keys, weights)
+    assert_output_close(ref, got)
+    assert ex.faults()["dropped_clients"] == 0 and ex.faults()["refused_results"] == 0
+
+
+def test_full_gradients_and_evaluation_equal_in_process(fleet, local_sim):
+    ex, _ = fleet
+    ids = np.array([0, 5, 7, 22])
+    params = local_sim.state.params
+    ref = local_sim.executor.full_gradients(params, ids)
+    got = ex.full_gradients(params, ids)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-12)
+    assert ex.evaluate(params) == local_sim.executor.evaluate(params)
+    assert np.array_equal(ex.job_samples(ids), local_sim.executor.job_samples(ids))
+
+
+def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(local_sim, tmp_path):
+    """Slot 1 registers, takes its task and never answers (a process that died mid-round):
+    after round_timeout_s its jobs are dropped and the sum renormalised over slot 0's jobs —
+    checked against the in-process executor run on those jobs alone."""
+    tokens = write_tokens(tmp_path / "tokens.txt", 2)
+    cfg = load_config(grpc_config(tmp_path / "tokens.txt", free_port(), round_timeout_s=1.5,
+                                  max_retries=0))
+    evens = np.arange(0, 24, 2)
+    threads = _start_clients(cfg, tokens[:1], [evens])
+    dead = Raw(int(cfg["executor"]["address"].rsplit(":")[1]), tokens[1])
+    odds = np.arange(1, 24, 2)
+    counts = local_sim.data.counts.cpu().numpy()[odds]
+    got_task = {}
+
+    def die_mid_round():
+        for _ in range(100):
+            try:
+                w = dead.register(odds, counts)
+                break
+            except Exception:
+                time.sleep(0.2)
+        while "task" not in got_task:
+            msg = dead.poll(w.session, wait_s=1.0)
+            if isinstance(msg, M.Task):
+                got_task["task"], got_task["welcome"] = msg, w
+
+    th = threading.Thread(target=die_mid_round, daemon=True)
+    th.start()
+    ex = GrpcExecutor.from_config(cfg, local_sim.data, local_sim.trainer)
+    try:
+        ids = np.array([0, 1, 2, 3, 4, 6])
+        w = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 1.0])
+        params = local_sim.state.params
+        out = ex.run_jobs(SharedStart(params), ids, np.full(len(ids), 4), w)
+        kept = ids % 2 == 0
+        ref = local_sim.executor.run_jobs(SharedStart(params), ids[kept],
+                                          np.full(kept.sum(), 4), w[kept])
+        scale = w.sum() / w[kept].sum()
+        for k in ref.delta_sum:
+            torch.testing.assert_close(out.delta_sum[k], ref.delta_sum[k] * scale, rtol=0,
+                                       atol=1e-12)
+        assert out.updates == kept.sum() and out.weight_sum == w.sum()
+        f = ex.faults()
+        assert f["timeouts"] == 1 and f["dropped_clients"] == 2
+        th.join(5)
+        task, welcome = got_task["task"], got_task["welcome"]
+        late = M.Result(session=welcome.session, epoch=welcome.epoch, task_id=task.task_id,
+                        client_ids=task.client_ids, delta_sum={k: v.numpy() for k, v in
+                                                               params.items()},
+                        weight_sum=float(task.weights.sum()), samples=1, updates=2,
+                        steps=np.ones(2, np.int64), nonfinite=np.zeros(0, np.int64))
+        ack = dead.submit(late)
+        assert not ack.ok and ack.reason.startswith("stale")
+        assert ex.faults()["refused_results"] == 1
+    finally:
+        dead.close()
+        ex.close()
+        for _, t in threads:
+            t.join(10)

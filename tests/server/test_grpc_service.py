@@ -1,0 +1,221 @@
+"""The coordinator service over real loopback gRPC: tokens, refusals, stale and duplicate
+results, TLS — on a bare :class:`Coordinator` (no training), each call checked against the
+state it may or may not change."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from fedopt.protocols import grpc_messages as M
+from fedopt.protocols.grpc_codec import Limits, encode, param_spec
+from fedopt.protocols.grpc_wire import client_credentials, split
+from fedopt.server.grpc_executor import start_server
+from fedopt.server.grpc_service import Coordinator, read_tokens
+from tests.server.grpc_fixtures import Raw, make_certificates, write_tokens
+
+COUNTS = np.array([5, 6, 7, 8], np.int64)
+MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+
+
+@pytest.fixture
+def coord(tmp_path):
+    tokens = write_tokens(tmp_path / "tokens.txt", 2)
+    c = Coordinator(read_tokens(str(tmp_path / "tokens.txt")), config={"seed": 1},
+                    counts=COUNTS, num_classes=2, program="P", heartbeat_s=0.5,
+                    limits=Limits(max_message_bytes=1 << 20), max_buffered=2)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    raws = [Raw(port, t) for t in tokens]
+    yield c, port, tokens, raws
+    for r in raws:
+        r.close()
+    server.stop(0)
+
+
+def _state(c: Coordinator):
+    return ([(s.session, s.clients.tolist(), s.registrations) for s in c.slots],
+            c.owner.tolist(), sorted(c.tasks))
+
+
+def _task(c: Coordinator, slot: int, ids) -> object:
+    ids = np.asarray(ids, np.int64)
+    w = np.ones(len(ids))
+
+    def parts(tid):
+        return M.pack_parts(M.Task(task_id=tid, epoch=c.epoch, kind="run", starts=MODEL,
+                                   shared=True, client_ids=ids, keys=np.zeros(len(ids), np.int64),
+                                   weights=w))
+    return c.add_task(slot, "run", ids, parts, param_spec(MODEL), float(w.sum()), False)
+
+
+def _result(welcome: M.Welcome, task: M.Task, **change) -> M.Result:
+    m = len(task.client_ids)
+    fields = dict(session=welcome.session, epoch=welcome.epoch, task_id=task.task_id,
+                  client_ids=task.client_ids, delta_sum={k: v + 1 for k, v in MODEL.items()},
+                  weight_sum=float(task.weights.sum()), loss_sum=1.0, samples=10, updates=m,
+                  steps=np.full(m, 3, np.int64), nonfinite=np.zeros(0, np.int64))
+    fields.update(change)
+    return M.Result(**fields)
+
+
+def test_register_poll_submit_once(coord):
+    c, port, tokens, (a, b) = coord
+    wa = a.register([0, 2], COUNTS[[0, 2]])
+    assert (wa.slot, wa.epoch, wa.program, wa.config) == (0, c.epoch, "P", {"seed": 1})
+    assert c.owner.tolist() == [0, -1, 0, -1]
+    t = _task(c, 0, [0, 2])
+    task = a.poll(wa.session)
+    assert isinstance(task, M.Task) and task.task_id == t.task_id
+    assert np.array_equal(task.starts["w"], MODEL["w"])
+    ack = a.submit(_result(wa, task), chunk=64)        # many frames, reassembled
+    assert ack.ok and t.state == "done"
+    assert a.submit(_result(wa, task)).reason.startswith("duplicate")
+    got = c.take(t)
+    assert np.array_equal(got.delta_sum["b"], MODEL["b"] + 1)
+    assert a.submit(_result(wa, task)).reason.startswith("stale")   # taken: not outstanding
+    assert isinstance(a.poll(wa.session, wait_s=0.1), M.Idle)
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-0123456789abcdef"])
+def test_wrong_or_missing_token_is_unauthenticated_and_touches_nothing(coord, token):
+    c, port, tokens, (a, b) = coord
+    wa = a.register([0], COUNTS[[0]])
+    _task(c, 0, [0])
+    before = _state(c)
+    bad = Raw(port, token)
+    for call in (lambda: bad.register([1], COUNTS[[1]]), lambda: bad.poll(wa.session),
+                 lambda: bad.submit(M.Failure(session=wa.session, epoch=c.epoch, task_id=0,
+                                              error="x"))):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    bad.close()
+    assert _state(c) == before
+    assert c.tasks[0].state == "queued"
+
+
+def test_another_slots_session_and_clients_are_refused(coord):
+    c, port, tokens, (a, b) = coord
+    wa = a.register([0, 1], COUNTS[[0, 1]])
+    with pytest.raises(grpc.RpcError) as e:     # b's token, a's clients
+        b.register([1, 2], COUNTS[[1, 2]])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "held by another client process" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:     # b's token, a's session
+        b.poll(wa.session)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as e:     # row counts that disagree with the data
+        b.register([3], [99])
+    assert "row counts differ" in e.value.details()
+    assert c.owner.tolist() == [0, 0, -1, -1]
+
+
+def test_garbage_truncated_and_oversize_messages(coord):
+    c, port, tokens, (a, b) = coord
+    wa = a.register([0], COUNTS[[0]])
+    t = _task(c, 0, [0])
+    task = a.poll(wa.session)
+    good = list(split(M.pack_parts(_result(wa, task)), 64))
+    cases = {
+        "garbage": [b"\x00" * 40],
+        "truncated stream": good[:-1],
+        "frames out of order": [good[1], good[0]] + good[2:],
+        "bit-flipped payload": [good[0][:30] + bytes([good[0][30] ^ 0xFF]) + good[0][31:]]
+        + good[1:],
+        "oversize": list(split(encode({"x": np.zeros(300_000, np.float32)}), 1 << 16)),
+        "wrong dtype": list(split(M.pack_parts(_result(wa, task, delta_sum={
+            k: v.astype(np.float64) for k, v in MODEL.items()})))),
+        "wrong shape": list(split(M.pack_parts(_result(wa, task, delta_sum={
+            "w": np.zeros((2, 3), np.float32), "b": MODEL["b"]})))),
+        "non-finite": list(split(encode({"v": M.PROTOCOL_VERSION, "type": "result",
+                                         "session": wa.session, "epoch": c.epoch,
+                                         "task_id": task.task_id, "client_ids": task.client_ids,
+                                         "loss_sum": float("nan")}))),
+    }
+    for what, frames in cases.items():
+        with pytest.raises(grpc.RpcError) as e:
+            a.submit_frames(frames)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+        assert t.state == "sent", what                     # nothing counted
+    with pytest.raises(grpc.RpcError) as e:
+        a.register(None, None, raw=b"\xff" * 10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert a.submit(_result(wa, task)).ok                 # the task still takes a good answer
+
+
+def test_results_for_expired_or_foreign_tasks_are_refused(coord):
+    c, port, tokens, (a, b) = coord
+    wa = a.register([0], COUNTS[[0]])
+    wb = b.register([1], COUNTS[[1]])
+    t = _task(c, 0, [0])
+    task = a.poll(wa.session)
+    c.cancel(t)                                            # the round timed out
+    ack = a.submit(_result(wa, task))
+    assert not ack.ok and "expired" in ack.reason and t.result is None
+    t2 = _task(c, 0, [0])
+    task2 = a.poll(wa.session)
+    assert not b.submit(_result(wb, task2)).ok            # another slot's task
+    assert not a.submit(_result(wa, task2, epoch="0" * 16)).ok   # a restarted coordinator's
+    assert t2.state == "sent"
+    assert c.refused == {"stale": 3}
+
+
+def test_reregistration_hands_unanswered_tasks_to_the_new_session(coord):
+    c, port, tokens, (a, b) = coord
+    w1 = a.register([0], COUNTS[[0]])
+    t = _task(c, 0, [0])
+    task = a.poll(w1.session)                             # then the client process dies
+    w2 = a.register([0], COUNTS[[0]])                     # and comes back
+    assert w2.session != w1.session and t.state == "queued"
+    with pytest.raises(grpc.RpcError):                    # the dead session is gone
+        a.poll(w1.session)
+    again = a.poll(w2.session)
+    assert again.task_id == task.task_id
+    with pytest.raises(grpc.RpcError) as e:               # the old session's answer
+        a.submit(_result(w1, task))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and t.state == "sent"
+    assert a.submit(_result(w2, again)).ok
+
+
+def test_tls_and_mutual_tls(tmp_path):
+    pem = make_certificates(tmp_path)
+    tokens = write_tokens(tmp_path / "tokens.txt", 1)
+    c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P")
+    server, port = start_server(c, "127.0.0.1:0", {"cert": pem["server_cert"],
+                                                    "key": pem["server_key"], "ca": None}, 1 << 16)
+    try:
+        ok = Raw(port, tokens[0], client_credentials(pem["ca_cert"]), host="localhost")
+        assert ok.register([0], COUNTS[[0]]).slot == 0
+        plain = Raw(port, tokens[0])
+        with pytest.raises(grpc.RpcError) as e:
+            plain.register([0], COUNTS[[0]])
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        ok.close(), plain.close()
+    finally:
+        server.stop(0)
+    # mutual TLS: a client without a certificate signed by the CA cannot connect
+    server, port = start_server(c, "127.0.0.1:0", {"cert": pem["server_cert"],
+                                                    "key": pem["server_key"],
+                                                    "ca": pem["ca_cert"]}, 1 << 16)
+    try:
+        anon = Raw(port, tokens[0], client_credentials(pem["ca_cert"]), host="localhost")
+        with pytest.raises(grpc.RpcError):
+            anon.register([0], COUNTS[[0]])
+        mutual = Raw(port, tokens[0], client_credentials(pem["ca_cert"], pem["client_cert"],
+                                                         pem["client_key"]), host="localhost")
+        assert mutual.register([0], COUNTS[[0]]).slot == 0
+        anon.close(), mutual.close()
+    finally:
+        server.stop(0)
+
+
+def test_tokens_file_checks(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("short\n")
+    with pytest.raises(ValueError, match="executor.tokens: line\\(s\\) \\[1\\]"):
+        read_tokens(str(p))
+    p.write_text("a" * 20 + "\n" + "a" * 20 + "\n")
+    with pytest.raises(ValueError, match="repeats a token"):
+        read_tokens(str(p))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_tokens(str(tmp_path / "missing"))
