@@ -92,6 +92,7 @@ class ShardWorker:
         self.dtype = DTYPES[cfg["executor"]["dtype"]]
         self.seed = int(cfg["seed"])
         self._lock = threading.Lock()
+        self._holds: dict[str, threading.Event] = {}   # coded_tasks calls holding answers
 
         full = self._build_full()
         self.fingerprint = data_fingerprint(full)
@@ -202,6 +203,79 @@ class ShardWorker:
             time.sleep(remaining)
         result.finished_at = time.time()
         return result
+
+    def coded_tasks(self, call_id: str, params_list: list[Arrays], tasks: list[tuple],
+                    job_keys: list[int] | None = None, delays: list[float] | None = None):
+        """Coded gradient tasks of one round (gradient coding, :mod:`fedopt.server.ray_coded`):
+        a *generator* yielding one answer per coded worker.
+
+        ``tasks``: ``[(worker, [(job, client_ids, coefs), ...]), ...]`` — coded worker
+        ``worker``'s task results r = Σ_c coefs[c] · g_c(θ_job) over ``client_ids`` (float64),
+        g_c = ∇F_c (the client's full local gradient, mean over its rows) or, with ``job_keys``,
+        −Δ_c of one SGD step with lr 1 from θ_job on the minibatch keyed by
+        ``job_keys[job]`` (the in-process executor's own plan). Every client gradient a call
+        needs is computed once per job, vectorized, then shared by the coded workers hosted
+        here. Answers come in the order of ``delays`` (seconds after the call started; an
+        injected virtual-clock time), each held until its delay has passed, as
+        ``{"worker", "results": {name: float64 [slots, d]}, "finite", "compute_s",
+        "finished_at"}``; :meth:`release` ends the call early (its stragglers are not needed).
+        """
+        from fedopt.optim import make
+
+        start = time.perf_counter()
+        event = threading.Event()
+        self._holds[call_id] = event
+        try:
+            with self._lock:
+                t0 = time.perf_counter()
+                need: dict[int, np.ndarray] = {}
+                for _, slots in tasks:
+                    for job, ids, _ in slots:
+                        need[job] = np.union1d(need.get(job, np.zeros(0, np.int64)),
+                                               np.asarray(ids, dtype=np.int64))
+                self.ensure_clients(np.concatenate(list(need.values())) if need else
+                                    np.zeros(0, np.int64))
+                grads: dict[int, tuple[np.ndarray, dict[str, torch.Tensor]]] = {}
+                for job, ids in need.items():
+                    p = to_tensors(params_list[job], self.device, self.dtype)
+                    if job_keys is None:
+                        g = self.executor.full_gradients(p, ids)
+                    else:
+                        out = self.executor.run_jobs(
+                            SharedStart(p), ids, np.full(len(ids), int(job_keys[job])),
+                            np.ones(len(ids)), optimizer=make("sgd", lr=1.0), keep_local=True)
+                        g = {k: p[k].unsqueeze(0) - v for k, v in out.local_params.items()}
+                    grads[job] = (ids, {k: v.reshape(len(ids), -1).to(torch.float64)
+                                        for k, v in g.items()})
+                answers = []
+                for worker, slots in tasks:
+                    res: dict[str, list[torch.Tensor]] = {}
+                    for job, ids, coefs in slots:
+                        all_ids, g = grads[job]
+                        pos = torch.as_tensor(np.searchsorted(all_ids, np.asarray(ids)))
+                        c = torch.as_tensor(np.asarray(coefs, dtype=np.float64))
+                        for k, gk in g.items():
+                            res.setdefault(k, []).append(c.to(gk.device) @ gk[pos])
+                    stacked = {k: torch.stack(v) for k, v in res.items()}
+                    finite = all(bool(torch.isfinite(v).all()) for v in stacked.values())
+                    answers.append((int(worker), to_arrays(stacked), finite))
+                compute_s = time.perf_counter() - t0
+            wait = [0.0] * len(answers) if delays is None else [float(d) for d in delays]
+            for k in sorted(range(len(answers)), key=lambda k: (wait[k], answers[k][0])):
+                remaining = wait[k] - (time.perf_counter() - start)
+                if remaining > 0 and event.wait(remaining):
+                    return                                    # released: nobody reads on
+                worker, res, finite = answers[k]
+                yield {"worker": worker, "results": res, "finite": finite,
+                       "compute_s": compute_s, "finished_at": time.time()}
+        finally:
+            self._holds.pop(call_id, None)
+
+    def release(self, call_id: str) -> None:
+        """End :meth:`coded_tasks` call ``call_id``'s held answers now (the master decoded)."""
+        event = self._holds.get(call_id)
+        if event is not None:
+            event.set()
 
     def full_gradients(self, params: Arrays, client_ids: np.ndarray) -> Arrays:
         """Stacked full local gradients ∇F_i(x) of ``client_ids`` on this worker's shard

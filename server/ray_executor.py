@@ -57,6 +57,7 @@ from fedopt.engine.program import check_shippable
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from fedopt.server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
 from fedopt.server.ray_async import AsyncDispatcher, RayJob
+from fedopt.server.ray_coded import CodedDispatcher
 from fedopt.server.ray_connect import RaySession, connect_ray
 from fedopt.server.faults import FaultLog, failure_cause
 from fedopt.server.ray_pool import WorkerPool, death_errors, gpu_plan
@@ -135,6 +136,7 @@ class RayExecutor:
         self.faults_log = pool.faults
         self.last_report: RoundReport | None = None
         self._async = AsyncDispatcher(ray, pool, self.policy, lambda: self.delay_s)
+        self._coded = CodedDispatcher(ray, pool)
         self._closed = False
 
     # the policy's settings, readable and settable one by one (a new, validated policy)
@@ -391,6 +393,20 @@ class RayExecutor:
 
     def cancel(self, jobs: list[RayJob]) -> None:
         self._async.cancel(jobs)
+
+    # -- coded gradient tasks (gradient coding: fedopt.server.ray_coded) -------------------------
+    def submit_coded(self, params_list, tasks, key: int, *, job_keys=None, delays=None):
+        """One call per worker actor computing its coded workers' tasks (see
+        :class:`~fedopt.engine.contract.CodedExecutor`)."""
+        if self._closed:
+            raise RuntimeError("RayExecutor.submit_coded: the executor is closed")
+        return self._coded.submit(list(params_list), list(tasks), key, job_keys, delays)
+
+    def wait_coded(self, call, timeout: float | None = None):
+        return self._coded.wait(call, timeout)
+
+    def cancel_coded(self, call) -> None:
+        self._coded.cancel(call)
 
     # -- shutdown ---------------------------------------------------------------------------------
     def close(self) -> None:

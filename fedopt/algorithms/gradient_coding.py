@@ -34,6 +34,16 @@ the straggler pattern (float64: to ~1e-12 per step). Metrics rows gain ``virtual
 ``decode_error: true``, ``decode_error`` = ‖ĝ − g‖₂ / ‖g‖₂ against the full gradient (float64).
 Sequential codes (``sr_sgc``, ``m_sgc``, keys ``burst`` B, ``window`` W, ``lam`` λ, ``mu``) train
 T + 1 pipelined replicas: :mod:`fedopt.algorithms.sequential_coding`.
+
+``live: true`` (a Ray executor; every code, minibatches too): the coded workers' tasks run on
+the executor's worker actors — one call per actor and iteration computes every client gradient
+its coded workers need once (vectorized) and releases worker i's f_i at its own time
+(:mod:`fedopt.server.ray_coded`); the master decodes from the first responders (``ray.wait``)
+and releases the rest. With ``seconds_per_unit`` each answer is held that many seconds per unit
+of the worker's virtual-clock time, and the run equals the virtual-clock run (same decode sets
+and virtual times, parameters to float64 round-off); without it the arrivals are the real
+compute times and ``virtual_time`` counts wall seconds. A worker actor that dies loses its coded
+workers for that iteration (stragglers the code may absorb; the actor is restarted).
 """
 from __future__ import annotations
 
@@ -133,9 +143,6 @@ class GradientCoding:
         self._full_cache = None
         self._last_live_s = 0.0
         self.minibatch = bool(minibatch)
-        if minibatch and live:
-            raise ConfigError("algorithm.minibatch: not with algorithm.live (every worker's "
-                              "copy of a client must see the same rows)")
 
     # -- state ---------------------------------------------------------------------------------
     def init(self, params: Params) -> ServerState:
@@ -284,77 +291,66 @@ class GradientCoding:
     # -- live: coded gradients from the executor's workers, first responders -------------------
     def _live_arrivals(self, state: ServerState, executor: Any, finish: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
-        """Worker i's job: its partitions' clients, one full-batch step of SGD with lr 1 from
-        θ_t on the executor's workers (Δ_c = −∇F_c), so f_i = −Σ_c B_{i,p(c)} n_c Δ_c; jobs
-        are keyed ``t·n + i`` and, with ``seconds_per_unit``, held ``seconds_per_unit ×`` the
-        worker's virtual time. Workers arrive when their last client job has come back
-        (``wait``, in finishing order); the master decodes at the first arrival prefix its rule
-        accepts and cancels the rest. Returns (a, F, coded f ``{name: [n, d]}`` float64)."""
-        from fedopt.optim import make
+        """Worker i's task on the executor's workers (one call per worker actor,
+        :class:`~fedopt.engine.contract.CodedExecutor`): f_i = Σ_{c∈D(i)} B_{i,p(c)} n_c g_c at
+        θ_t, g_c the client's full gradient (or, ``minibatch``, its minibatch gradient keyed by
+        t, as in-process); with ``seconds_per_unit`` each answer is held ``seconds_per_unit ×``
+        the worker's virtual-clock time (a worker whose clock time is +inf never answers). The
+        master decodes at the first arrival prefix its rule accepts and releases the rest.
+        Returns (a, F, coded f ``{name: [n, d]}`` float64)."""
+        from fedopt.engine.contract import check_coded
 
-        t, n = state.round, self.n
-        now = float(state.extra["gc"]["now"])
-        dur = finish - now
-        spu = self.seconds_per_unit
-
-        def delay_s(client: int, key: int) -> float:
-            d = dur[key - t * n]
-            return min(3600.0, spu * d) if np.isfinite(d) else 3600.0
-
-        sgd = make("sgd", lr=1.0)
+        check_coded(executor, "gradient_coding (live)")
+        t, n, spu = state.round, self.n, self.seconds_per_unit
+        dur = finish - float(state.extra["gc"]["now"])
+        run = np.isfinite(dur) if spu is not None else np.ones(n, dtype=bool)
+        tasks = [(i, [(0, self.worker_clients[i],
+                       self.code.B[i, self.partition[self.worker_clients[i]]]
+                       * self.counts[self.worker_clients[i]])])
+                 for i in np.flatnonzero(run)]
         start = time.monotonic()
-        jobs = []
-        for i in range(n):
-            jobs += executor.submit(state.params, self.worker_clients[i], key=t * n + i,
-                                    optimizer=sgd, delay_s=delay_s if spu else None,
-                                    group=True)
-        left = np.array([len(c) for c in self.worker_clients])
+        call = executor.submit_coded([state.params], tasks, t,
+                                     job_keys=[t] if self.minibatch else None,
+                                     delays=None if spu is None else spu * np.where(run, dur, 0))
         coded = {k: torch.zeros((n, v.numel()), dtype=torch.float64, device=v.device)
                  for k, v in state.params.items()}
         arrived: list[int] = []
+        left = len(tasks)
         a = None
-        pending = jobs
-        while a is None:
-            if not pending:
-                raise RuntimeError(f"gradient_coding (live): every job answered and the "
-                                   f"{len(arrived)} workers cannot decode")
-            updates, pending = executor.wait(pending, num_returns=1)
-            for u in updates:
-                if a is not None:
-                    break
-                if u.nonfinite:
-                    raise RuntimeError(f"gradient_coding (live): client {u.client_id}'s "
-                                       f"gradient is not finite (iteration {t})")
-                i, c = u.key - t * n, u.client_id
-                coef = -float(self.code.B[i, self.partition[c]]) * float(self.counts[c])
-                for k, d in u.delta.items():
-                    coded[k][i] += coef * d.reshape(-1).to(torch.float64)
-                left[i] -= 1
-                if left[i] == 0:
-                    arrived.append(i)
+        try:
+            while a is None and left:
+                answers, lost = executor.wait_coded(call)
+                left -= len(lost)
+                for ans in answers:
+                    left -= 1
+                    if a is not None:
+                        break
+                    if not ans.finite:
+                        raise RuntimeError(f"gradient_coding (live): worker {ans.worker}'s coded "
+                                           f"gradient is not finite (iteration {t})")
+                    for k, r in ans.results.items():
+                        coded[k][ans.worker] = r[0]
+                    arrived.append(ans.worker)
                     a = self.decode_prefix(np.array(arrived, dtype=np.int64))
-        executor.cancel(pending)
+        finally:
+            executor.cancel_coded(call)
+        if a is None:
+            raise RuntimeError(f"gradient_coding (live): only {len(arrived)} of {n} workers "
+                               f"answered iteration {t} (the others never return or their "
+                               f"worker died) and they cannot decode the {self.code.name} code")
         self._last_live_s = time.monotonic() - start
         return a, np.array(arrived, dtype=np.int64), coded
 
 
-def _check_live(config: dict[str, Any], counts: np.ndarray) -> None:
-    """Live mode computes each client's full gradient as one full-batch SGD step (lr 1) on the
-    executor's workers: a live executor, ``client.local_steps: 1`` and a batch holding every
-    row of the largest client. ConfigError naming the field otherwise."""
+def _check_live(config: dict[str, Any]) -> None:
+    """Live mode needs an executor whose workers answer in real time (ConfigError naming
+    ``algorithm.live`` otherwise)."""
     from fedopt.executors import executor_entries
 
     ex = (config.get("executor") or {}).get("name", "local")
     if executor_entries()[ex].realtime is None:
         raise ConfigError(f"algorithm.live: needs an executor whose workers answer in real time "
                           f"(e.g. executor.name: ray), got {ex!r}")
-    client = config.get("client") or {}
-    if client.get("local_steps") != 1:
-        raise ConfigError("client.local_steps: live gradient coding computes one gradient per "
-                          "client and iteration: set client.local_steps: 1")
-    if client.get("batch_size", 0) < int(np.max(counts)):
-        raise ConfigError(f"client.batch_size: live gradient coding needs full-batch client "
-                          f"gradients: at least the largest client's rows ({int(np.max(counts))})")
 
 
 def _specs() -> dict[str, AlgorithmSpec]:
@@ -388,7 +384,8 @@ def _specs() -> dict[str, AlgorithmSpec]:
                                                                 "full partitions (null: when "
                                                                 "client.batch_size is given)")),
         "live": (Bool, Field(False, description="workers of a live executor (Ray) compute the "
-                                                "coded gradients; first responders decode")),
+                                                "coded gradients; first responders decode (every "
+                                                "code, minibatches too)")),
         "seconds_per_unit": (Optional[PositiveFloat], Field(
             None, description="live: hold each worker's answer this many seconds per unit of "
                               "its virtual-clock time (null: real compute times)")),
@@ -399,17 +396,23 @@ def _specs() -> dict[str, AlgorithmSpec]:
         if cfg["code"] in ("sr_sgc", "m_sgc"):
             from fedopt.algorithms.sequential_coding import SequentialCoding
 
-            for key in ("live", "minibatch", "wait_for"):
+            for key in ("minibatch", "wait_for"):
                 if cfg[key]:
                     raise ConfigError(f"algorithm.{key}: not with code {cfg['code']!r}")
+            if cfg["live"]:
+                _check_live(config)
+            elif cfg["seconds_per_unit"] is not None:
+                raise ConfigError("algorithm.seconds_per_unit: injected delays need "
+                                  "algorithm.live: true")
             if cfg["lam"] > cfg["num_workers"]:
                 raise ConfigError(f"algorithm.lam: at most algorithm.num_workers "
                                   f"({cfg['num_workers']}), got {cfg['lam']}")
             return SequentialCoding(counts, cfg["code"], cfg["num_workers"], cfg["burst"],
                                     cfg["window"], cfg["lam"], cfg["rounds"], config.get("clock"),
-                                    seed=seed, mu=cfg["mu"])
+                                    seed=seed, mu=cfg["mu"], live=cfg["live"],
+                                    seconds_per_unit=cfg["seconds_per_unit"])
         if cfg["live"]:
-            _check_live(config, counts)
+            _check_live(config)
         if cfg["minibatch"] and (config.get("client") or {}).get("local_steps") != 1:
             raise ConfigError("client.local_steps: algorithm.minibatch draws one minibatch per "
                               "client and iteration: set client.local_steps: 1")
@@ -421,10 +424,9 @@ def _specs() -> dict[str, AlgorithmSpec]:
 
     def resolve(cfg: dict[str, Any], raw: Any) -> None:
         """Full-batch partitions unless ``client.batch_size`` is given (then minibatches of that
-        size, as with ``minibatch: true``); ``minibatch`` given explicitly wins. Live workers
-        compute full-batch gradients with a batch of at least every client's rows (their own
-        check names client.batch_size), so there a given batch size stays full-batch; with a
-        sequential code, which reads no batch size, one given is refused, not ignored."""
+        size, as with ``minibatch: true``, in-process and live alike); ``minibatch`` given
+        explicitly wins; with a sequential code, which reads no batch size, one given is
+        refused, not ignored."""
         if cfg.get("minibatch") is not None:
             return
         client = raw.get("client") if isinstance(raw, Mapping) else None
@@ -432,7 +434,7 @@ def _specs() -> dict[str, AlgorithmSpec]:
         if given and cfg["code"] in ("sr_sgc", "m_sgc"):
             raise ConfigError(f"client.batch_size: gradient_coding with code {cfg['code']!r} "
                               f"computes full-partition gradients; remove client.batch_size")
-        cfg["minibatch"] = bool(given) and not cfg.get("live")
+        cfg["minibatch"] = bool(given)
 
     return {"gradient_coding": AlgorithmSpec(schema("gradient_coding", doc, **fields),
                                              {"name": "sgd", "lr": 1.0}, build, doc,

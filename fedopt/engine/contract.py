@@ -173,6 +173,42 @@ class LiveExecutor(Executor, Protocol):
         ...
 
 
+@dataclass
+class CodedAnswer:
+    """One coded worker's answer in a coded round (:class:`CodedExecutor`)."""
+
+    worker: int                  # the coded worker
+    results: Params              # {name: float64 [slots, d]}: its task results, flat
+    finite: bool                 # every result finite (checked where it ran)
+    compute_s: float             # seconds its call computed (shared by its actor's workers)
+    finished_at: float           # the worker's time.time() when it answered
+
+
+@runtime_checkable
+class CodedExecutor(LiveExecutor, Protocol):
+    """A live executor that runs coded gradient tasks (gradient coding, sequential gradient
+    coding): n coded workers per round, worker i's task results r = Σ_c a_c g_c(θ_j)."""
+
+    def submit_coded(self, params_list: Sequence[Params], tasks: Sequence[tuple],
+                     key: int, *, job_keys: Sequence[int] | None = None,
+                     delays: np.ndarray | None = None) -> Any:
+        """Start a round: ``tasks`` = ``[(worker, [(job, client_ids, coefs), ...]), ...]``,
+        g_c = ∇F_c at ``params_list[job]`` (or, with ``job_keys``, −Δ_c of one SGD step with
+        lr 1 on the minibatch keyed by ``job_keys[job]``); ``delays[worker]``: seconds each
+        answer is held after the round started (None: real compute times)."""
+        ...
+
+    def wait_coded(self, call: Any, timeout: float | None = None
+                   ) -> tuple[list[CodedAnswer], list[int]]:
+        """The answers ready within ``timeout`` seconds (in finishing order) and the coded
+        workers lost since the last wait (their worker died: they never answer)."""
+        ...
+
+    def cancel_coded(self, call: Any) -> None:
+        """The round's remaining answers are not needed."""
+        ...
+
+
 def check_executor(executor: Any, live: bool = False) -> None:
     """TypeError naming the executor when it does not implement the contract (build time)."""
     proto = LiveExecutor if live else Executor
@@ -181,6 +217,14 @@ def check_executor(executor: Any, live: bool = False) -> None:
         name = getattr(executor, "name", type(executor).__name__)
         raise TypeError(f"executor {name!r} does not implement {proto.__name__} "
                         f"(missing: {', '.join(missing)})")
+
+
+def check_coded(executor: Any, who: str) -> None:
+    """TypeError naming the executor when it cannot run coded tasks (:class:`CodedExecutor`)."""
+    if not isinstance(executor, CodedExecutor):
+        raise TypeError(f"{who}: executor {getattr(executor, 'name', type(executor).__name__)!r}"
+                        f" does not run coded tasks (CodedExecutor: submit_coded, wait_coded, "
+                        f"cancel_coded)")
 
 
 def _members(proto: type) -> list[str]:
