@@ -9,7 +9,7 @@ accepted in place of a spec, after :func:`~fedopt.models.check.check_model`.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import torch
 from pydantic import Field
@@ -17,6 +17,7 @@ from torch import nn
 
 from fedopt.data.checks import positive_int
 from fedopt.memory import available_memory_bytes
+from fedopt.models.char_rnn import CharRNN
 from fedopt.models.check import check_model
 from fedopt.models.cnn import CNN
 from fedopt.models.logreg import LogisticRegression
@@ -45,13 +46,20 @@ MODEL_SCHEMAS = [
                       Field([32, 64], description="conv channels; one 2x2 pooling each")),
             kernel_size=(OddKernel, 5),
             hidden=(PositiveInt, Field(512, description="width of the hidden dense layer"))),
+    variant(ModelConfig, "char_rnn", doc="embedding + GRU over token indices (Shakespeare)",
+            vocab_size=(Optional[PositiveInt], Field(
+                None, description="token indices 0..vocab_size-1 (null: num_classes, LEAF "
+                                  "Shakespeare's characters)")),
+            embed_dim=(PositiveInt, Field(8, description="embedding width")),
+            hidden=(PositiveInt, Field(64, description="GRU state width"))),
 ]
 #: a ``model:`` section (default ``logreg``)
 ModelSpec = named_union(MODEL_SCHEMAS, default="logreg")
 MODEL_KEYS: dict[str, dict[str, Any]] = defaults_table(MODEL_SCHEMAS)
 
 #: the built-in model class of each name: ``cls(input_shape, num_classes, **MODEL_KEYS[name])``
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN,
+                                             "char_rnn": CharRNN}
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 

@@ -121,7 +121,7 @@ def test_dtype_and_device_arguments():
 
 def test_spec_errors_name_the_key():
     assert resolve_model_spec({"name": "mlp"}) == {"name": "mlp", "hidden": [200, 200]}
-    assert set(MODEL_KEYS) == {"logreg", "mlp", "cnn"}
+    assert set(MODEL_KEYS) == {"logreg", "mlp", "cnn", "char_rnn"}
     with pytest.raises(ValueError, match=r"model\.name"):
         build_model({"name": "resnet"}, (4,), 2)
     with pytest.raises(ValueError, match=r"model\.depth"):
