@@ -37,6 +37,7 @@ from fedopt.data.registry import DataSpec, check_dataset_spec
 from fedopt.engine.program import LOSSES, METRICS, check_task_fit
 from fedopt.executors import LocalExecutorConfig, executor_entries, executor_schemas
 from fedopt.models.registry import MODEL_SCHEMAS, ModelSpec
+from fedopt.privacy.config import PrivacyConfig, resolve_privacy, with_privacy
 from fedopt.algorithms.decentralized import DECENTRALIZED
 from fedopt.decentralized.topology import TopologySpec
 from fedopt.algorithms.fedzo import with_estimator
@@ -104,6 +105,8 @@ def run_schema() -> type[Schema]:
         topology=(Optional[TopologySpec], Field(
             None, description="communication graph of the decentralized algorithms "
                               "(fedopt.decentralized.topology)")),
+        privacy=(Optional[PrivacyConfig], Field(
+            None, description="differential privacy: dp_fedavg or diff2 (fedopt.privacy)")),
     )
     model.what = ""
     return model
@@ -222,8 +225,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if facts.feature_shape is not None:
         payload = _check_model_shape(cfg["model"], facts.feature_shape, facts.num_classes or 2,
                                      cfg["executor"])
+    resolve_privacy(cfg, facts.num_clients)   # privacy: noise calibrated, budget checked
     built = _dry_build(spec, cfg, facts.num_clients)
     with_estimator(alg["name"], built, cfg)    # client.estimator: zeroth-order clients or refused
+    built = with_privacy(built, cfg)
     if built is not None and payload is not None:
         _check_job_times(built, cfg, payload)
     return cfg

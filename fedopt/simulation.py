@@ -258,7 +258,10 @@ def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,
 
     built = algorithm_specs()[alg_cfg["name"]].build(alg_cfg, counts, seed, ServerOptimizer(**so),
                                                      config or {})
-    return with_estimator(alg_cfg["name"], built, config or {})   # client.estimator: ZO clients
+    from fedopt.privacy.config import with_privacy
+
+    built = with_estimator(alg_cfg["name"], built, config or {})   # client.estimator: ZO clients
+    return with_privacy(built, config or {})   # privacy: DP-FedAvg
 
 
 def client_program(program: LocalProgram, client: dict[str, Any], regression: bool,

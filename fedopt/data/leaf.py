@@ -142,6 +142,12 @@ def leaf_facts(task: str, seq_len: int = 80, max_words: int = 25) -> tuple[tuple
     return (max_words,), None
 
 
+def leaf_token_vocab(task: str, vocab_size: int = 10_000) -> int | None:
+    """Size of the index range of a task's features (Shakespeare: 81 characters with the
+    unknown one; sent140: ``vocab_size + 2`` with padding and unknown); None for femnist."""
+    return {"shakespeare": SHAKESPEARE_UNKNOWN + 1, "sent140": vocab_size + 2}.get(task)
+
+
 @lru_cache(maxsize=1)
 def _char_table() -> np.ndarray:
     """Code point → Shakespeare index, unknown characters → :data:`SHAKESPEARE_UNKNOWN`."""

@@ -21,7 +21,7 @@ from fedopt.data.cifar import Cifar10Data, Cifar100Data, build_cifar10, build_ci
 from fedopt.data.dataset import FederatedDataset
 from fedopt.data.digits import DIGITS_CLASSES, DIGITS_ROWS, DigitsData, build_digits
 from fedopt.data.image_folder import ImageFolderData, build_image_folder, check_image_folder
-from fedopt.data.leaf import LeafData, build_leaf, find_leaf_files, leaf_facts
+from fedopt.data.leaf import LeafData, build_leaf, find_leaf_files, leaf_facts, leaf_token_vocab
 from fedopt.data.npz import NpzData, build_npz, check_npz
 from fedopt.data.partition import check_partition_rows
 from fedopt.data.regression import RegressionData, build_regression, check_regression_memory
@@ -65,6 +65,8 @@ class DataFacts:
     num_classes: int | None
     #: float (regression) targets; None: known only after building
     regression: bool | None = None
+    #: features are token indices ``0..token_vocab-1`` (LEAF text); None: not token indices
+    token_vocab: int | None = None
 
 
 def check_dataset_spec(full: dict[str, Any], seed: int = 0) -> DataFacts:
@@ -95,7 +97,8 @@ def check_dataset_spec(full: dict[str, Any], seed: int = 0) -> DataFacts:
     if name == "leaf":   # the files are listed and sized, not parsed
         find_leaf_files(full["path"], full["task"])
         shape, classes = leaf_facts(full["task"], full["seq_len"], full["max_words"])
-        return DataFacts(None, shape, classes, False)
+        return DataFacts(None, shape, classes, False,
+                         leaf_token_vocab(full["task"], full["vocab_size"]))
     if name in ("cifar10", "cifar100"):   # the files are found and sized, not unpickled
         cifar_files(full["path"], name)
         classes = 10 if name == "cifar10" else (100 if full["labels"] == "fine" else 20)

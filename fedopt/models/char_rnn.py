@@ -79,3 +79,16 @@ class CharRNN(nn.Module):
             n = torch.tanh(i_n + r * h_n)
             h = (1 - z) * n + z * h
         return batched.linear(h, params["out.weight"], params["out.bias"])
+
+
+def check_token_vocab(model: dict, num_classes: int | None, token_vocab: int) -> None:
+    """ConfigError naming ``model.vocab_size`` when a resolved ``char_rnn`` spec's vocabulary
+    (``vocab_size``, default ``num_classes``) is smaller than the data's token index range
+    ``token_vocab`` (an index beyond the embedding would fail mid-run); other models pass."""
+    if model.get("name") != "char_rnn":
+        return
+    vocab = model.get("vocab_size") or num_classes
+    if vocab is None or vocab < token_vocab:
+        raise ConfigError(f"model.vocab_size: the data's token indices run to {token_vocab - 1} "
+                          f"but char_rnn's embedding has {vocab} rows; set model.vocab_size: "
+                          f"{token_vocab} (LEAF sent140: data.vocab_size + 2)")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import fedopt
+from fedopt.config import validate
 from fedopt.models import build_model
 from fedopt.schema import ConfigError
 
@@ -106,3 +107,21 @@ def test_short_federated_run_on_shakespeare_learns(tmp_path):
     assert last["test_accuracy"] > 0.6, last
     print(f"char_rnn shakespeare: test loss {first['test_loss']:.3f} -> {last['test_loss']:.3f}, "
           f"accuracy {first['test_accuracy']:.3f} -> {last['test_accuracy']:.3f}")
+
+
+def test_validate_asks_for_a_vocabulary_covering_sent140_tokens(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "d.json").write_text(json.dumps(
+            {"users": ["u"], "user_data": {"u": {"x": ["good day", "bad day"], "y": [1, 0]}}}))
+    cfg = {"data": {"name": "leaf", "task": "sent140", "path": str(tmp_path), "vocab_size": 50},
+           "model": {"name": "char_rnn"},
+           "algorithm": {"name": "fedavg", "rounds": 1, "clients_per_round": 1},
+           "client": {"local_steps": 1, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.1}}}
+    with pytest.raises(ConfigError, match=r"model.vocab_size: .* run to 51 .* set "
+                                          r"model.vocab_size: 52"):
+        validate(cfg)
+    cfg["model"]["vocab_size"] = 52
+    assert validate(cfg)["model"]["vocab_size"] == 52
+    r = fedopt.run({**cfg, "eval_every": 1}, progress=False)   # and it runs
+    assert r.metrics[-1]["round"] == 1
