@@ -32,6 +32,7 @@ from pydantic import Field, create_model, model_validator
 
 from fedopt.algorithms import ServerOptimizer, algorithm_specs
 from fedopt.algorithms.server_opt import DEFAULTS, RULE_KEYS
+from fedopt.client_eval import PerClientEvalConfig, check_config as check_per_client_eval
 from fedopt.clock.config import ClockConfig
 from fedopt.data.registry import DataSpec, check_dataset_spec
 from fedopt.engine.program import LOSSES, METRICS, check_task_fit
@@ -96,6 +97,16 @@ def run_schema() -> type[Schema]:
                   Field(default_factory=LocalExecutorConfig)),
         eval_every=(PositiveInt, 1),
         eval_train=(Bool, True),
+        eval_clients=(Optional[PositiveInt], Field(
+            None, description="estimate the test (and train) metrics on this many clients drawn "
+                              "per evaluation, with 95 % confidence intervals (*_ci columns); "
+                              "null: every client (fedopt.sampled_eval)")),
+        per_client_eval=(Optional[PerClientEvalConfig], Field(
+            None, description="per-client metrics of the global model: mean, std, worst/best "
+                              "10 % of clients (fedopt.client_eval)")),
+        tensorboard=(Bool, Field(False, description="TensorBoard event files of every metric "
+                                                    "in <out>/tensorboard")),
+        csv=(Bool, Field(False, description="metrics.csv beside metrics.jsonl")),
         checkpoint_every=(NonNegativeInt, 10),
         on_nonfinite=(Literal["error", "drop"], Field(
             "error", description="a client whose update is NaN/inf: 'error' stops the run "
@@ -200,6 +211,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
     _check_executor_name(config)
     cfg = parse(run_schema(), config).model_dump()
+    check_per_client_eval(cfg)   # per_client_eval.every fits eval_every
     spec = algorithm_specs()[cfg["algorithm"]["name"]]
     alg = cfg["algorithm"]
     if spec.resolve is not None:   # defaults that depend on what the user wrote

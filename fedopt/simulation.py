@@ -20,6 +20,7 @@ from torch import nn
 
 from fedopt import tree
 from fedopt.algorithms import ServerOptimizer, ServerState, algorithm_specs
+from fedopt.client_eval import PerClientEvaluator
 from fedopt.executors import executor_entries, realtime_driver
 from fedopt.schema import ConfigError, check_clients_per_round
 from fedopt.data import FederatedDataset, build_dataset
@@ -31,6 +32,7 @@ from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
 from fedopt.engine.program import LocalProgram, PerSample, check_task_fit
 from fedopt.models import build_model
 from fedopt.optim import from_config as optimizer_from_config
+from fedopt.sampled_eval import SampledEvaluator
 
 
 
@@ -127,6 +129,12 @@ class Simulation:
             except TypeError as e:   # not an asynchronous algorithm
                 self.executor.close()
                 raise ConfigError(f"algorithm.name: {e}") from None
+        # evaluation beyond the full global row: a sampled estimate with its CI
+        # (eval_clients, fedopt.sampled_eval) and per-client fairness columns (per_client_eval)
+        self.sampled_eval = (SampledEvaluator(config, self.data) if config.get("eval_clients")
+                             else None)
+        self.per_client = (PerClientEvaluator(config, self.data)
+                           if config.get("per_client_eval") else None)
         self.state: ServerState = self.algorithm.init(
             model_params(self.model, device=self.device, dtype=self.dtype))
         self.client_updates = 0
@@ -158,7 +166,11 @@ class Simulation:
 
     def evaluate(self) -> dict[str, float]:
         """The global model's test (and, with ``eval_train``, train) loss and metrics, by the
-        executor (:meth:`~fedopt.engine.contract.Executor.evaluate`)."""
+        executor (:meth:`~fedopt.engine.contract.Executor.evaluate`), or with ``eval_clients``
+        estimated on a keyed sample of clients (:mod:`fedopt.sampled_eval`)."""
+        if self.sampled_eval is not None:
+            return self.sampled_eval.row(self.fmodel, self.program, self.data, self.state.params,
+                                         self.state.round)
         return self.executor.evaluate(self.state.params, train=self.config["eval_train"])
 
     def close(self) -> None:
@@ -199,7 +211,13 @@ class Simulation:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, on_eval: Callable[[dict[str, Any]], None] | None = None,
             on_round: Callable[[int, dict[str, Any]], None] | None = None,
-            on_checkpoint: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+            on_checkpoint: Callable[[int], None] | None = None,
+            on_step: Callable[[int, dict[str, Any]], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+        """Rounds until :meth:`finished` or ``stop()`` (asked after ``on_step`` and after
+        ``on_eval``; the round it stops at is then evaluated and checkpointed as the last).
+        Per round: ``on_step(round, stats)``, the metrics row and ``on_eval(row)`` (evaluated
+        rounds), ``on_round(round, row or {})``, ``on_checkpoint(round)``."""
         cfg = self.config
         metrics = []
         wall_start = time.perf_counter() - self.wall_time_s   # continues after a resume
@@ -207,7 +225,9 @@ class Simulation:
         while not last:
             stats = self.step()
             r = self.state.round
-            last = self.finished()
+            if on_step is not None:
+                on_step(r, stats)
+            last = self.finished() or (stop is not None and stop())
             self.wall_time_s = time.perf_counter() - wall_start
             row = None
             if r % cfg["eval_every"] == 0 or last:
@@ -216,9 +236,12 @@ class Simulation:
                        "train_time_s": self.train_time_s,
                        "wall_time_s": self.wall_time_s,
                        "client_updates_per_s": self.client_updates / max(self.train_time_s, 1e-9)}
+                if self.per_client is not None and self.per_client.due(r, last):
+                    row.update(self.per_client.columns(self, r))
                 metrics.append(row)
                 if on_eval is not None:
                     on_eval(row)
+                last = last or (stop is not None and stop())
             if on_round is not None:
                 on_round(r, row or {})
             every = cfg["checkpoint_every"]
