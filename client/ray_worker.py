@@ -191,7 +191,7 @@ class ShardWorker:
             result = ShardResult(client_ids=ids, delta_sum=to_arrays(out.delta_sum),
                                  weight_sum=out.weight_sum, loss_sum=out.loss_sum,
                                  samples=out.samples, updates=out.updates, steps=out.steps,
-                                 local_loss=out.local_loss,
+                                 local_loss=out.local_loss, batch_size=out.batch_size,
                                  nonfinite=out.nonfinite,
                                  local_params=to_arrays(out.local_params) if keep_local else None,
                                  compute_s=time.perf_counter() - t0,

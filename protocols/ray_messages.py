@@ -55,6 +55,7 @@ class ShardResult:
     local_params: Arrays | None = None
     steps: np.ndarray | None = None  # u_i, in the order of client_ids
     local_loss: np.ndarray | None = None  # per-client mean local loss (with local_params)
+    batch_size: np.ndarray | None = None  # largest minibatch per client (online local programs)
     #: positions (in this shard's job order) of the jobs with non-finite results, left out of
     #: the sums above (not renormalised: the coordinator applies the run's ``on_nonfinite``)
     nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))

@@ -340,6 +340,7 @@ class RayExecutor:
         local: Params | None = None
         loss_sum, samples, updates, w_returned = 0.0, 0, 0, 0.0
         steps = np.zeros(len(ids), dtype=np.int64)
+        batch_size = None                    # online local programs' largest batches
         local_loss = np.zeros(len(ids)) if keep_local else None
         nonfinite: list[np.ndarray] = []     # positions in the call of non-finite jobs
         for task, res in results:
@@ -354,6 +355,10 @@ class RayExecutor:
                 nonfinite.append(bad)
                 w_returned -= float(np.sum(w[bad]))
             steps[task.positions] = res.steps
+            if getattr(res, "batch_size", None) is not None:
+                if batch_size is None:
+                    batch_size = np.zeros(len(ids), dtype=np.int64)
+                batch_size[task.positions] = res.batch_size
             if keep_local:
                 local_loss[task.positions] = res.local_loss
             report.compute_s.append(res.compute_s)
@@ -375,7 +380,7 @@ class RayExecutor:
             delta_sum, loss_sum = renormalise(delta_sum, loss_sum, weight_sum, w_returned)
         return RoundOutput(delta_sum=delta_sum, weight_sum=weight_sum, loss_sum=loss_sum,
                            samples=samples, updates=updates, local_params=local, steps=steps,
-                           local_loss=local_loss, nonfinite=bad_pos)
+                           local_loss=local_loss, nonfinite=bad_pos, batch_size=batch_size)
 
     # -- asynchronous, real time ------------------------------------------------------------------
     def submit(self, params: Params, client_ids, key: int, *, optimizer=None,

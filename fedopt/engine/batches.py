@@ -12,6 +12,7 @@ randomness (:mod:`fedopt.rng`), so it does not depend on the other clients in th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ class BatchPlan:
     weight: torch.Tensor
     active: torch.Tensor
     steps: torch.Tensor
+    #: what the plan was drawn from (:func:`plan_batches` sets it): lets a local program that
+    #: chooses its batches online (:class:`BatchStream`) draw the same keyed permutations
+    source: "PlanSource | None" = None
 
     @property
     def max_steps(self) -> int:
@@ -149,7 +153,127 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
         weight=torch.from_numpy(weight).to(device=device, dtype=dtype),
         active=torch.from_numpy(active).to(device),
         steps=torch.from_numpy(steps.astype(np.int64)).to(device),
+        source=PlanSource(seed=int(seed), keys=round_idx, client_ids=client_ids,
+                          first_row=offsets[client_ids].astype(np.int64), counts=n,
+                          batch_size=B, steps=steps.astype(np.int64)),
     )
+
+
+@dataclass(frozen=True)
+class PlanSource:
+    """The inputs of a :func:`plan_batches` plan (C clients): ``seed``, ``keys`` (one int or
+    int64 [C]), global ``client_ids`` [C], each client's ``first_row`` and row ``counts`` n_i
+    [C], the batch size B and the local step counts u_i [C]."""
+
+    seed: int
+    keys: int | np.ndarray
+    client_ids: np.ndarray
+    first_row: np.ndarray
+    counts: np.ndarray
+    batch_size: int
+    steps: np.ndarray
+
+    def key(self, i: int) -> int:
+        """Client i's permutation key (the round, or its own job key)."""
+        return int(self.keys[i]) if np.ndim(self.keys) > 0 else int(self.keys)
+
+    def sample_budget(self) -> np.ndarray:
+        """int64 [C]: real samples of the fixed plan, ⌊u_i/s_i⌋·n_i + (u_i mod s_i)·B with
+        s_i = ⌈n_i/B⌉ (what a client of an online plan processes before it stops)."""
+        per_epoch = -(-self.counts // self.batch_size)
+        return (self.steps // per_epoch) * self.counts + (self.steps % per_epoch) * self.batch_size
+
+
+def pass_permutation(seed: int, key: int, client_id: int, epoch: int,
+                     rows: np.ndarray) -> np.ndarray:
+    """The local row ids ``rows`` (int64, any subset of 0..n_i−1) in the keyed order of pass
+    ``epoch``: sorted by the top 32 bits of ``keyed_bits(seed, STREAM_BATCHES, key, client,
+    epoch, row)``, ties in ascending row order. For ``rows = arange(n_i)`` this is exactly the
+    epoch permutation :func:`plan_batches` uses."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    bits = keyed_bits(seed, STREAM_BATCHES, key, client_id, epoch, rows) >> np.uint64(32)
+    return rows[np.argsort(bits, kind="stable")]
+
+
+#: ``pass_rows(i, epoch, step) -> local row ids`` of client i's next pass (a curriculum's
+#: paced prefix); None: every row
+PassRows = Callable[[int, int, int], np.ndarray]
+
+
+class BatchStream:
+    """Minibatches chosen online, one local step at a time, for C clients whose batch sizes
+    b_i may change between steps (adaptive batch sizes) and whose passes may cover a subset of
+    their rows (curricula).
+
+    Client i walks through passes: pass e is the rows ``pass_rows(i, e, step)`` (all n_i rows
+    by default) in the keyed order :func:`pass_permutation`; a step takes the next
+    min(b_i, rows left in the pass, samples left in the budget) of them (a pass's last batch
+    may be partial, ``drop_last=False``); a client stops when it has processed its budget
+    (:meth:`PlanSource.sample_budget`, the fixed plan's samples). With every b_i = B and all
+    rows, the batches are those of :func:`plan_batches`, bit for bit, step for step.
+    """
+
+    def __init__(self, source: PlanSource, pass_rows: PassRows | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.source, self.pass_rows = source, pass_rows
+        self.device, self.dtype = device, dtype
+        C = len(source.client_ids)
+        self.budget = source.sample_budget()
+        self.samples = np.zeros(C, dtype=np.int64)
+        self.epoch = np.zeros(C, dtype=np.int64)
+        self.pos = np.zeros(C, dtype=np.int64)
+        self.step = 0
+        self._pass: list[np.ndarray | None] = [None] * C
+
+    @property
+    def active(self) -> np.ndarray:
+        """bool [C]: clients with samples left in their budget."""
+        return self.samples < self.budget
+
+    def _current(self, i: int) -> np.ndarray:
+        if self._pass[i] is None or self.pos[i] >= len(self._pass[i]):
+            if self._pass[i] is not None:
+                self.epoch[i] += 1
+                self.pos[i] = 0
+            src = self.source
+            rows = (np.arange(src.counts[i]) if self.pass_rows is None
+                    else self.pass_rows(i, int(self.epoch[i]), self.step))
+            self._pass[i] = pass_permutation(src.seed, src.key(i), int(src.client_ids[i]),
+                                             int(self.epoch[i]), rows)
+        return self._pass[i]
+
+    def next(self, batch_sizes: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 np.ndarray]:
+        """The next step's global ``rows`` int64 [C, width] and ``weight`` [C, width] (1 for
+        real rows; padding repeats a real row with weight 0; finished clients get weight 0
+        only) and the real rows taken per client, int64 [C]. ``width`` must be ≥ every active
+        client's b_i (the trainer pads to the largest b_i so that a constant B gives the fixed
+        plan's shapes)."""
+        C = len(self.source.client_ids)
+        rows = np.zeros((C, width), dtype=np.int64)
+        weight = np.zeros((C, width), dtype=np.float64)
+        take = np.zeros(C, dtype=np.int64)
+        act = self.active
+        for i in range(C):
+            if not act[i]:
+                rows[i] = self.source.first_row[i]
+                continue
+            perm = self._current(i)
+            p = int(self.pos[i])
+            t = int(min(batch_sizes[i], len(perm) - p, self.budget[i] - self.samples[i]))
+            if t > width:
+                raise ValueError(f"BatchStream.next: width {width} < batch {t} of client {i}")
+            local = perm[p:p + t]
+            rows[i, :t] = local
+            rows[i, t:] = local[-1]
+            weight[i, :t] = 1.0
+            rows[i] += self.source.first_row[i]
+            take[i] = t
+            self.pos[i] += t
+            self.samples[i] += t
+        self.step += 1
+        return (torch.from_numpy(rows).to(self.device),
+                torch.from_numpy(weight).to(device=self.device, dtype=self.dtype), take)
 
 
 def _free_memory() -> int:

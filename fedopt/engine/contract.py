@@ -72,6 +72,9 @@ class RoundOutput:
     #: position, since a client may run two jobs in one call; their rows of ``local_params`` /
     #: ``local_loss`` are kept as computed; the sums above are over the other jobs
     nonfinite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: int64 [m]: each job's largest minibatch, from local programs that choose their batch
+    #: sizes online (fedopt.local); None: every job used the fixed client.batch_size
+    batch_size: np.ndarray | None = None
 
     def kept(self, num_jobs: int) -> np.ndarray:
         """Bool mask over the call's ``num_jobs`` jobs: False for those left out as non-finite

@@ -228,6 +228,7 @@ class VectorizedExecutor:
                                 device=self.device)
         bad_pos: list[np.ndarray] = []      # positions of the non-finite jobs in the call
         bad_weight = 0.0
+        batch_max = None                    # each job's largest minibatch (online programs)
         for lo in range(0, len(client_ids), chunk):
             ids = client_ids[lo:lo + chunk]
             key_c = key[lo:lo + chunk] if stacked else key
@@ -261,6 +262,12 @@ class VectorizedExecutor:
                     delta_sum[k] += torch.tensordot(w, d, dims=1)
             loss_sum += loss_c
             samples += res.samples
+            if res.steps is not None:       # a program that chose its batches online
+                steps_all = steps_all.copy() if batch_max is None else steps_all
+                batch_max = (np.zeros(len(client_ids), dtype=np.int64) if batch_max is None
+                             else batch_max)
+                steps_all[lo:lo + len(ids)] = res.steps
+                batch_max[lo:lo + len(ids)] = res.batch_size
             if keep_local:
                 locals_.append(res.params)
                 local_losses.append(res.mean_loss)
@@ -282,4 +289,4 @@ class VectorizedExecutor:
                            loss_sum=loss_sum, samples=samples,
                            updates=len(client_ids) - len(nonfinite),
                            local_params=local_params, steps=steps_all, local_loss=local_loss,
-                           nonfinite=nonfinite)
+                           nonfinite=nonfinite, batch_size=batch_max)

@@ -72,11 +72,15 @@ class FunctionalModel:
 
 @dataclass
 class LocalResult:
-    """Final local models y_{i,K} (stacked [C, ...]) and each client's mean minibatch loss."""
+    """Final local models y_{i,K} (stacked [C, ...]) and each client's mean minibatch loss;
+    programs that choose their batches online (:mod:`fedopt.local.engine`) also report each
+    client's local ``steps`` and largest ``batch_size`` (int64 [C]; None: the plan's)."""
 
     params: Params
     mean_loss: Tensor
     samples: int
+    steps: np.ndarray | None = None
+    batch_size: np.ndarray | None = None
 
 
 def _has_per_client_hparams(opt: FunctionalOptimizer) -> bool:
@@ -190,6 +194,13 @@ class LocalTrainer:
         still active, the finished clients are set aside and the stack shrinks to the active
         ones, so unequal step counts (epochs mode) do not pay for idle clients.
         """
+        if self.program.training is not None:   # adaptive local training (fedopt.local)
+            from fedopt.local.engine import train_adaptive
+
+            return train_adaptive(self, start, x, y_labels, plan,
+                                  training=self.program.training, round_idx=round_idx,
+                                  client_ids=client_ids, correction=correction,
+                                  optimizer=optimizer, stacked_start=stacked_start)
         opt = optimizer or self.optimizer
         mu = self.program.prox_mu
         C = plan.rows.shape[1]
@@ -274,14 +285,21 @@ class LocalTrainer:
             for n, v in y.items():
                 done[n][live] = v
             y = done
-        if self.program.postprocess:   # returned y_i = y_{i,0} + P(y_i − y_{i,0})
-            base = start if stacked_start else {n: v.unsqueeze(0) for n, v in start.items()}
-            ids = np.arange(C) if client_ids is None else np.asarray(client_ids)
-            delta = self.program.finalize({n: v - base[n] for n, v in y.items()},
-                                          UpdateInfo(ids, keys, self.seed))
-            y = {n: base[n] + d for n, d in delta.items()}
+        y = self._postprocess(y, start, stacked_start, client_ids, keys)
         mean_loss = loss_sum / plan.steps.clamp_min(1).to(loss_sum.dtype)
         return LocalResult(params=y, mean_loss=mean_loss, samples=plan.samples())
+
+    def _postprocess(self, y: Params, start: Params, stacked_start: bool,
+                     client_ids: np.ndarray | None, keys: int | np.ndarray) -> Params:
+        """The program's update postprocessors: returned y_i = y_{i,0} + P(y_i − y_{i,0})."""
+        if not self.program.postprocess:
+            return y
+        C = next(iter(y.values())).shape[0]
+        base = start if stacked_start else {n: v.unsqueeze(0) for n, v in start.items()}
+        ids = np.arange(C) if client_ids is None else np.asarray(client_ids)
+        delta = self.program.finalize({n: v - base[n] for n, v in y.items()},
+                                      UpdateInfo(ids, keys, self.seed))
+        return {n: base[n] + d for n, d in delta.items()}
 
     @staticmethod
     def _wants_hessian(opt: FunctionalOptimizer, state: dict, active: Tensor) -> bool:

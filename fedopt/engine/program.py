@@ -231,7 +231,10 @@ class LocalProgram:
     mapping (or sequence of pairs / names) name -> built-in name or per-sample callable, or None
     (the task's default); stored as a tuple of (name, fn) pairs. ``oracle``: a
     :class:`GradientOracle`. ``prox_mu``: μ ≥ 0. ``postprocess``: a tuple of
-    :class:`UpdatePostprocessor`. ValueError naming the field for anything else.
+    :class:`UpdatePostprocessor`. ``training``: None (plain minibatch steps) or a
+    :class:`fedopt.local.config.LocalTraining` (adaptive batch sizes, batch-scaled lr, SSO outer
+    steps, curricula; run by :mod:`fedopt.local.engine`). ValueError naming the field for
+    anything else.
     """
 
     loss: str | PerSample | None = None
@@ -239,6 +242,7 @@ class LocalProgram:
     oracle: GradientOracle = Autograd()
     prox_mu: float = 0.0
     postprocess: tuple[UpdatePostprocessor, ...] = ()
+    training: Any = None
 
     def __post_init__(self) -> None:
         if self.loss is not None:

@@ -1,0 +1,201 @@
+r"""Adaptive batch sizes (AdAdaGrad; Lau, Liu & Kolar, arXiv 2402.11215, 2024): the norm test
+(Byrd et al. 2012) and the augmented inner-product test (Bollapragada et al. 2018).
+
+At iterate x_k with minibatch B_k of b rows and per-example gradients g_i = ∇ℓ(x_k; ξ_i):
+
+    ḡ = (1/b) Σ_i g_i
+    V      = (1/(b−1)) Σ_i ‖g_i − ḡ‖²                       trace of the sample covariance
+    q_i    = ⟨g_i, ḡ⟩,   V_ip   = (1/(b−1)) Σ_i (q_i − q̄)²
+    o_i    = g_i − (q_i/‖ḡ‖²) ḡ,   V_orth = (1/(b−1)) Σ_i ‖o_i − ō‖²
+
+    norm test:                b_norm = ⌈V / (η² ‖ḡ‖²)⌉
+    inner-product test:       b_ip   = ⌈V_ip / (θ² ‖ḡ‖⁴)⌉
+    orthogonality test:       b_orth = ⌈V_orth / (ν² ‖ḡ‖²)⌉
+    next batch size:          b_{k+1} = min(b_max, max(b_k, b_norm))              ("norm")
+                              b_{k+1} = min(b_max, max(b_k, b_ip, b_orth))        ("inner_product",
+                                                               the augmented test; θ = η)
+
+The batch size never shrinks and stops at b_max; with ‖ḡ‖² < 1e-30 it jumps to b_max (the
+tests' ratios blow up near a stationary point); with fewer than two rows the variance is
+undefined and b is kept. Whole-vector statistics by default; ``blockwise=True`` is the authors'
+code variant (``tests.py`` of timlautk/AdAdaGrad): q_i and o_i per parameter tensor, their
+variances summed over tensors (cross-tensor covariances dropped; V and the norm test are the
+same either way).
+
+Everything is batched over C clients: per-example gradients ``[C, W, ...]`` with a row mask
+``[C, W]`` (padding rows excluded). :class:`AdaptiveBatchSize` is the plain-PyTorch helper
+("next batch size" for an ordinary training loop).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+#: the config's test names
+TESTS = ("norm", "inner_product")
+#: below this ‖ḡ‖² the batch jumps to b_max
+TINY = 1e-30
+
+
+class BatchStats(NamedTuple):
+    """Per-client statistics [C] (float64): real rows ``b``, ‖ḡ‖², V, V_ip, V_orth."""
+
+    b: Tensor
+    sq_norm: Tensor
+    var: Tensor
+    var_ip: Tensor
+    var_orth: Tensor
+
+
+def _flat(grads: Mapping[str, Tensor] | Tensor, lead: int) -> list[Tensor]:
+    """Tensors ``[C, W, ...]`` (or one) flattened to ``[C, W, d_t]`` float64."""
+    items = [grads] if isinstance(grads, Tensor) else list(grads.values())
+    return [g.reshape(g.shape[:lead] + (-1,)).double() for g in items]
+
+
+def batch_statistics(per_example: Mapping[str, Tensor] | Tensor, mask: Tensor | None = None,
+                     blockwise: bool = False) -> BatchStats:
+    """The module docstring's statistics of per-example gradients ``[C, W, ...]`` per tensor
+    (a dict of them, or one tensor), over the rows where ``mask`` [C, W] is nonzero (all rows
+    when None). Computed in float64; returns :class:`BatchStats` of shape [C]."""
+    blocks = _flat(per_example, 2)
+    C, W = blocks[0].shape[:2]
+    m = (torch.ones(C, W, dtype=torch.float64, device=blocks[0].device) if mask is None
+         else (mask != 0).to(torch.float64))
+    b = m.sum(1)
+    den = (b - 1).clamp_min(1.0)
+    means = [(g * m[..., None]).sum(1) / b.clamp_min(1.0)[:, None] for g in blocks]  # [C, d_t]
+    sq = sum(gb.pow(2).sum(-1) for gb in means)                                      # ‖ḡ‖²
+    var = sum(((g - gb[:, None]).pow(2).sum(-1) * m).sum(1) for g, gb in zip(blocks, means))
+    safe = sq.clamp_min(TINY)
+
+    def ip_orth(gs: list[Tensor], gbs: list[Tensor], norm2: Tensor) -> tuple[Tensor, Tensor]:
+        q = sum((g * gb[:, None]).sum(-1) for g, gb in zip(gs, gbs))                 # [C, W]
+        qbar = (q * m).sum(1) / b.clamp_min(1.0)
+        v_ip = ((q - qbar[:, None]).pow(2) * m).sum(1)
+        coef = q / norm2[:, None]
+        os_ = [g - coef[..., None] * gb[:, None] for g, gb in zip(gs, gbs)]
+        v_o = 0.0
+        for o in os_:
+            obar = (o * m[..., None]).sum(1) / b.clamp_min(1.0)[:, None]
+            v_o = v_o + ((o - obar[:, None]).pow(2).sum(-1) * m).sum(1)
+        return v_ip, v_o
+
+    if blockwise:
+        v_ip, v_orth = 0.0, 0.0
+        for g, gb in zip(blocks, means):
+            a, o = ip_orth([g], [gb], gb.pow(2).sum(-1).clamp_min(TINY))
+            v_ip, v_orth = v_ip + a, v_orth + o
+    else:
+        v_ip, v_orth = ip_orth(blocks, means, safe)
+    return BatchStats(b, sq, var / den, v_ip / den, v_orth / den)
+
+
+@dataclass(frozen=True)
+class BatchSizeTest:
+    """A test and its growth rule (module docstring): ``name`` ∈ :data:`TESTS`, ``eta`` η
+    (θ of the inner-product test), ``nu`` ν of the orthogonality test (None: η), ``max_batch_size``
+    b_max (None: unbounded; the engine caps it at each client's rows), ``blockwise``: the
+    authors' per-tensor variant. ValueError naming the field for a bad value."""
+
+    name: str = "norm"
+    eta: float = 0.1
+    nu: float | None = None
+    max_batch_size: int | None = None
+    blockwise: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in TESTS:
+            raise ValueError(f"name: one of {TESTS}, got {self.name!r}")
+        for field in ("eta", "nu"):
+            v = getattr(self, field)
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v < math.inf):
+                raise ValueError(f"{field}: must be a finite number > 0, got {v!r}")
+        if self.max_batch_size is not None and int(self.max_batch_size) < 1:
+            raise ValueError(f"max_batch_size: must be >= 1, got {self.max_batch_size!r}")
+
+    def proposed(self, stats: BatchStats) -> Tensor:
+        """float64 [C]: the test's batch size ⌈·⌉ (b_norm, or max(b_ip, b_orth)); +inf where
+        ‖ḡ‖² < 1e-30."""
+        sq = stats.sq_norm.clamp_min(TINY)
+        if self.name == "norm":
+            need = stats.var / (self.eta ** 2 * sq)
+        else:
+            nu = self.eta if self.nu is None else self.nu
+            need = torch.maximum(stats.var_ip / (self.eta ** 2 * sq * sq),
+                                 stats.var_orth / (nu ** 2 * sq))
+        need = torch.ceil(need)
+        return torch.where(stats.sq_norm < TINY, torch.full_like(need, math.inf), need)
+
+    def next_batch_size(self, b: Tensor, stats: BatchStats, b_max: Tensor | int | None = None
+                        ) -> Tensor:
+        """int64 [C]: b_{k+1} = min(b_max, max(b_k, proposed)); b_k kept where fewer than two
+        rows were seen or b_k ≥ b_max. ``b_max`` [C] or int (default ``max_batch_size``)."""
+        b = torch.as_tensor(b, dtype=torch.int64)
+        cap = self.max_batch_size if b_max is None else b_max
+        cap_t = (torch.full_like(b, 2 ** 62) if cap is None
+                 else torch.as_tensor(cap, dtype=torch.int64, device=b.device).expand_as(b))
+        prop = self.proposed(stats).to(b.device)
+        grown = torch.minimum(cap_t.double(), torch.maximum(b.double(), prop)).to(torch.int64)
+        keep = (stats.b.to(b.device) < 2) | (b >= cap_t)
+        return torch.where(keep, b, grown)
+
+
+def per_example_grads(module_or_fn: nn.Module | Callable, params: Mapping[str, Tensor],
+                      x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                      batched: bool = False) -> dict[str, Tensor]:
+    """∇ℓ(params; x_i, y_i) for every row: ``[W, ...]`` per tensor, or ``[C, W, ...]`` with
+    ``batched`` (``params`` stacked [C, ...], x [C, W, ...]). ``module_or_fn``: a module (run
+    with ``functional_call``) or ``forward(params, x)``. ``loss_fn(outputs [N, k], targets [N])
+    -> [N]`` is per sample. Modules with batch statistics (BatchNorm) have no per-example
+    gradients; use them in eval mode or GroupNorm."""
+    fwd = (module_or_fn if not isinstance(module_or_fn, nn.Module)
+           else (lambda p, xb: functional_call(module_or_fn, p, (xb,))))
+
+    def one(p, xi, yi):
+        return loss_fn(fwd(p, xi.unsqueeze(0)), yi.unsqueeze(0))[0]
+
+    f = vmap(grad(one), in_dims=(None, 0, 0))
+    if batched:
+        f = vmap(f, in_dims=(0, 0, 0))
+    return f(dict(params), x, y)
+
+
+class AdaptiveBatchSize:
+    """Plain-PyTorch helper: after each step's minibatch, ``update(model, loss_fn, x, y)``
+    returns the batch size to draw next (:class:`BatchSizeTest`'s rule from ``batch_size``).
+
+    Example::
+
+        sizer = AdaptiveBatchSize(BatchSizeTest("norm", eta=0.1, max_batch_size=1024), 8)
+        for step in range(K):
+            x, y = sample(sizer.batch_size)
+            loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+            sizer.update(model, lambda o, t: F.cross_entropy(o, t, reduction="none"), x, y)
+
+    Call ``update`` at the iterate the gradient was taken at (before ``opt.step()``) to follow
+    the paper exactly; after it, the statistics are one step late."""
+
+    def __init__(self, test: BatchSizeTest, batch_size: int):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size!r}")
+        self.test, self.batch_size = test, int(batch_size)
+        self.last: BatchStats | None = None
+
+    def update(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+               y: Tensor) -> int:
+        cap = self.test.max_batch_size
+        if cap is not None and self.batch_size >= cap:
+            return self.batch_size
+        params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+        g = per_example_grads(model, params, x, y, loss_fn)
+        self.last = batch_statistics({k: v.unsqueeze(0) for k, v in g.items()},
+                                     blockwise=self.test.blockwise)
+        b = self.test.next_batch_size(torch.tensor([self.batch_size]), self.last)
+        self.batch_size = int(b[0])
+        return self.batch_size

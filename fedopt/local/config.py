@@ -1,0 +1,174 @@
+"""The ``client:`` keys of adaptive local training and the :class:`LocalTraining` they build.
+
+    client:
+      batch_size: 8                       # b₀, the first batch size
+      batch_size_test: {name: norm, eta: 0.1, max_batch_size: 512}   # AdAdaGrad's tests
+      lr_batch_scaling: sqrt              # none | linear | sqrt (needs batch_size_test)
+      sso: {inner_steps: 10, eta: 1.0}    # target-based surrogates around the client optimizer
+      curriculum: {order: curriculum, score: global, pacing: linear, a: 0.8, b: 0.2}
+
+:func:`with_local_training` checks them against the algorithm's local program and returns the
+program carrying them (:class:`~fedopt.engine.program.LocalProgram`'s ``training`` field), so
+they travel with it to every executor. ConfigError naming the field for a bad combination.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from pydantic import Field
+
+from fedopt.local.batch_test import TESTS, BatchSizeTest
+from fedopt.local.curriculum import ORDERS, PACINGS, SCORES
+from fedopt.local.lr_scaling import RULES
+from fedopt.schema import (Bool, ConfigError, PositiveFloat, PositiveInt, Probability, Schema)
+
+
+class BatchSizeTestConfig(Schema):
+    """``client.batch_size_test``: AdAdaGrad's adaptive batch size (fedopt.local.batch_test)."""
+
+    what = "client.batch_size_test"
+    name: Literal[TESTS] = Field("norm", description="norm (Byrd et al.) or inner_product (the "
+                                                     "augmented inner-product test)")
+    eta: PositiveFloat = Field(0.1, description="η of the norm test (θ of the inner-product "
+                                                "test)")
+    nu: Optional[PositiveFloat] = Field(None, description="ν of the orthogonality test "
+                                                          "(inner_product; null: eta)")
+    max_batch_size: Optional[PositiveInt] = Field(
+        None, description="b_max (null: each client's rows; always capped there)")
+    blockwise: Bool = Field(False, description="the authors' per-tensor statistics instead of "
+                                               "the whole-vector ones")
+
+
+class SSOConfig(Schema):
+    """``client.sso``: each local step is an outer step of SSO (fedopt.local.sso)."""
+
+    what = "client.sso"
+    inner_steps: PositiveInt = Field(1, description="m, client-optimizer steps on the surrogate "
+                                                    "per outer step (1: plain training)")
+    eta: PositiveFloat = Field(1.0, description="η, the surrogate's step in target space "
+                                                "(≤ 1/L_z: 2 for cross-entropy)")
+
+
+class CurriculumConfig(Schema):
+    """``client.curriculum``: per-client data ordering with pacing (fedopt.local.curriculum)."""
+
+    what = "client.curriculum"
+    order: Literal[ORDERS] = Field("curriculum", description="curriculum (easy first), anti "
+                                                             "or random")
+    score: Literal[SCORES] = Field(
+        "global", description="per-example loss of the received model (global) or of the "
+                              "client's current local model, re-scored each pass (local)")
+    pacing: Literal[PACINGS] = Field("linear", description="pacing function g")
+    a: PositiveFloat = Field(0.8, description="fraction of the local steps until all data")
+    b: Probability = Field(0.2, description="fraction of the data at the start")
+    min_prefix: PositiveInt = Field(32, description="smallest prefix of a pass")
+
+
+#: the new ``client:`` fields: name -> (type, pydantic Field) for fedopt.config.ClientConfig
+CLIENT_FIELDS: dict[str, Any] = {
+    "batch_size_test": (Optional[BatchSizeTestConfig], Field(
+        None, description="adaptive batch size {name: norm|inner_product, eta, max_batch_size} "
+                          "(AdAdaGrad; null: fixed client.batch_size)")),
+    "lr_batch_scaling": (Literal[RULES], Field(
+        "none", description="client lr × (b/b₀) (linear) or (b/b₀)^½ (sqrt) as the batch grows")),
+    "sso": (Optional[SSOConfig], Field(
+        None, description="target-based surrogates {inner_steps: m, eta} around the client "
+                          "optimizer (null: off)")),
+    "curriculum": (Optional[CurriculumConfig], Field(
+        None, description="data curriculum {order, score, pacing, a, b} (null: uniform "
+                          "epochs)")),
+}
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Resolved ``client.curriculum`` (see :mod:`fedopt.local.curriculum`)."""
+
+    order: str = "curriculum"
+    score: str = "global"
+    pacing: str = "linear"
+    a: float = 0.8
+    b: float = 0.2
+    min_prefix: int = 32
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """How a client trains locally beyond plain minibatch steps: an adaptive batch size
+    (``batch_test``), the learning rate's batch scaling rule (``lr_scaling``), SSO outer steps
+    (``sso_steps`` m ≥ 1 with ``sso_eta``; None: off) and a ``curriculum``."""
+
+    batch_test: BatchSizeTest | None = None
+    lr_scaling: str = "none"
+    sso_steps: int | None = None
+    sso_eta: float = 1.0
+    curriculum: Curriculum | None = None
+
+    @property
+    def online_batches(self) -> bool:
+        """Whether batches are chosen step by step (adaptive size or curriculum)."""
+        return self.batch_test is not None or self.curriculum is not None
+
+
+def from_client(client: dict[str, Any]) -> LocalTraining | None:
+    """The :class:`LocalTraining` of a validated ``client:`` section (None when all are off)."""
+    test, sso, cur = (client.get("batch_size_test"), client.get("sso"),
+                      client.get("curriculum"))
+    rule = client.get("lr_batch_scaling") or "none"
+    if rule != "none" and test is None:
+        raise ConfigError("client.lr_batch_scaling: scales the lr as the batch size adapts; "
+                          "set client.batch_size_test too (or lr_batch_scaling: none)")
+    if test is not None:
+        if client.get("batch_size", 2) < 2:
+            raise ConfigError("client.batch_size_test: the tests need a sample variance; start "
+                              "from client.batch_size >= 2")
+        cap = test.get("max_batch_size")
+        if cap is not None and cap < client.get("batch_size", 1):
+            raise ConfigError(f"client.batch_size_test.max_batch_size: {cap} is below "
+                              f"client.batch_size ({client.get('batch_size')})")
+    if test is None and sso is None and cur is None:
+        return None
+    return LocalTraining(
+        batch_test=None if test is None else BatchSizeTest(**test),
+        lr_scaling=rule,
+        sso_steps=None if sso is None else int(sso["inner_steps"]),
+        sso_eta=1.0 if sso is None else float(sso["eta"]),
+        curriculum=None if cur is None else Curriculum(**cur))
+
+
+def with_local_training(program, client: dict[str, Any], optimizer=None):
+    """``program`` carrying the client's :class:`LocalTraining` (unchanged when all are off).
+    ConfigError naming the field when the algorithm's program cannot take it: the adaptive
+    pieces need the autograd oracle (not SAM or a zeroth-order estimator); SSO and the batch
+    test need a client optimizer without Hessian estimates."""
+    from fedopt.engine.program import Autograd
+
+    training = from_client(client)
+    if training is None:
+        return program
+    first = ("client.batch_size_test" if training.batch_test is not None else
+             "client.sso" if training.sso_steps is not None else "client.curriculum")
+    if not isinstance(program.oracle, Autograd):
+        raise ConfigError(f"{first}: needs clients that take plain gradient steps; this "
+                          f"algorithm's clients use the {type(program.oracle).__name__} oracle")
+    if optimizer is not None and getattr(optimizer, "needs_hessian", False):
+        raise ConfigError(f"{first}: not available with a Hessian-based client optimizer "
+                          f"({type(optimizer).__name__})")
+    return dataclasses.replace(program, training=training)
+
+
+def check_local_training(built: Any, cfg: dict[str, Any]) -> None:
+    """What a run checks of these keys, for ``fedopt validate``: :func:`from_client`, and
+    :func:`with_local_training` against the built algorithm's program (after
+    ``client.estimator``'s zeroth-order clients, as a run builds it)."""
+    training = from_client(cfg["client"])
+    if training is None or built is None or not hasattr(built, "local_program"):
+        return
+    from fedopt.algorithms.fedzo import with_estimator
+    from fedopt.optim import from_config
+
+    alg = with_estimator(cfg["algorithm"]["name"], built, cfg)
+    with_local_training(alg.local_program(), cfg["client"],
+                        from_config(cfg["client"]["optimizer"] or {"name": "sgd", "lr": 0.01}))

@@ -1,0 +1,66 @@
+"""The metrics rows' ``batch_size_mean`` and ``batch_size_max`` for runs with adaptive local
+training: the mean minibatch over every local step of the round (real samples / local steps)
+and the largest minibatch any client took (:attr:`~fedopt.engine.contract.RoundOutput.batch_size`;
+``client.batch_size`` when no client chose its batches online)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedopt.engine.contract import Executor
+
+
+class _Recorder:
+    """An executor seen through a recorder of the jobs' samples, steps and largest batches."""
+
+    def __init__(self, inner: Executor, batch_size: int):
+        self._inner, self._b = inner, int(batch_size)
+        self.samples, self.steps, self.largest = 0, 0, 0
+
+    def run_jobs(self, *args: Any, **kwargs: Any):
+        out = self._inner.run_jobs(*args, **kwargs)
+        self.samples += int(out.samples)
+        self.steps += int(np.sum(out.steps)) if out.steps is not None else 0
+        big = (int(np.max(out.batch_size)) if out.batch_size is not None and len(out.batch_size)
+               else (self._b if out.updates else 0))
+        self.largest = max(self.largest, big)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class BatchSizeColumns:
+    """Algorithm ``inner`` whose round statistics also carry ``batch_size_mean`` and
+    ``batch_size_max`` (module docstring); everything else delegates to ``inner``."""
+
+    def __init__(self, inner: Any, batch_size: int):
+        self.__dict__["_inner"], self.__dict__["batch_size"] = inner, int(batch_size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_inner"], name)
+
+    def init(self, params):
+        return self._inner.init(params)
+
+    def local_program(self):
+        return self._inner.local_program()
+
+    def run_round(self, state, executor: Executor, optimizer: Any = None):
+        rec = _Recorder(executor, self.batch_size)
+        new, stats = self._inner.run_round(state, rec, optimizer)
+        stats["batch_size_mean"] = rec.samples / rec.steps if rec.steps else float("nan")
+        stats["batch_size_max"] = rec.largest
+        return new, stats
+
+
+def with_batch_size_columns(algorithm: Any, config: dict[str, Any]) -> Any:
+    """``algorithm`` wrapped in :class:`BatchSizeColumns` when ``client:`` turns on adaptive
+    local training (batch_size_test, sso or curriculum); unchanged otherwise."""
+    from fedopt.local.config import from_client
+
+    client = config.get("client") or {}
+    if not hasattr(algorithm, "run_round") or from_client(client) is None:
+        return algorithm
+    return BatchSizeColumns(algorithm, client.get("batch_size", 1))
