@@ -43,6 +43,7 @@ from fedopt.algorithms.decentralized import DECENTRALIZED
 from fedopt.decentralized.topology import TopologySpec
 from fedopt.algorithms.fedzo import with_estimator
 from fedopt.zo.estimators import EstimatorConfig
+from fedopt.local.config import CLIENT_FIELDS as LOCAL_FIELDS, check_local_training
 from fedopt.schema import (SEED_MAX, Bool, Check, ConfigError, Float, NonNegativeInt,  # noqa: F401
                            PositiveInt, Schema, Seed, Str, check_clients_per_round, fail, join,
                            named_union, parse, plain)
@@ -71,6 +72,11 @@ class ClientConfig(Schema):
     estimator: Optional[EstimatorConfig] = Field(
         None, description="zeroth-order clients' gradient estimator {name, directions, mu, "
                           "scheme} (fedopt.zo; read by the zeroth-order algorithms, e.g. fedzo)")
+    # adaptive local training (fedopt.local): batch_size_test, lr_batch_scaling, sso, curriculum
+    batch_size_test: LOCAL_FIELDS["batch_size_test"][0] = LOCAL_FIELDS["batch_size_test"][1]
+    lr_batch_scaling: LOCAL_FIELDS["lr_batch_scaling"][0] = LOCAL_FIELDS["lr_batch_scaling"][1]
+    sso: LOCAL_FIELDS["sso"][0] = LOCAL_FIELDS["sso"][1]
+    curriculum: LOCAL_FIELDS["curriculum"][0] = LOCAL_FIELDS["curriculum"][1]
 
     @model_validator(mode="after")
     def _one_mode(self) -> "ClientConfig":
@@ -240,6 +246,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     resolve_privacy(cfg, facts.num_clients)   # privacy: noise calibrated, budget checked
     built = _dry_build(spec, cfg, facts.num_clients)
     with_estimator(alg["name"], built, cfg)    # client.estimator: zeroth-order clients or refused
+    check_local_training(built, cfg)   # client.batch_size_test / sso / curriculum fit the clients
     built = with_privacy(built, cfg)
     if built is not None and payload is not None:
         _check_job_times(built, cfg, payload)

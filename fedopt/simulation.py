@@ -30,6 +30,8 @@ from fedopt.engine.batches import capped_batch_size
 from fedopt.engine.contract import Executor, check_executor
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
 from fedopt.engine.program import LocalProgram, PerSample, check_task_fit
+from fedopt.local.config import with_local_training
+from fedopt.local.records import with_batch_size_columns
 from fedopt.models import build_model
 from fedopt.optim import from_config as optimizer_from_config
 from fedopt.sampled_eval import SampledEvaluator
@@ -118,6 +120,7 @@ class Simulation:
                                       self.data.is_regression, loss, metrics,
                                       regression_by_name=(dataset is None and
                                                           config["data"]["name"] == "regression"))
+        self.program = with_local_training(self.program, client, self.client_optimizer)
         self.trainer = LocalTrainer(self.fmodel, self.client_optimizer, self.program, seed=seed)
         bind = getattr(self.algorithm, "bind", None)
         if bind is not None:   # decentralized algorithms: the nodes' losses (fedopt.decentralized)
@@ -284,7 +287,8 @@ def build_algorithm(alg_cfg: dict[str, Any], counts: np.ndarray, seed: int,
     from fedopt.privacy.config import with_privacy
 
     built = with_estimator(alg_cfg["name"], built, config or {})   # client.estimator: ZO clients
-    return with_privacy(built, config or {})   # privacy: DP-FedAvg
+    built = with_privacy(built, config or {})   # privacy: DP-FedAvg
+    return with_batch_size_columns(built, config or {})   # batch_size_mean/max columns
 
 
 def client_program(program: LocalProgram, client: dict[str, Any], regression: bool,
