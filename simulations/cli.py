@@ -64,9 +64,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors += [CheckpointError, MetricsError, RunDirError]   # RunDirError: OS errors, path named
     from fedopt.engine.nonfinite import NonFiniteError
     from fedopt.server.faults import RayPoolError, WorkerFailedError   # no Ray import
+    from fedopt.server.ray_connect import RayConnectError              # no Ray import
+    from fedopt.extras import MissingExtraError
 
     return (*errors, RunExistsError, ResumeMismatchError, NonFiniteError, WorkerFailedError,
-            RayPoolError)
+            RayPoolError, RayConnectError, MissingExtraError)
 
 
 def invoked_as() -> str:
@@ -174,11 +176,16 @@ def _print_table(rows: Sequence[Mapping[str, Any]], out=None) -> None:
 # ----------------------------------------------------------------------------- commands
 
 def _load(args: argparse.Namespace) -> dict:
-    """Load and validate the config of ``args``; any problem becomes a :class:`CLIError`."""
+    """Load and validate the config of ``args`` (a file, or a shipped config's name: see
+    :mod:`fedopt.simulations.shipped`); any problem becomes a :class:`CLIError`."""
+    from fedopt.simulations.shipped import missing_hint, resolve_config
+
     try:
-        return load_config(args.config, args.set)
+        return load_config(resolve_config(args.config), args.set)
     except (ValueError, OSError) as e:
-        raise CLIError(str(e)) from None
+        missing = not os.path.exists(args.config) and "No such file" in str(e)   # the loader's
+        hint = missing_hint(args.config) if missing else ""                      # OSError text
+        raise CLIError(f"CONFIG: {hint}" if hint else str(e)) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -220,6 +227,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args)
     print(yaml.safe_dump(config, sort_keys=False, default_flow_style=False).rstrip())
     print(f"# {args.config}: valid", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from fedopt.simulations import shipped
+
+    if args.action == "list":
+        if args.name or args.dest:
+            raise CLIError("configs list: takes no NAME/DEST (use 'fedopt configs show NAME')")
+        for name in shipped.shipped_names():
+            print(f"{name:<22} {shipped.describe(name)}".rstrip())
+        print(f"\nrun one with:  {invoked_as()} run NAME; copy one out to edit with:  "
+              f"{invoked_as()} configs copy NAME [DEST]", file=sys.stderr)
+        return EXIT_OK
+    if not args.name:
+        raise CLIError(f"configs {args.action}: give the NAME of a shipped config "
+                       f"({', '.join(shipped.shipped_names())})")
+    if args.action == "show":
+        if args.dest:
+            raise CLIError("configs show: takes one NAME")
+        print(shipped.shipped_text(args.name), end="")
+        return EXIT_OK
+    path = shipped.copy_config(args.name, args.dest, force=args.force)
+    print(path)
     return EXIT_OK
 
 
@@ -319,11 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(config.json, versions.json, metrics.jsonl, summary.json, checkpoints/) "
                     "in one run directory, then print the final results.",
         epilog="examples:\n"
+               "  fedopt run quickstart                      (a shipped config, by name)\n"
                "  fedopt run simulations/configs/quickstart.yaml\n"
                "  fedopt run simulations/configs/quickstart.yaml --out runs/qs "
                "--set algorithm.rounds=5\n"
                "  fedopt run simulations/configs/quickstart.yaml --out runs/qs --resume")
-    p.add_argument("config", metavar="CONFIG.yaml", help="experiment config (YAML)")
+    p.add_argument("config", metavar="CONFIG.yaml",
+                   help="experiment config (YAML), or a shipped config's name (fedopt configs)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default: runs/<config-stem>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=set_help)
@@ -339,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n"
                "  fedopt validate simulations/configs/quickstart.yaml "
                "--set algorithm.clients_per_round=20")
-    p.add_argument("config", metavar="CONFIG.yaml", help="experiment config (YAML)")
+    p.add_argument("config", metavar="CONFIG.yaml",
+                   help="experiment config (YAML), or a shipped config's name (fedopt configs)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=set_help)
     p.set_defaults(func=cmd_validate)
 
@@ -370,6 +404,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", metavar="NAME", action="append", default=None,
                    help="legend label per RUN_DIR, in order (repeat once per RUN_DIR)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "configs", formatter_class=_Formatter, help="list, show or copy the shipped configs",
+        description="The example configs shipped with fedopt. 'fedopt run NAME' runs one by "
+                    "name (a file of that name wins); 'copy' writes one out to edit.",
+        epilog="examples:\n"
+               "  fedopt configs\n"
+               "  fedopt configs show quickstart\n"
+               "  fedopt configs copy quickstart my.yaml && fedopt run my.yaml")
+    p.add_argument("action", nargs="?", choices=("list", "show", "copy"), default="list",
+                   help="list the shipped configs (default), show one, or copy one out")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a shipped config's name")
+    p.add_argument("dest", nargs="?", metavar="DEST",
+                   help="copy: file or folder to write (default: ./NAME.yaml)")
+    p.add_argument("--force", action="store_true", help="copy: overwrite an existing DEST")
+    p.set_defaults(func=cmd_configs)
 
     from fedopt.simulations.grpc_cli import register as register_grpc   # serve, client
 

@@ -42,7 +42,9 @@ _LABELS = {"test_loss": "test loss", "train_loss": "train loss", "test_accuracy"
 
 
 def _pyplot():
-    import matplotlib
+    from fedopt.extras import require
+
+    matplotlib = require("matplotlib", "fedopt plot")
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
