@@ -98,7 +98,9 @@ def run_schema() -> type[Schema]:
         data=(DataSpec, ...),
         model=(ModelSpec, Field(default_factory=MODEL_SCHEMAS[0])),
         algorithm=(named_union(algorithms, default="fedavg"), ...),
-        client=(ClientConfig, ...),
+        client=(Optional[ClientConfig], Field(
+            None, description="the clients' local training (required except by the "
+                              "decentralized algorithms, which read only its loss/metrics)")),
         executor=(named_union(executors, default="local"),
                   Field(default_factory=LocalExecutorConfig)),
         eval_every=(PositiveInt, 1),
@@ -223,11 +225,20 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if spec.resolve is not None:   # defaults that depend on what the user wrote
         spec.resolve(alg, config)
     alg["server_optimizer"] = _server_optimizer_section(spec, alg["server_optimizer"], alg["name"])
+    if cfg["client"] is None:   # only the decentralized algorithms run without local training
+        if alg["name"] not in DECENTRALIZED:
+            raise ConfigError(f"client: required by algorithm.name: {alg['name']} (the clients' "
+                              f"local training: local_steps or local_epochs, optimizer, ...); "
+                              f"only the decentralized algorithms ({', '.join(DECENTRALIZED)}) "
+                              f"run without it")
+        cfg["client"] = ClientConfig(local_steps=1).model_dump()   # a placeholder, not read
     cfg["client"]["optimizer"] = _optimizer_section(cfg["client"]["optimizer"], "client.optimizer")
 
     if alg["name"] not in DECENTRALIZED:
         for key, given in (("topology", cfg["topology"] is not None),
-                           ("model.l2", bool(cfg["model"].get("l2")))):
+                           ("model.l2", bool(cfg["model"].get("l2"))),
+                           ("executor.on_node_failure",
+                            cfg["executor"].get("on_node_failure") is not None)):
             if given:
                 raise ConfigError(f"{key}: read only by the decentralized algorithms "
                                   f"({', '.join(DECENTRALIZED)}), not algorithm.name: "

@@ -38,6 +38,10 @@ class RayExecutorConfig(ExecutorConfig):
     seconds_per_unit: Optional[PositiveFloat] = Field(
         None, description="with realtime: seconds per clock unit, the clock's job times are "
                           "injected as delays (null: no delays, intervals/timeouts in seconds)")
+    on_node_failure: Optional[Literal["error", "continue"]] = Field(
+        None, description="decentralized node actors (gossip, dadao): a node actor that dies "
+                          "stops the run with an error naming it (null: 'error') or the run "
+                          "continues without its nodes ('continue')")
 
     @model_validator(mode="after")
     def _needs_its_switch(self) -> "RayExecutorConfig":

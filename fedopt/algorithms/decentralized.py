@@ -5,7 +5,16 @@ They read ``topology:`` (the graph on the data set's clients, :mod:`fedopt.decen
 and ``model.l2`` (λ: (λ/2)‖x‖² added to every node's loss). ``algorithm.time_budget`` T ends the
 run; one server step (``round``) is one virtual time unit, so ``eval_every`` counts time units
 (``rounds`` defaults to ⌈T⌉). ``clients_per_round``, ``aggregation_weights`` and
-``server_optimizer`` are not read (every node takes part; there is no server).
+``server_optimizer`` are not read (every node takes part; there is no server), nor is
+``client:`` beyond its loss and metrics (it may be left out: :func:`fedopt.config.validate`
+fills a placeholder).
+
+``executor.name: ray`` runs ``gossip`` and ``dadao`` with their nodes as Ray actors
+(:mod:`fedopt.server.ray_nodes`: ``executor.num_workers`` shards of nodes exchanging parameters
+with their neighbours' actors directly; ``algorithm.seconds_per_unit`` paces the events in real
+time; ``executor.on_node_failure: error | continue`` when a node actor dies); the event sequence
+and iterates equal the in-process run's. The synchronous ``dsgd``/``adom_plus`` and the token
+walk ``srrw`` run in-process only (refused naming executor.name).
 """
 from __future__ import annotations
 
@@ -23,6 +32,8 @@ Exponent = Annotated[Float, Check(lambda v: 0.5 < v <= 1, "in (0.5, 1]")]
 
 #: the algorithms that read ``topology:`` and ``model.l2``
 DECENTRALIZED = ("gossip", "dsgd", "dadao", "adom_plus", "srrw")
+#: the ones whose nodes run as Ray actors (executor.name: ray): pairwise events on the stream
+ON_ACTORS = ("gossip", "dadao")
 
 
 class DecentralizedConfig(AlgorithmConfig):
@@ -35,6 +46,10 @@ class DecentralizedConfig(AlgorithmConfig):
                                                         "unit = one expected gradient per node)")
     batch_events: Bool = Field(True, description="apply events on disjoint nodes together "
                                                  "(false: one at a time, the reference loop)")
+    seconds_per_unit: Optional[PositiveFloat] = Field(
+        None, description="executor.name ray: event k is applied t_k·seconds_per_unit real "
+                          "seconds after the start (the virtual clock paced in real time; null: "
+                          "as fast as the actors go)")
 
     @model_validator(mode="after")
     def _rounds_from_budget(self) -> "DecentralizedConfig":
@@ -46,55 +61,76 @@ class DecentralizedConfig(AlgorithmConfig):
 def _common(cfg: dict[str, Any], counts: np.ndarray, seed: int, config: dict[str, Any]):
     from fedopt.decentralized.topology import build_topology
 
-    executor = (config.get("executor") or {}).get("name", "local")
-    if executor != "local":
-        raise ConfigError(f"executor.name: the decentralized algorithms run on the in-process "
-                          f"engine (executor.name: local); nodes as {executor} actors are not "
-                          f"implemented yet")
     graph = build_topology(config.get("topology"), len(counts), seed)
     l2 = float((config.get("model") or {}).get("l2") or 0.0)
     return graph, {"seed": seed, "batch_events": cfg["batch_events"], "l2": l2}
+
+
+def _placed(alg: Any, cfg: dict[str, Any], config: dict[str, Any]) -> Any:
+    """The algorithm on its executor: in-process, or its nodes as Ray actors
+    (:mod:`fedopt.server.ray_nodes`) for the asynchronous event algorithms."""
+    ex = config.get("executor") or {}
+    name = ex.get("name", "local")
+    if name == "local":
+        if cfg.get("seconds_per_unit") is not None:
+            raise ConfigError("algorithm.seconds_per_unit: paces the node actors in real time "
+                              "(executor.name: ray); the in-process engine runs on the virtual "
+                              "clock")
+        return alg
+    if name != "ray" or not alg.uses_stream or cfg["name"] not in ON_ACTORS:
+        raise ConfigError(f"executor.name: {cfg['name']} runs on the in-process engine "
+                          f"(executor.name: local); nodes as Ray actors run the asynchronous "
+                          f"event algorithms {', '.join(ON_ACTORS)}")
+    if ex.get("realtime"):
+        raise ConfigError("executor.realtime: the decentralized node actors always run in real "
+                          "time (pace them with algorithm.seconds_per_unit); remove it")
+    alg.remote = {"num_shards": int(ex.get("num_workers", 2)),
+                  "num_cpus": float(ex.get("num_cpus_per_worker", 1.0)),
+                  "num_threads": ex.get("num_threads") or 1,
+                  "seconds_per_unit": cfg.get("seconds_per_unit"),
+                  "on_node_failure": ex.get("on_node_failure") or "error"}
+    return alg
 
 
 def _build_gossip(cfg, counts, seed, server_optimizer, config):
     from fedopt.decentralized.gossip import Gossip
 
     graph, kw = _common(cfg, counts, seed, config)
-    return Gossip(graph, cfg["time_budget"], lr=cfg["lr"], grad_rate=cfg["grad_rate"],
-                  comm_rate=cfg["comm_rate"], **kw)
+    return _placed(Gossip(graph, cfg["time_budget"], lr=cfg["lr"], grad_rate=cfg["grad_rate"],
+                          comm_rate=cfg["comm_rate"], **kw), cfg, config)
 
 
 def _build_dsgd(cfg, counts, seed, server_optimizer, config):
     from fedopt.decentralized.gossip import DSGD
 
     graph, kw = _common(cfg, counts, seed, config)
-    return DSGD(graph, cfg["time_budget"], lr=cfg["lr"], mixing=cfg["mixing"],
-                mixing_steps=cfg["mixing_steps"], form=cfg["form"], **kw)
+    return _placed(DSGD(graph, cfg["time_budget"], lr=cfg["lr"], mixing=cfg["mixing"],
+                        mixing_steps=cfg["mixing_steps"], form=cfg["form"], **kw), cfg, config)
 
 
 def _build_dadao(cfg, counts, seed, server_optimizer, config):
     from fedopt.decentralized.dadao import Dadao
 
     graph, kw = _common(cfg, counts, seed, config)
-    return Dadao(graph, cfg["time_budget"], comm_rate=cfg["comm_rate"], L=cfg["L"],
-                 mu=cfg["mu"], **kw)
+    return _placed(Dadao(graph, cfg["time_budget"], comm_rate=cfg["comm_rate"], L=cfg["L"],
+                         mu=cfg["mu"], **kw), cfg, config)
 
 
 def _build_adom(cfg, counts, seed, server_optimizer, config):
     from fedopt.decentralized.adom import AdomPlus
 
     graph, kw = _common(cfg, counts, seed, config)
-    return AdomPlus(graph, cfg["time_budget"], multi_consensus=cfg["multi_consensus"],
-                    L=cfg["L"], mu=cfg["mu"], **kw)
+    return _placed(AdomPlus(graph, cfg["time_budget"], multi_consensus=cfg["multi_consensus"],
+                            L=cfg["L"], mu=cfg["mu"], **kw), cfg, config)
 
 
 def _build_srrw(cfg, counts, seed, server_optimizer, config):
     from fedopt.decentralized.srrw import SRRW
 
     graph, kw = _common(cfg, counts, seed, config)
-    return SRRW(graph, cfg["time_budget"], alpha=cfg["alpha"], lr=cfg["lr"], a=cfg["a"],
-                b=cfg["b"], chain=cfg["chain"], steps_per_unit=cfg["steps_per_unit"],
-                radius=cfg["radius"], **kw)
+    return _placed(SRRW(graph, cfg["time_budget"], alpha=cfg["alpha"], lr=cfg["lr"], a=cfg["a"],
+                        b=cfg["b"], chain=cfg["chain"], steps_per_unit=cfg["steps_per_unit"],
+                        radius=cfg["radius"], **kw), cfg, config)
 
 
 def _specs() -> dict[str, AlgorithmSpec]:

@@ -86,6 +86,14 @@ class NodeAlgorithm:
         self.l2 = float(l2)
         self.objective: NodeObjective | None = None
         self.stream: EventStream | None = None
+        #: Ray mode (:mod:`fedopt.server.ray_nodes`): {num_shards, num_cpus, seconds_per_unit,
+        #: on_node_failure}; None: the in-process engine
+        self.remote: dict[str, Any] | None = None
+        self._group: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Shipped to node actors without the master's actor handles."""
+        return {**self.__dict__, "_group": None}
 
     # -- the run's hooks ---------------------------------------------------------------------
     def local_program(self) -> LocalProgram:
@@ -145,18 +153,26 @@ class NodeAlgorithm:
         d = state.extra[KEY]
         t0 = float(d["time"])
         t1 = min(t0 + 1.0, self.time_budget)
+        position = (int(d["event"]), float(d["event_time"]))
         if self.uses_stream:
             stream = self._stream()
-            stream.seek(d["event"], d["event_time"])
+            stream.seek(*position)
             events = stream.until(t1)
             d["event"], d["event_time"] = stream.position
         else:
             events = None
-        grad_nodes, comms = self.advance(d["nodes"], events, t0, t1)
+        if self.remote is None:
+            grad_nodes, comms = self.advance(d["nodes"], events, t0, t1)
+            live = None
+        else:
+            grad_nodes, comms, live = self._advance_remote(d, events, position, t1,
+                                                           state.round)
         d["time"] = t1
         d["gradient_steps"] += len(grad_nodes)
         d["communications"] += int(comms)
         x = self.models(d["nodes"])
+        if live is not None:
+            x = x[torch.as_tensor(live, device=x.device)]
         xbar = x.mean(0)
         stats: dict[str, Any] = {
             "updates": len(grad_nodes),
@@ -164,6 +180,8 @@ class NodeAlgorithm:
             "virtual_time": t1, "gradient_steps": d["gradient_steps"],
             "communications": d["communications"],
             "consensus_error": float((x - xbar).pow(2).sum(1).mean())}
+        if live is not None:
+            stats["live_nodes"] = int(len(live))
         if d["f_star"] is not None:
             stats["suboptimality"] = self.objective.value(xbar) - d["f_star"]
             stats["distance_to_opt"] = float((x - d["x_star"]).pow(2).sum(1).mean())
@@ -172,6 +190,34 @@ class NodeAlgorithm:
                 self._template.items(), self.objective.unflatten(xbar.unsqueeze(0)).values()):
             params[name] = v[0].reshape(shape).to(device=device, dtype=dtype)
         return dataclasses.replace(state, params=params, round=state.round + 1), stats
+
+    # -- Ray mode: the nodes on actors (fedopt.server.ray_nodes) -------------------------------
+    def _advance_remote(self, d: dict[str, Any], events: Events, position: tuple[int, float],
+                        t1: float, round_idx: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """The round's events on the node actors (each node's events in stream order, so the
+        states equal :meth:`advance`'s up to round-off); (gradient nodes, communications,
+        live nodes) counting only the events among nodes alive after the round."""
+        from fedopt.server.ray_nodes import NodeGroup
+
+        if self._group is None:
+            dead = d.get("dead")
+            self._group = NodeGroup(self, {k: v.cpu() for k, v in d["nodes"].items()},
+                                    dead=None if dead is None else dead.cpu().numpy(),
+                                    **self.remote)
+        self._group.run_round(d["nodes"], position, float(d["time"]), t1, round_idx)
+        dead = self._group.dead
+        d["dead"] = torch.as_tensor(dead)
+        ok_a = ~dead[events.a]
+        ok_b = (events.b < 0) | ~dead[np.maximum(events.b, 0)]
+        grads = events.a[(events.kind == GRADIENT) & ok_a]
+        comms = int(((events.kind == COMMUNICATION) & ok_a & ok_b).sum())
+        return grads, comms, np.flatnonzero(~dead)
+
+    def close(self, executor: Any = None) -> None:
+        """Stop the node actors (Ray mode)."""
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
     # -- subclass API ------------------------------------------------------------------------
     def advance(self, nodes: dict[str, Tensor], events: Events | None, t0: float, t1: float

@@ -133,8 +133,8 @@ def test_config_errors_name_the_field():
                                                     "clients_per_round": 2}})
     with pytest.raises(ConfigError, match=r"^topology.rows: rows x cols"):
         validate(config("gossip", topology={"name": "grid", "rows": 4}))
-    with pytest.raises(ConfigError, match=r"^executor.name: the decentralized algorithms run"):
-        validate({**config("gossip"), "executor": {"name": "ray"}})
+    with pytest.raises(ConfigError, match=r"^executor.name: dsgd runs on the in-process"):
+        validate({**config("dsgd"), "executor": {"name": "ray"}})     # gossip/dadao: node actors
     with pytest.raises(ConfigError, match=r"^topology.p"):
         validate(config("gossip", topology={"name": "erdos_renyi", "p": 0}))
 
