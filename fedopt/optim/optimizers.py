@@ -204,6 +204,18 @@ class AdaHessian(HessianAdapter):
                          hessian_distribution=hessian_distribution)
 
 
+class AdagradNorm(FunctionalAdapter):
+    """AdaGrad-Norm (Ward, Wu & Bottou 2020): one accumulator v += ‖g‖² over all parameters of
+    a param group, x <- x - lr g/(√v + eps) (:class:`fedopt.optim.functional.AdagradNorm`)."""
+
+    functional = F.AdagradNorm
+
+    def __init__(self, params: ParamsT, lr: float = 1e-2, eps: float = 1e-10,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 1e-2) -> None:
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value)
+
+
 class MFAC(FunctionalAdapter):
     """Dense M-FAC (Frantar, Kurtic & Alistarh 2021): x <- x - lr F^{-1} g with
     F = damp I + (1/k) sum of the last k <= m gradients' outer products, over all parameters of

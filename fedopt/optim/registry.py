@@ -11,7 +11,7 @@ REGISTRY: dict[str, type[FunctionalOptimizer]] = {
     "sgd": F.SGD, "adam": F.Adam, "adamw": F.AdamW, "diffgrad": F.DiffGrad,
     "adabelief": F.AdaBelief, "adan": F.Adan, "lion": F.Lion, "exadam": F.EXAdam,
     "sophia": F.Sophia, "adahessian": F.AdaHessian, "mfac": F.MFAC,
-    "adamtau": F.AdamTau, "yogi": F.Yogi, "adagrad": F.Adagrad,
+    "adamtau": F.AdamTau, "yogi": F.Yogi, "adagrad": F.Adagrad, "adagradnorm": F.AdagradNorm,
 }
 
 

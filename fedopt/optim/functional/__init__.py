@@ -7,6 +7,7 @@ The class names mirror the ``torch.optim``-style adapters of :mod:`fedopt.optim`
 from fedopt.optim.functional.adabelief import AdaBelief
 from fedopt.optim.functional.adahessian import AdaHessian
 from fedopt.optim.functional.adam import Adam, AdamW
+from fedopt.optim.functional.adagrad_norm import AdagradNorm
 from fedopt.optim.functional.adaptive import Adagrad, AdamTau, Yogi
 from fedopt.optim.functional.adan import Adan
 from fedopt.optim.functional.diffgrad import DiffGrad
@@ -17,4 +18,5 @@ from fedopt.optim.functional.sgd import SGD
 from fedopt.optim.functional.sophia import Sophia
 
 __all__ = ["SGD", "Adam", "AdamW", "DiffGrad", "AdaBelief", "Adan", "Lion", "EXAdam", "Sophia",
-           "AdaHessian", "MFAC", "AdamTau", "Yogi", "Adagrad"]
+           "AdaHessian", "MFAC", "AdamTau", "Yogi", "Adagrad",
+           "AdagradNorm"]
