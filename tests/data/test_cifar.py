@@ -169,3 +169,11 @@ def test_malformed_batch_is_one_error_naming_the_file(tmp_path, write, match):
     write(folder / "test_batch")
     with pytest.raises(ConfigError, match=r"data.path: .*test_batch.*" + match):
         build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
+
+
+def test_loading_is_refused_when_the_files_cannot_fit(tmp_path, monkeypatch):
+    folder, _ = cifar10_folder(tmp_path, rows=2)
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    monkeypatch.setattr("fedopt.data.files.available_memory_bytes", lambda d: 13 * total)
+    with pytest.raises(ConfigError, match=r"data.path: loading the cifar10 files .* needs about"):
+        build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)

@@ -96,3 +96,16 @@ def test_test_folder_with_an_unknown_class(tmp_path):
 def test_image_size_is_checked_by_the_schema(tmp_path):
     with pytest.raises(ConfigError, match=r"data.image_size"):
         build_dataset({"name": "image_folder", "path": str(tmp_path), "image_size": [0, 4]}, 0)
+
+
+def test_decoding_is_refused_when_the_rows_cannot_fit(tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    need = 3 * 12 * 3 * 100 * 100 * 4                      # 12 images of [3, 100, 100] float32
+    monkeypatch.setattr("fedopt.data.files.available_memory_bytes", lambda d: need - 1)
+    with pytest.raises(ConfigError, match=r"data.path: decoding 12 images of shape \[3, 100, "
+                                          r"100\] needs about"):
+        build_dataset({"name": "image_folder", "path": str(tmp_path), "num_clients": 2,
+                       "image_size": [100, 100]}, 0)
+    monkeypatch.setattr("fedopt.data.files.available_memory_bytes", lambda d: need)
+    assert build_dataset({"name": "image_folder", "path": str(tmp_path), "num_clients": 2,
+                          "image_size": [100, 100]}, 0).feature_shape == (3, 100, 100)

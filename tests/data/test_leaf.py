@@ -196,3 +196,12 @@ def test_missing_folder_and_missing_json_name_data_path(tmp_path):
     (tmp_path / "test").mkdir()
     with pytest.raises(ConfigError, match=r"data.path: .*train holds no .json file"):
         build_dataset({"name": "leaf", "task": "femnist", "path": str(tmp_path)}, 0)
+
+
+def test_sizes_are_bounded_by_free_memory_before_parsing(femnist, monkeypatch):
+    root = femnist[0]
+    biggest = max(p.stat().st_size for p in root.rglob("*.json"))
+    monkeypatch.setattr("fedopt.data.files.available_memory_bytes", lambda d: 11 * biggest)
+    with pytest.raises(ConfigError, match=r"data.path: parsing .*all_data_0.json .* needs about "
+                                          r".* GiB, more than"):
+        build_dataset({"name": "leaf", "task": "femnist", "path": str(root)}, 0)
