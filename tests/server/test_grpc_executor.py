@@ -147,3 +147,44 @@ def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(loca
         ex.close()
         for _, t in threads:
             t.join(10)
+
+
+def test_a_client_with_its_own_npz_file(local_sim, tmp_path):
+    """``fedopt client --data part.npz --clients 12-23``: the file's clients 0..11 are global
+    clients 12..23 (embed_clients); with the coordinator's data set saved as an npz file the
+    fleet (one --config client, one --data client) equals the in-process executor."""
+    d = local_sim.data
+    counts = d.counts.cpu().numpy()
+    owner = np.repeat(np.arange(d.num_clients), counts)
+    test_owner = d.client_test.cpu().numpy()
+    x, y = d.x.cpu().numpy(), d.y.cpu().numpy()
+    xt, yt = d.x_test.cpu().numpy(), d.y_test.cpu().numpy()
+    np.savez(tmp_path / "full.npz", x_train=x, y_train=y, client_train=owner, x_test=xt,
+             y_test=yt, client_test=test_owner)
+    part, tpart = owner >= 12, test_owner >= 12
+    np.savez(tmp_path / "part.npz", x_train=x[part], y_train=y[part],
+             client_train=owner[part] - 12, x_test=xt[tpart], y_test=yt[tpart],
+             client_test=test_owner[tpart] - 12)
+    tokens = write_tokens(tmp_path / "tokens.txt", 2)
+    raw = grpc_config(tmp_path / "tokens.txt", free_port())
+    raw["data"] = {"name": "npz", "path": str(tmp_path / "full.npz")}
+    cfg = load_config(raw)
+    sim = Simulation(load_config({**raw, "executor": {"name": "local", "dtype": "float64"}}))
+    threads = _start_clients(cfg, tokens[:1], [range(12)])
+    other = GrpcClient(Options(server=cfg["executor"]["address"], token=tokens[1],
+                               data=str(tmp_path / "part.npz"), clients=np.arange(12, 24),
+                               poll_s=1.0, max_wait_s=60))
+    th = threading.Thread(target=other.serve, daemon=True)
+    th.start()
+    ex = GrpcExecutor.from_config(cfg, sim.data, sim.trainer)
+    try:
+        ids = np.array([3, 13, 20, 7])
+        w = np.array([1.0, 2.0, 0.5, 1.0])
+        ref = sim.executor.run_jobs(SharedStart(sim.state.params), ids, np.full(4, 1), w)
+        got = ex.run_jobs(SharedStart(sim.state.params), ids, np.full(4, 1), w)
+        assert_output_close(ref, got)
+    finally:
+        ex.close()
+        th.join(10)
+        for _, t in threads:
+            t.join(10)
