@@ -322,6 +322,9 @@ def summarize(metrics: list[dict[str, Any]], sim: Simulation) -> dict[str, Any]:
     accs = [m.get("test_accuracy") for m in metrics]
     best = max((a for a in accs if isinstance(a, (int, float)) and not isinstance(a, bool)
                 and math.isfinite(a)), default=None)
+    # a live executor's worker-fault totals (Ray: deaths, timeouts, restarts, ...; this session's
+    # when resumed); the in-process executor has none
+    faults = sim.executor.faults() if hasattr(sim.executor, "faults") else {}
     return {
         "rounds": sim.state.round,
         "final_test_accuracy": last.get("test_accuracy"),
@@ -339,4 +342,5 @@ def summarize(metrics: list[dict[str, Any]], sim: Simulation) -> dict[str, Any]:
         "seed": sim.config["seed"],
         "device": str(sim.device),
         "dataset": sim.data.describe(),
+        **({"faults": dict(faults)} if faults else {}),
     }

@@ -59,8 +59,9 @@ class WorkerFailedError(RuntimeError):
 
 
 class RayPoolError(RuntimeError):
-    """The Ray worker pool cannot run clients at all: workers did not start in time, one failed
-    to start, or none is alive and none could be restarted. Printed by the CLI as one line."""
+    """The Ray worker pool cannot run clients at all: the workers cannot be placed on the
+    cluster, they did not start in time, one failed to start, or none is alive and none could be
+    restarted. Printed by the CLI as one line."""
 
 
 def failure_cause(exc: BaseException) -> str:

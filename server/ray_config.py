@@ -6,7 +6,7 @@ so ``fedopt validate`` knows its keys without importing Ray; the executor itself
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -24,8 +24,15 @@ class RayExecutorConfig(ExecutorConfig):
     num_workers: PositiveInt = 2
     num_cpus_per_worker: NonNegativeFloat = 1.0
     num_gpus_per_worker: NonNegativeFloat = 0.0
-    address: Optional[Str] = Field(None, description="null: start a local Ray; 'auto' or "
+    address: Optional[Str] = Field(None, description="null: RAY_ADDRESS if set, else start a "
+                                                     "local Ray; 'auto', 'local', host:port or "
                                                      "ray://host:port")
+    ship_code: Bool = Field(False, description="ship fedopt's code to every node with Ray's "
+                                               "runtime_env py_modules (nodes then need Ray, "
+                                               "torch and fedopt's dependencies, not fedopt)")
+    runtime_env: Optional[dict[Str, Any]] = Field(
+        None, description="Ray runtime_env of the run (working_dir, py_modules, pip, env_vars, "
+                          "...), passed to ray.init; Ray validates it")
     round_timeout_s: Optional[PositiveFloat] = Field(
         None, description="a worker slower than this is a straggler")
     max_retries: NonNegativeInt = 2

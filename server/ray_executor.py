@@ -59,6 +59,7 @@ from fedopt.server.dispatch import Call, CallFailed, DispatchPolicy, gather, ren
 from fedopt.server.ray_async import AsyncDispatcher, RayJob
 from fedopt.server.ray_coded import CodedDispatcher
 from fedopt.server.ray_connect import RaySession, connect_ray
+from fedopt.server.ray_runtime import runtime_env
 from fedopt.server.faults import FaultLog, failure_cause
 from fedopt.server.ray_pool import WorkerPool, death_errors, gpu_plan
 
@@ -168,7 +169,8 @@ class RayExecutor:
         ``max_restarts_per_worker``, ``log_to_driver``.
         """
         ex = config["executor"]
-        session = connect_ray(ex["address"], log_to_driver=options.pop("log_to_driver", True))
+        session = connect_ray(ex["address"], log_to_driver=options.pop("log_to_driver", True),
+                              runtime_env=runtime_env(ex))
         try:
             import ray
 

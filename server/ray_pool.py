@@ -111,7 +111,7 @@ class WorkerPool:
             remove_placement_group(pg)
             total = {k: v for k, v in self.ray.cluster_resources().items() if k in ("CPU", "GPU")}
             avail = {k: v for k, v in self.ray.available_resources().items() if k in ("CPU", "GPU")}
-            raise RuntimeError(
+            raise RayPoolError(
                 f"executor.num_workers: cannot place {self.num_workers} Ray workers of {bundle} "
                 f"each within {self.placement_timeout_s:g} s (cluster total {total}, available "
                 f"{avail}); lower executor.num_workers, executor.num_cpus_per_worker or "
