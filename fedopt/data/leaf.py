@@ -58,7 +58,7 @@ from pydantic import BeforeValidator, Field
 from fedopt.data.assemble import assemble
 from fedopt.data.dataset import FederatedDataset
 from fedopt.data.files import check_fits, data_dir, regular_file
-from fedopt.schema import ConfigError, PositiveInt, Schema, Str, path_like
+from fedopt.schema import Check, ConfigError, PositiveInt, Schema, Str, path_like
 
 #: LEAF's Shakespeare characters, in code-point order (index = position)
 SHAKESPEARE_VOCAB = ("\n " + "!\"&'(),-." + string.digits + ":;>?" + string.ascii_uppercase
@@ -71,6 +71,8 @@ FEMNIST_SIDE = 28
 PAD, UNKNOWN = 0, 1
 #: a JSON file's Python objects take at most this many times its size (checked before parsing)
 JSON_EXPANSION = 12
+#: the largest ``data.max_words`` (a 280-character tweet has at most 280 tokens)
+MAX_WORDS = 1000
 LEAF_TASKS = ("femnist", "shakespeare", "sent140")
 _TOKEN = re.compile(r"[\w']+|[.,!?;]")
 
@@ -87,7 +89,8 @@ class LeafData(Schema):
     max_clients: Optional[PositiveInt] = Field(
         None, description="keep the first N train users (null: all)")
     seq_len: PositiveInt = Field(80, description="shakespeare: characters per x string")
-    max_words: PositiveInt = Field(25, description="sent140: tokens kept per tweet")
+    max_words: Annotated[PositiveInt, Check(lambda v: v <= MAX_WORDS, f"<= {MAX_WORDS}")] = Field(
+        25, description="sent140: tokens kept per tweet")
     vocab_size: PositiveInt = Field(10_000, description="sent140: most frequent train tokens "
                                                         "kept (indices 2..vocab_size+1)")
 
