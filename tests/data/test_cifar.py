@@ -3,6 +3,7 @@ bytes keys, uint8 ``data`` [N, 3072], label lists): rows, partitions, the restri
 and one clear error per missing or malformed file."""
 import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -80,14 +81,84 @@ def test_cifar100_fine_and_coarse_labels(tmp_path, labels, classes):
     assert sorted(d.y.tolist()) == sorted(want)
 
 
-def test_files_written_by_python2_numpy1_load(tmp_path):
-    """The real files name numpy's reconstructor as numpy.core.multiarray (numpy 1)."""
+def py2_pickle(obj):
+    """The protocol-2 opcodes Python 2's cPickle writes for a CIFAR batch (the real files):
+    byte strings as (SHORT_)BINSTRING, ints as BININT, a uint8 array as
+    ``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")`` then BUILD with
+    ``(1, shape, dtype("u1"), False, raw bytes)``."""
+    out = [b"\x80\x02"]
+
+    def string(b):
+        out.append(b"U" + bytes([len(b)]) + b if len(b) < 256
+                   else b"T" + struct.pack("<I", len(b)) + b)
+
+    def integer(v):
+        out.append(b"J" + struct.pack("<i", v))
+
+    def write(o):
+        if isinstance(o, bytes):
+            string(o)
+        elif isinstance(o, int):
+            integer(o)
+        elif isinstance(o, list):
+            out.append(b"](")
+            for v in o:
+                write(v)
+            out.append(b"e")
+        elif isinstance(o, dict):
+            out.append(b"}(")
+            for k, v in o.items():
+                write(k)
+                write(v)
+            out.append(b"u")
+        else:
+            assert isinstance(o, np.ndarray) and o.dtype == np.uint8 and o.ndim == 2
+            out.append(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
+            integer(0)
+            out.append(b"\x85")
+            string(b"b")
+            out.append(b"\x87R(")
+            integer(1)
+            integer(o.shape[0])
+            integer(o.shape[1])
+            out.append(b"\x86cnumpy\ndtype\n")
+            string(b"u1")
+            integer(0)
+            integer(1)
+            out.append(b"\x87R(")
+            integer(3)
+            string(b"|")
+            out.append(b"NNN")
+            integer(-1)
+            integer(-1)
+            integer(0)
+            out.append(b"tb\x89")
+            string(o.tobytes())
+            out.append(b"tb")
+    write(obj)
+    out.append(b".")
+    return b"".join(out)
+
+
+def test_files_written_by_python2_cpickle_load(tmp_path):
     folder, written = cifar10_folder(tmp_path, rows=4)
     for name in C10_TRAIN + ["test_batch"]:
-        raw = (folder / name).read_bytes()
-        assert b"numpy._core.multiarray" in raw
-        (folder / name).write_bytes(raw.replace(b"numpy._core.multiarray",
-                                                b"numpy.core.multiarray"))
+        data, labels = written[name]
+        raw = py2_pickle({b"batch_label": b"batch", b"labels": labels.tolist(), b"data": data,
+                          b"filenames": [b"x_%d.png" % i for i in range(len(labels))]})
+        ref = pickle.loads(raw, encoding="bytes")           # a valid pickle, as numpy reads it
+        assert np.array_equal(ref[b"data"], data)
+        (folder / name).write_bytes(raw)
+    d = build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
+    np.testing.assert_allclose(sorted_rows(d.x_test.numpy()),
+                               sorted_rows(written["test_batch"][0].astype(np.float32) / 255),
+                               rtol=1e-6)
+    assert sorted(d.y.tolist()) == sorted(np.concatenate([written[n][1] for n in C10_TRAIN]))
+
+
+def test_numpy_2_module_names_load_too(tmp_path):
+    folder, written = cifar10_folder(tmp_path, rows=4)
+    assert b"numpy._core.multiarray" in (folder / "test_batch").read_bytes()
     d = build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
     assert d.x.shape[0] == 20
 
