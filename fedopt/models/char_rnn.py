@@ -34,6 +34,17 @@ from fedopt.models.shapes import normalize_input_shape, split_lead
 from fedopt.schema import ConfigError
 
 
+class _Activations(nn.Module):
+    """Identity. The sequence-long intermediates pass through it so that the engine's
+    activation probe (forward hooks on every module's output, see
+    :func:`fedopt.engine.evaluate.chunk_rows_for`) counts them: ``L·(d + 3H)`` entries per row,
+    which sizes the evaluation chunks (without it a chunk of 2^24 / classes rows would hold
+    ``[rows, L, 3H]`` input projections, gigabytes for Shakespeare's test set)."""
+
+    def forward(self, t: Tensor) -> Tensor:
+        return t
+
+
 class CharRNN(nn.Module):
     """Embedding(``vocab_size``, ``embed_dim``) → GRU(``hidden``) → Linear(``hidden``,
     ``num_classes``); ``vocab_size`` None means ``num_classes`` (characters in, next character
@@ -55,6 +66,7 @@ class CharRNN(nn.Module):
         self.b_ih = nn.Parameter(torch.empty(3 * hidden).uniform_(-bound, bound))
         self.b_hh = nn.Parameter(torch.empty(3 * hidden).uniform_(-bound, bound))
         self.out = nn.Linear(hidden, num_classes)
+        self.activations = _Activations()
 
     def forward(self, x: Tensor) -> Tensor:
         lead, flat = split_lead(x, self.input_shape)
@@ -67,8 +79,9 @@ class CharRNN(nn.Module):
         H = self.hidden
         table = params["embed"]                                  # [C, V, d]
         idx = x.to(torch.int64).reshape(C, B * L, 1).expand(C, B * L, table.shape[-1])
-        e = torch.gather(table, 1, idx)                          # [C, B·L, d]
-        gi = batched.linear(e, params["w_ih"], params["b_ih"]).reshape(C, B, L, 3 * H)
+        e = self.activations(torch.gather(table, 1, idx))       # [C, B·L, d]
+        gi = self.activations(
+            batched.linear(e, params["w_ih"], params["b_ih"]).reshape(C, B, L, 3 * H))
         h = x.new_zeros((C, B, H), dtype=table.dtype)
         for t in range(L):
             gh = batched.linear(h, params["w_hh"], params["b_hh"])  # [C, B, 3H]

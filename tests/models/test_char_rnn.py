@@ -125,3 +125,15 @@ def test_validate_asks_for_a_vocabulary_covering_sent140_tokens(tmp_path):
     assert validate(cfg)["model"]["vocab_size"] == 52
     r = fedopt.run({**cfg, "eval_every": 1}, progress=False)   # and it runs
     assert r.metrics[-1]["round"] == 1
+
+
+def test_evaluation_chunks_count_the_sequence_long_intermediates():
+    from fedopt.engine.evaluate import MAX_ACTIVATIONS, chunk_rows_for
+    from fedopt.engine.local import FunctionalModel
+
+    L, d, H = 80, 8, 64
+    model = build_model({"name": "char_rnn", "embed_dim": d, "hidden": H}, (L,), 81, seed=0)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    rows = chunk_rows_for(FunctionalModel(model), params, torch.zeros(10**6, L))
+    # each row holds L·d embeddings and L·3H input projections at once
+    assert rows <= MAX_ACTIVATIONS // (L * (d + 3 * H))
