@@ -109,3 +109,18 @@ def test_decoding_is_refused_when_the_rows_cannot_fit(tmp_path, monkeypatch):
     monkeypatch.setattr("fedopt.data.files.available_memory_bytes", lambda d: need)
     assert build_dataset({"name": "image_folder", "path": str(tmp_path), "num_clients": 2,
                           "image_size": [100, 100]}, 0).feature_shape == (3, 100, 100)
+
+
+def test_a_run_on_an_image_folder(tmp_path):
+    import fedopt
+
+    write_folder(tmp_path)
+    cfg = {"seed": 0, "data": {"name": "image_folder", "path": str(tmp_path), "num_clients": 3,
+                               "image_size": [8, 8], "test_fraction": 0.25},
+           "model": {"name": "cnn", "channels": [4], "hidden": 8},
+           "algorithm": {"name": "fedavg", "rounds": 2, "clients_per_round": 3},
+           "client": {"local_steps": 2, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.1}},
+           "eval_every": 1}
+    r = fedopt.run(cfg, progress=False)
+    assert [m["round"] for m in r.metrics] == [1, 2]
+    assert r.summary["dataset"]["feature_shape"] == [3, 8, 8]
