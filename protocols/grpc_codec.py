@@ -1,20 +1,28 @@
 """A strict msgpack codec for tensors and nested dicts of them (the gRPC wire; never pickle).
 
-A tensor (a ``numpy.ndarray`` or a ``torch.Tensor``, copied to host once) travels as the msgpack
-extension type :data:`TENSOR_EXT` whose payload is a little-endian header and the raw bytes::
+A message is a msgpack object followed by the raw bytes of its tensors, out of band::
 
-    u8 dtype code | u8 ndim | ndim x u64 shape | prod(shape) * itemsize bytes (C order, LE)
+    u32 body_len | body (msgpack, body_len bytes) | 0-7 zero bytes | data section
 
-Everything else is plain msgpack: ``None``, bools, ints, floats, str, bytes, lists and maps with
-str keys. :func:`decode` rebuilds tensors as read-only numpy views over the received buffer
-(``numpy.frombuffer``, zero-copy; :func:`to_tensors` wraps them with ``torch.from_numpy``,
-again without a copy) and is strict — every problem is one :class:`CodecError` naming where:
+Tensors (``numpy.ndarray`` or ``torch.Tensor``, copied to host once) appear in the body as the
+msgpack extension type :data:`TENSOR_EXT` holding a little-endian header::
 
-* bytes that are not one complete msgpack object (random, truncated or bit-flipped input);
-* an extension type other than :data:`TENSOR_EXT`, a dtype code outside :data:`DTYPES`, a
-  header whose shape disagrees with the payload's length, more than :attr:`Limits.max_ndim`
-  dimensions;
-* non-finite values (NaN, ±inf) in a floating tensor (``Limits.allow_nonfinite`` off);
+    u8 dtype code | u8 ndim | ndim x u64 shape | u64 offset into the data section (8-aligned)
+
+and their C-order little-endian bytes lie at that offset of the data section, one after the
+other, each 8-aligned. Everything else is plain msgpack: ``None``, bools, ints, floats, str,
+bytes, lists and maps with str keys. So :func:`encode_parts` never copies a tensor (the parts
+are views of its memory, joined only frame by frame on the way out) and :func:`decode` rebuilds
+every tensor as a read-only ``numpy.frombuffer`` view over the received buffer — zero-copy
+(``torch.from_numpy`` then wraps it without a copy either). Decoding is strict: every problem is
+one :class:`CodecError` naming where:
+
+* bytes that are not one complete message (random, truncated or bit-flipped input, a body
+  length beyond the input, trailing bytes after the last tensor);
+* an extension type other than :data:`TENSOR_EXT`, a dtype code outside :data:`DTYPES`, more
+  than :attr:`Limits.max_ndim` dimensions, a tensor whose bytes lie outside the data section or
+  off the 8-byte grid;
+* non-finite values (NaN, ±inf) in a floating tensor or float (``Limits.allow_nonfinite`` off);
 * a message, string, byte string, list or map larger than the :class:`Limits` — checked from
   the declared lengths before anything is allocated (msgpack's own ``max_*_len`` bounds), so
   memory stays bounded by the input's size; nesting deeper than ``Limits.max_depth``.
@@ -69,65 +77,145 @@ DEFAULT_LIMITS = Limits()
 
 
 # ----------------------------------------------------------------------------- encode
-def _tensor_payload(arr: np.ndarray) -> msgpack.ExtType:
-    dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-    code = _CODES.get(np.dtype(dt))
-    if code is None:
-        raise CodecError(f"tensor dtype {arr.dtype} cannot be sent (allowed: "
-                         f"{', '.join(str(d) for d in DTYPES.values())})")
-    arr = np.ascontiguousarray(arr, dtype=DTYPES[code])
-    head = _HEAD.pack(code, arr.ndim) + b"".join(_DIM.pack(int(n)) for n in arr.shape)
-    return msgpack.ExtType(TENSOR_EXT, head + arr.tobytes())
+_BODY = struct.Struct("<I")
+_ALIGN = 8
 
 
-def _default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return _tensor_payload(obj.detach().cpu().numpy())
-    if isinstance(obj, np.ndarray):
-        return _tensor_payload(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise CodecError(f"cannot encode a {type(obj).__name__} (only None, bool, int, float, str, "
-                     f"bytes, lists, str-keyed dicts and tensors travel)")
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+class _Packer:
+    """Packs a body, collecting tensors for the data section (offsets from ``base``)."""
+
+    def __init__(self, base: int = 0):
+        self.offset = int(base)
+        self.buffers: list[tuple[int, memoryview]] = []
+
+    def _tensor(self, arr: np.ndarray) -> msgpack.ExtType:
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        code = _CODES.get(np.dtype(dt))
+        if code is None:
+            raise CodecError(f"tensor dtype {arr.dtype} cannot be sent (allowed: "
+                             f"{', '.join(str(d) for d in DTYPES.values())})")
+        arr = np.ascontiguousarray(arr, dtype=DTYPES[code])
+        head = (_HEAD.pack(code, arr.ndim) + b"".join(_DIM.pack(int(n)) for n in arr.shape)
+                + _DIM.pack(self.offset))
+        self.buffers.append((self.offset, memoryview(arr.reshape(-1)).cast("B")))
+        self.offset = _aligned(self.offset + arr.nbytes)
+        return msgpack.ExtType(TENSOR_EXT, head)
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return self._tensor(obj.detach().cpu().numpy())
+        if isinstance(obj, np.ndarray):
+            return self._tensor(obj)
+        if isinstance(obj, (np.integer,)):
+            return int(obj)
+        if isinstance(obj, (np.floating,)):
+            return float(obj)
+        if isinstance(obj, (np.bool_,)):
+            return bool(obj)
+        if isinstance(obj, tuple):
+            return list(obj)
+        raise CodecError(f"cannot encode a {type(obj).__name__} (only None, bool, int, float, "
+                         f"str, bytes, lists, str-keyed dicts and tensors travel)")
+
+    def pack(self, obj: Any) -> bytes:
+        try:
+            return msgpack.packb(obj, default=self.default, use_bin_type=True)
+        except CodecError:
+            raise
+        except (TypeError, ValueError, OverflowError) as e:
+            raise CodecError(f"cannot encode: {e}") from None
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A value packed once for many messages (a round's model sent to every client): its body
+    bytes and its tensors, placed first in the data section (:func:`assemble`)."""
+
+    body: bytes
+    buffers: tuple[tuple[int, memoryview], ...]
+    size: int
+
+
+def fragment(obj: Any) -> Fragment:
+    """``obj`` packed with its tensors at the start of the data section."""
+    p = _Packer()
+    body = p.pack(obj)
+    return Fragment(body, tuple(p.buffers), p.offset)
+
+
+def assemble(pieces: list[Any]) -> list[Any]:
+    """The parts of one message whose body is the concatenation of ``pieces`` — bytes already
+    packed (no tensors), :class:`Fragment` objects (at most one, first in the data section:
+    tensors of the others follow it) or ``("value", obj)`` to pack now. Returns a list of
+    byte strings and memoryviews whose concatenation is the message."""
+    frags = [x for x in pieces if isinstance(x, Fragment)]
+    if len(frags) > 1:
+        raise ValueError("assemble: at most one Fragment per message")
+    p = _Packer(frags[0].size if frags else 0)
+    body = []
+    for x in pieces:
+        if isinstance(x, Fragment):
+            body.append(x.body)
+        elif isinstance(x, tuple):
+            body.append(p.pack(x[1]))
+        else:
+            body.append(x)
+    body_bytes = b"".join(body)
+    head_len = _BODY.size + len(body_bytes)
+    parts: list[Any] = [_BODY.pack(len(body_bytes)), body_bytes,
+                        bytes(_aligned(head_len) - head_len)]
+    at = 0
+    for offset, buf in (list(frags[0].buffers) if frags else []) + p.buffers:
+        if offset > at:
+            parts.append(bytes(offset - at))
+        parts.append(buf)
+        at = offset + buf.nbytes
+    end = p.offset if p.buffers or not frags else frags[0].size
+    if end > at:
+        parts.append(bytes(end - at))
+    return parts
+
+
+def encode_parts(obj: Any) -> list[Any]:
+    """``obj`` as message parts (byte strings and zero-copy views of its tensors)."""
+    return assemble([("value", obj)])
 
 
 def encode(obj: Any) -> bytes:
-    """``obj`` (plain values, lists, str-keyed dicts, tensors) as msgpack bytes."""
-    try:
-        return msgpack.packb(obj, default=_default, use_bin_type=True, strict_types=False)
-    except CodecError:
-        raise
-    except (TypeError, ValueError, OverflowError) as e:
-        raise CodecError(f"cannot encode: {e}") from None
+    """``obj`` (plain values, lists, str-keyed dicts, tensors) as one message."""
+    return b"".join(encode_parts(obj))
 
 
 # ----------------------------------------------------------------------------- decode
-def _decode_tensor(data: bytes, limits: Limits) -> np.ndarray:
-    if len(data) < _HEAD.size:
+def _decode_tensor(head: bytes, data: Any, start: int, size: int, limits: Limits,
+                   ends: list) -> np.ndarray:
+    if len(head) < _HEAD.size:
         raise CodecError("tensor header truncated")
-    code, ndim = _HEAD.unpack_from(data, 0)
+    code, ndim = _HEAD.unpack_from(head, 0)
     dt = DTYPES.get(code)
     if dt is None:
         raise CodecError(f"tensor dtype code {code} is not one of {sorted(DTYPES)}")
     if ndim > limits.max_ndim:
         raise CodecError(f"tensor has {ndim} dimensions (at most {limits.max_ndim})")
-    start = _HEAD.size + ndim * _DIM.size
-    if len(data) < start:
-        raise CodecError("tensor shape truncated")
-    shape = tuple(_DIM.unpack_from(data, _HEAD.size + i * _DIM.size)[0] for i in range(ndim))
-    count = math.prod(shape)
-    if count * dt.itemsize != len(data) - start:   # Python ints: no overflow
-        raise CodecError(f"tensor of shape {shape} and dtype {dt} needs "
-                         f"{count * dt.itemsize} bytes, the message carries {len(data) - start}")
-    arr = np.frombuffer(data, dtype=dt, count=count, offset=start).reshape(shape)
+    if len(head) != _HEAD.size + (ndim + 1) * _DIM.size:
+        raise CodecError("tensor header has the wrong length for its dimensions")
+    shape = tuple(_DIM.unpack_from(head, _HEAD.size + i * _DIM.size)[0] for i in range(ndim))
+    (offset,) = _DIM.unpack_from(head, _HEAD.size + ndim * _DIM.size)
+    count = math.prod(shape)                      # Python ints: no overflow
+    nbytes = count * dt.itemsize
+    if offset % _ALIGN or start + offset + nbytes > size:
+        raise CodecError(f"tensor of shape {shape} and dtype {dt} ({nbytes} bytes at offset "
+                         f"{offset}) lies outside the message's {size - start} data bytes")
+    arr = np.frombuffer(data, dtype=dt, count=count, offset=start + offset).reshape(shape)
+    if arr.flags.writeable:
+        arr.flags.writeable = False               # a view of the wire buffer: read-only
     if not limits.allow_nonfinite and dt.kind == "f" and count and not np.isfinite(arr).all():
         raise CodecError(f"tensor of shape {shape} holds non-finite values (NaN or inf)")
+    ends.append(_aligned(offset + nbytes))
     return arr
 
 
@@ -150,30 +238,44 @@ def _check(obj: Any, limits: Limits, depth: int, where: str) -> None:
 
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
     """The object :func:`encode` wrote, checked against ``limits`` (module docstring); tensors
-    as read-only numpy arrays over ``data``'s bytes. Raises :class:`CodecError`."""
+    as read-only numpy views over ``data``'s bytes. Raises :class:`CodecError`."""
     size = memoryview(data).nbytes
     if size > limits.max_message_bytes:
         raise CodecError(f"message of {size} bytes exceeds the limit of "
                          f"{limits.max_message_bytes} bytes")
+    if size < _BODY.size:
+        raise CodecError(f"message of {size} bytes is shorter than its header")
+    (body_len,) = _BODY.unpack_from(data, 0)
+    if _BODY.size + body_len > size:
+        raise CodecError(f"body of {body_len} bytes announced, the message has "
+                         f"{size - _BODY.size}")
+    start = _aligned(_BODY.size + body_len)
+    body = memoryview(data)[_BODY.size:_BODY.size + body_len]
+    ends: list[int] = []
 
     def ext_hook(code: int, payload: bytes) -> Any:
         if code != TENSOR_EXT:
             raise CodecError(f"unknown msgpack extension type {code}")
-        return _decode_tensor(payload, limits)
+        return _decode_tensor(payload, data, start, size, limits, ends)
 
     try:
-        obj = msgpack.unpackb(data, raw=False, ext_hook=ext_hook, strict_map_key=True,
-                              use_list=True,
-                              max_str_len=size, max_bin_len=size, max_ext_len=size,
-                              max_array_len=min(size, limits.max_items),
-                              max_map_len=min(size, limits.max_items))
+        obj = msgpack.unpackb(body, raw=False, ext_hook=ext_hook, strict_map_key=True,
+                              use_list=True, max_str_len=body_len, max_bin_len=body_len,
+                              max_ext_len=body_len,
+                              max_array_len=min(body_len, limits.max_items),
+                              max_map_len=min(body_len, limits.max_items))
     except CodecError:
         raise
     except msgpack.ExtraData:
-        raise CodecError("trailing bytes after the message") from None
+        raise CodecError("trailing bytes after the message body") from None
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError, OverflowError,
             struct.error) as e:
         raise CodecError(f"not a valid message ({type(e).__name__}: {e})"[:300]) from None
+    finally:
+        body.release()
+    if max(ends, default=0) != max(size - start, 0):
+        raise CodecError(f"the data section holds {max(size - start, 0)} bytes, its tensors "
+                         f"end at {max(ends, default=0)}")
     _check(obj, limits, 0, "message")
     return obj
 

@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-from fedopt.protocols.grpc_codec import DEFAULT_LIMITS, CodecError, Limits, decode, encode
+from fedopt.protocols.grpc_codec import (DEFAULT_LIMITS, CodecError, Fragment, Limits, assemble,
+                                         decode)
 
 #: bumped whenever a message or field changes meaning; both sides must agree
 PROTOCOL_VERSION = 1
@@ -229,24 +230,26 @@ def _no_tensors(obj: Any, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------- pack / unpack
-def pack_parts(msg: Message, encoded: dict[str, bytes] | None = None) -> list[bytes]:
-    """``msg`` as a list of byte strings whose concatenation is its wire form; a field named
-    in ``encoded`` is taken as already encoded (``encode(value)``), so a large value shared by
-    many messages (a round's model, sent to every client) is encoded once and never copied
-    into each message. Fields are checked as :func:`unpack` will check them."""
+def pack_parts(msg: Message, encoded: dict[str, Fragment] | None = None) -> list[Any]:
+    """``msg`` as a list of byte strings and zero-copy tensor views whose concatenation is its
+    wire form. A field named in ``encoded`` is taken as already packed
+    (:func:`~fedopt.protocols.grpc_codec.fragment` of its value), so a large value shared by
+    many messages (a round's model, sent to every client) is packed once and its tensors never
+    copied into each message. Fields are checked as :func:`unpack` will check them."""
     encoded = encoded or {}
     fields = dataclasses.fields(msg)
-    parts = [msgpack.Packer(use_bin_type=True).pack_map_header(2 + len(fields)),
-             encode("v"), encode(PROTOCOL_VERSION), encode("type"), encode(msg.type)]
+    pieces: list[Any] = [msgpack.Packer(use_bin_type=True).pack_map_header(2 + len(fields)),
+                         msgpack.packb("v"), msgpack.packb(PROTOCOL_VERSION),
+                         msgpack.packb("type"), msgpack.packb(msg.type)]
     for f in fields:
-        parts.append(encode(f.name))
+        pieces.append(msgpack.packb(f.name))
         if f.name in encoded:
-            parts.append(encoded[f.name])
+            pieces.append(encoded[f.name])
             continue
         value = getattr(msg, f.name)
         _check_value(f.metadata["kind"], value, f"{msg.type}.{f.name}")
-        parts.append(encode(value))
-    return parts
+        pieces.append(("value", value))
+    return assemble(pieces)
 
 
 def pack(msg: Message) -> bytes:

@@ -42,7 +42,7 @@ from fedopt.engine.executor import job_samples
 from fedopt.engine.local import LocalTrainer
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from fedopt.protocols import grpc_messages as M
-from fedopt.protocols.grpc_codec import Limits, encode, param_spec
+from fedopt.protocols.grpc_codec import Limits, fragment, param_spec
 from fedopt.protocols.grpc_wire import channel_options, server_credentials
 from fedopt.protocols.ray_messages import to_arrays, to_tensors
 from fedopt.server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
@@ -58,8 +58,11 @@ def start_server(coordinator: Coordinator, address: str, tls: dict | None, chunk
     port); returns it and the bound port."""
     import grpc
 
+    # no bandwidth-delay probing: stream windows stay small, so clients waiting to submit
+    # (the coordinator reads at most max_buffered_results answers at once) cannot park their
+    # updates in the server's receive buffers
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=channel_options(chunk_bytes))
+                         options=channel_options(chunk_bytes) + [("grpc.http2.bdp_probe", 0)])
     server.add_generic_rpc_handlers((coordinator.handler(),))
     if tls:
         port = server.add_secure_port(address, server_credentials(tls["cert"], tls["key"],
@@ -203,7 +206,7 @@ class GrpcExecutor:
         ref = next(iter(params.values()))
         spec = param_spec(params if shared else {k: v[0] for k, v in params.items()})
         opt = M.optimizer_spec(optimizer)
-        shared_bytes = encode(params) if shared else None   # one encoding for every client
+        shared_bytes = fragment(params) if shared else None   # packed once for every client
         acc = _Sum(steps=np.zeros(len(ids), np.int64),
                    local_loss=np.zeros(len(ids)) if keep_local else None)
 
@@ -261,7 +264,7 @@ class GrpcExecutor:
     def full_gradients(self, params: Params, client_ids: np.ndarray) -> Params:
         """Stacked ∇F_i(x) ``[m, *shape]`` computed by the client processes."""
         ids = np.asarray(client_ids, dtype=np.int64)
-        shared_bytes = encode(params)
+        shared_bytes = fragment(params)
         ref = next(iter(params.values()))
         out: Params = {k: v.new_empty((len(ids),) + tuple(v.shape)) for k, v in params.items()}
 

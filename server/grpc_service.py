@@ -20,7 +20,8 @@ gRPC's generic handlers (no generated code) and is driven by the executor
   shapes and dtype, finite. A stale (expired, cancelled, other epoch) or duplicate result is
   refused with ``ok: false`` and a reason, and never aggregated; a malformed one is answered
   ``INVALID_ARGUMENT``. At most ``max_buffered`` accepted results wait to be folded into the
-  sum at once (a ``Submit`` beyond that waits before reading its frames: bounded memory).
+  sum at once (a ``Submit`` beyond that waits before reading its frames) and at most
+  ``2 max_buffered`` tasks stream out at once: bounded memory.
 * **Liveness.** Every call refreshes the slot's last contact; clients heartbeat while they
   train. A slot silent for 3 heartbeats counts as disconnected (:meth:`connected`).
 * **Shutdown.** :meth:`shutdown` answers every poll with ``Shutdown``.
@@ -122,6 +123,8 @@ class Coordinator:
         self.tasks: dict[int, ServerTask] = {}
         self.cond = threading.Condition()
         self.buffer = threading.BoundedSemaphore(max_buffered)
+        #: task downloads streaming at once (each holds a frame or two in gRPC's buffers)
+        self.sending = threading.BoundedSemaphore(2 * max_buffered)
         self.next_task = 0
         self.closing: str | None = None
         self.refused: dict[str, int] = {}   # why results were refused: count
@@ -237,7 +240,11 @@ class Coordinator:
                     out = M.pack(M.Idle())
                     break
                 self.cond.wait(min(left, 1.0))
-        yield from split(out, self.chunk_bytes)
+        if task is None:
+            yield from split(out, self.chunk_bytes)
+            return
+        with self.sending:
+            yield from split(out, self.chunk_bytes)
 
     def submit(self, frames: Iterable[Frame | BadFrame], context: Any) -> bytes:
         import grpc

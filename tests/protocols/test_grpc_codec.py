@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import (DTYPES, TENSOR_EXT, CodecError, Limits, check_params,
-                                         decode, encode, param_spec)
+                                         decode, encode, encode_parts, fragment, param_spec)
 from fedopt.protocols.grpc_wire import BadFrame, Reassembler, join, read_frame, split
 
 FUZZ = settings(max_examples=150, deadline=500, suppress_health_check=[HealthCheck.too_slow])
@@ -47,6 +47,16 @@ def test_tensor_round_trip_is_exact_and_zero_copy(dtype):
     assert out["nested"]["list"][1:] == [1, "x", None, b"raw"]
     assert not out["a"].flags.writeable          # a view over the received buffer
     assert out["a"].base is not None
+    buf = bytearray(data)                        # a reassembly buffer: still a read-only view
+    view = decode(buf)["a"]
+    assert np.shares_memory(view, np.frombuffer(buf, np.uint8)) and not view.flags.writeable
+
+
+def test_encoding_does_not_copy_tensors():
+    a = np.arange(1000, dtype=np.float32)
+    parts = encode_parts({"a": a})
+    assert any(isinstance(p, memoryview) and np.shares_memory(np.frombuffer(p, np.uint8), a)
+               for p in parts)
 
 
 def test_torch_tensors_and_non_contiguous_views_encode_as_their_values():
@@ -65,8 +75,14 @@ def test_message_round_trip():
 
 def test_pack_parts_with_pre_encoded_field_equals_pack():
     t = _task()
-    parts = M.pack_parts(t, {"starts": encode(t.starts)})
+    parts = M.pack_parts(t, {"starts": fragment(t.starts)})
     assert b"".join(parts) == M.pack(t)
+    corr = M.Task(**{**{f: getattr(t, f) for f in ("task_id", "epoch", "kind", "starts",
+                                                    "shared", "client_ids", "keys", "weights")},
+                     "correction": {"w": np.ones((3, 4), np.float32)}})
+    back = M.unpack(b"".join(M.pack_parts(corr, {"starts": fragment(t.starts)})))
+    assert np.array_equal(back.starts["w"], t.starts["w"])      # the fragment's tensors first,
+    assert np.array_equal(back.correction["w"], np.ones((3, 4)))   # the message's after them
 
 
 @pytest.mark.parametrize("size,chunk", [(0, 7), (1, 7), (7, 7), (100, 7), (1000, 1 << 20)])
@@ -79,21 +95,32 @@ def test_frames_reassemble(size, chunk):
 
 
 # ----------------------------------------------------------------------------- refusals
-def _ext(code, ndim, shape, payload):
-    head = struct.pack("<BB", code, ndim) + b"".join(struct.pack("<Q", s) for s in shape)
-    return msgpack.packb({"a": msgpack.ExtType(TENSOR_EXT, head + payload)})
+def _msg(body: bytes, data: bytes = b"") -> bytes:
+    """A message by hand: u32 body length, body, padding to 8, data section."""
+    head = struct.pack("<I", len(body)) + body
+    return head + bytes(-len(head) % 8) + data
+
+
+def _ext(code, ndim, shape, payload, offset=0):
+    head = (struct.pack("<BB", code, ndim) + b"".join(struct.pack("<Q", s) for s in shape)
+            + struct.pack("<Q", offset))
+    return _msg(msgpack.packb({"a": msgpack.ExtType(TENSOR_EXT, head)}), payload)
 
 
 @pytest.mark.parametrize("data,words", [
     (_ext(99, 1, [2], b"\0" * 8), "dtype code 99"),
-    (_ext(1, 1, [3], b"\0" * 8), "needs 12 bytes"),
-    (_ext(1, 1, [2 ** 62], b"\0" * 8), "needs"),
-    (_ext(1, 9, [1] * 9, b"\0" * 4), "9 dimensions"),
-    (msgpack.packb({"a": msgpack.ExtType(5, b"xx")}), "extension type 5"),
-    (msgpack.packb({1: 2}), "not a valid message"),
-    (msgpack.packb({"a": float("nan")}), "non-finite"),
+    (_ext(1, 1, [3], b"\0" * 8), "lies outside"),
+    (_ext(1, 1, [2 ** 62], b"\0" * 8), "lies outside"),
+    (_ext(1, 1, [1], b"\0" * 16, offset=4), "lies outside"),         # off the 8-byte grid
+    (_ext(1, 1, [2], b"\0" * 16), "data section holds 16 bytes"),   # trailing data
+    (_ext(1, 9, [1] * 9, b"\0" * 8), "9 dimensions"),
+    (_msg(msgpack.packb({"a": msgpack.ExtType(5, b"xx")})), "extension type 5"),
+    (_msg(msgpack.packb({1: 2})), "not a valid message"),
+    (_msg(msgpack.packb({"a": float("nan")})), "non-finite"),
     (_ext(1, 1, [2], np.array([1.0, np.inf], np.float32).tobytes()), "non-finite"),
-    (msgpack.packb([1, 2]) + b"\x01", "trailing bytes"),
+    (_msg(msgpack.packb([1, 2]) + b"\x01"), "trailing bytes"),
+    (struct.pack("<I", 100) + b"\x90", "body of 100 bytes"),
+    (b"\x01", "shorter than its header"),
 ])
 def test_decode_refuses_with_a_clear_error(data, words):
     with pytest.raises(CodecError, match=words):
@@ -176,7 +203,7 @@ def _decode_all(data: bytes) -> None:
 @given(st.binary(max_size=2048))
 def test_fuzz_random_bytes(data):
     _decode_all(data)
-    _decode_all(b"\x8f" + data)      # a map header first: deeper into the decoder
+    _decode_all(_msg(b"\x8f" + data))   # a valid frame around it: deeper into the decoder
 
 
 @FUZZ
@@ -205,8 +232,9 @@ def test_fuzz_frames(chunk, index, count, total):
 def test_oversize_declarations_allocate_nothing():
     """A header declaring 4 GiB (bin, str, array, map, tensor) in a few bytes is refused
     without allocating it."""
-    inputs = [b"\xc6\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff",
-              b"\xdf\xff\xff\xff\xff", _ext(1, 1, [2 ** 30], b""),
+    inputs = [_msg(b"\xc6\xff\xff\xff\xff"), _msg(b"\xdb\xff\xff\xff\xff"),
+              _msg(b"\xdd\xff\xff\xff\xff"), _msg(b"\xdf\xff\xff\xff\xff"),
+              _ext(1, 1, [2 ** 30], b""), struct.pack("<I", 2 ** 32 - 1),
               struct.pack("<4sIIQ", b"FOP1", 0, 2, 2 ** 40)]
     tracemalloc.start()
     try:
