@@ -166,3 +166,18 @@ def test_no_privacy_section_is_refused():
     del cfg["privacy"]
     with pytest.raises(ConfigError, match="^privacy"):
         validate(cfg)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    import fedopt
+    # fixed noise (a calibrated one depends on algorithm.rounds, which a resume may raise)
+    cfg = config({"epsilon": None, "noise_multiplier": 1.5, "noise_multiplier_diff": 2.5,
+                  "clip": 0.5, "clip_diff": 0.05}, rounds=5)
+    cfg["checkpoint_every"] = 1
+    full = fedopt.run(cfg, progress=False)
+    short = copy.deepcopy(cfg)
+    short["algorithm"]["rounds"] = 2
+    fedopt.run(short, out_dir=tmp_path / "r", progress=False)
+    resumed = fedopt.run(cfg, out_dir=tmp_path / "r", progress=False, resume=True)
+    for k in full.final_params:
+        assert torch.equal(full.final_params[k], resumed.final_params[k])
