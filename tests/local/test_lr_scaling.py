@@ -46,3 +46,22 @@ def test_torch_helper_sets_the_groups():
     opt = torch.optim.SGD([p], lr=0.1)
     assert set_torch_lr(opt, 0.1, 64, 16, "linear") == pytest.approx(0.4)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.4)
+
+
+def test_the_rules_premise_batch_hessian_outlier_grows_as_the_batch_shrinks():
+    """Granziol et al.'s premise on least squares (BBP): rows a ~ N(0, Σ) with one spike ℓ and
+    unit bulk, P = 100, γ = P/B: the top eigenvalue of A_BᵀA_B/B averages ℓ(1 + γ/(ℓ − 1))."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    P, ell = 100, 10.0
+    scale = np.ones(P)
+    scale[0] = np.sqrt(ell)
+    tops = []
+    for B in (100, 200, 400, 800):
+        vals = [np.linalg.eigvalsh((a := rng.normal(size=(B, P)) * scale).T @ a / B)[-1]
+                for _ in range(50)]
+        gamma = P / B
+        assert abs(np.mean(vals) / (ell * (1 + gamma / (ell - 1))) - 1) < 0.05
+        tops.append(np.mean(vals))
+    assert tops[0] > tops[1] and tops[0] > tops[-1]     # larger outlier at small batches
