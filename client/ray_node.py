@@ -56,7 +56,8 @@ class NodeShard:
         self.wait_s = float(wait_s)
         n = len(self.owner)
         # the full stacked state; only own rows (and, for one event, a peer's row) are valid
-        self.nodes = {k: torch.zeros((n,) + tuple(v.shape[1:]), dtype=torch.as_tensor(v).dtype)
+        self.nodes = {k: torch.zeros((n,) + tuple(v.shape[1:]),
+                                     dtype=torch.from_numpy(np.array(v)).dtype)
                       for k, v in rows.items()}
         self.set_rows(rows)
         self.peers: list[Any] = []

@@ -6,9 +6,9 @@
   ‖aᵀB − 1‖∞ and the largest decoding coefficient;
 * coded-gradient throughput: ms per iteration and coded gradients per second of the
   ``gradient_coding`` algorithm (Synthetic(1,1), 64 clients, logistic regression, n workers)
-  in-process (virtual clock) and on Ray (``algorithm.live``: 2 worker actors compute the
-  clients' gradients, the master takes first responders with ``ray.wait``; real compute
-  times, no injected delay), same configs.
+  in-process (virtual clock) and on Ray (``algorithm.live``: 2 worker actors, one coded-task
+  call per actor and iteration computing its coded workers' results, the master takes first
+  responders with ``ray.wait``; real compute times, no injected delay), same configs.
 
     python -m fedopt.simulations.benchmarks.gradient_coding [--repeats 50] [--no-ray]
 
