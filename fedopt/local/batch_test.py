@@ -59,10 +59,12 @@ def _flat(grads: Mapping[str, Tensor] | Tensor, lead: int) -> list[Tensor]:
 
 
 def batch_statistics(per_example: Mapping[str, Tensor] | Tensor, mask: Tensor | None = None,
-                     blockwise: bool = False) -> BatchStats:
+                     blockwise: bool = False, inner_product: bool = True) -> BatchStats:
     """The module docstring's statistics of per-example gradients ``[C, W, ...]`` per tensor
     (a dict of them, or one tensor), over the rows where ``mask`` [C, W] is nonzero (all rows
-    when None). Computed in float64; returns :class:`BatchStats` of shape [C]."""
+    when None). Computed in float64; returns :class:`BatchStats` of shape [C]. Without
+    ``inner_product`` only b, ‖ḡ‖² and V are computed (what the norm test reads; V_ip and
+    V_orth are NaN)."""
     blocks = _flat(per_example, 2)
     C, W = blocks[0].shape[:2]
     m = (torch.ones(C, W, dtype=torch.float64, device=blocks[0].device) if mask is None
@@ -86,6 +88,9 @@ def batch_statistics(per_example: Mapping[str, Tensor] | Tensor, mask: Tensor | 
             v_o = v_o + ((o - obar[:, None]).pow(2).sum(-1) * m).sum(1)
         return v_ip, v_o
 
+    if not inner_product:
+        nan = torch.full_like(sq, math.nan)
+        return BatchStats(b, sq, var / den, nan, nan)
     if blockwise:
         v_ip, v_orth = 0.0, 0.0
         for g, gb in zip(blocks, means):
@@ -195,7 +200,8 @@ class AdaptiveBatchSize:
         params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
         g = per_example_grads(model, params, x, y, loss_fn)
         self.last = batch_statistics({k: v.unsqueeze(0) for k, v in g.items()},
-                                     blockwise=self.test.blockwise)
+                                     blockwise=self.test.blockwise,
+                                     inner_product=self.test.name == "inner_product")
         b = self.test.next_batch_size(torch.tensor([self.batch_size]), self.last)
         self.batch_size = int(b[0])
         return self.batch_size

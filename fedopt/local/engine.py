@@ -164,7 +164,8 @@ def train_adaptive(trainer, start: Params, x: Tensor, y_labels: Tensor, plan: Ba
                                        {n: v.index_select(0, sel) for n, v in y.items()},
                                        xb.index_select(0, sel), yb.index_select(0, sel),
                                        trainer._loss_fn, batched=True)
-                stats = batch_statistics(pe, w.index_select(0, sel), test.blockwise)
+                stats = batch_statistics(pe, w.index_select(0, sel), test.blockwise,
+                                         inner_product=test.name == "inner_product")
                 nxt = test.next_batch_size(torch.as_tensor(b[grow]), stats,
                                            torch.as_tensor(cap[grow])).cpu().numpy()
                 b[grow] = nxt

@@ -138,3 +138,13 @@ def test_torch_helper_turns_the_test_into_the_next_batch_size():
     assert got == min(500, max(12, math.ceil(V / (0.05 ** 2 * sq))))
     with pytest.raises(ValueError, match="eta"):
         BatchSizeTest("norm", eta=0.0)
+
+
+def test_norm_only_statistics_skip_the_inner_products():
+    g = torch.tensor(np.random.default_rng(6).normal(size=(2, 5, 3)))
+    full, lean = batch_statistics(g), batch_statistics(g, inner_product=False)
+    assert torch.equal(full.var, lean.var) and torch.equal(full.sq_norm, lean.sq_norm)
+    assert torch.isnan(lean.var_ip).all()
+    t = BatchSizeTest("norm", 0.3)
+    assert torch.equal(t.next_batch_size(torch.tensor([2, 2]), full, 50),
+                       t.next_batch_size(torch.tensor([2, 2]), lean, 50))
