@@ -106,7 +106,7 @@ class Options:
     device: str = "cpu"
     max_wait_s: float = 600.0
     backoff_s: float = 0.5
-    max_backoff_s: float = 15.0
+    max_backoff_s: float = 5.0
     poll_s: float = 10.0
     max_message_mb: float = 1024.0
     name: str = ""
