@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BeforeValidator, Field, model_validator
 
 from fedopt.executors import ExecutorConfig, ExecutorEntry
-from fedopt.schema import (NonNegativeInt, PositiveFloat, PositiveInt, Schema, Str, fail,
+from fedopt.schema import (Bool, NonNegativeInt, PositiveFloat, PositiveInt, Schema, Str, fail,
                            path_like)
 
 Path = Annotated[Str, BeforeValidator(path_like)]
@@ -56,6 +56,12 @@ class GrpcExecutorConfig(ExecutorConfig):
         4, description="client results held undecoded-into-the-sum at once (memory bound)")
     shutdown_grace_s: PositiveFloat = Field(
         10.0, description="seconds clients get to hear the shutdown before the server stops")
+    realtime: Bool = Field(False, description="asynchronous algorithms on the client processes "
+                                              "in real time (server/realtime.py) instead of on "
+                                              "the virtual clock")
+    seconds_per_unit: Optional[PositiveFloat] = Field(
+        None, description="with realtime: seconds per clock unit, the clock's job times are "
+                          "injected as delays (null: no delays)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "GrpcExecutorConfig":
@@ -63,6 +69,9 @@ class GrpcExecutorConfig(ExecutorConfig):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise fail("address", f"expected HOST:PORT (e.g. 0.0.0.0:50051), got "
                                   f"{self.address!r}")
+        if self.seconds_per_unit is not None and not self.realtime:
+            raise fail("seconds_per_unit", "only acts in real time (executor.realtime: true): "
+                                           "set it or remove seconds_per_unit")
         if self.on_timeout == "retry" and self.round_timeout_s is None:
             raise fail("on_timeout", "'retry' only acts with executor.round_timeout_s: set it "
                                      "or remove on_timeout")
@@ -72,4 +81,5 @@ class GrpcExecutorConfig(ExecutorConfig):
 
 
 ENTRY = ExecutorEntry("grpc", "fedopt.server.grpc_config:GrpcExecutorConfig",
-                      "fedopt.server.grpc_executor:GrpcExecutor.from_config")
+                      "fedopt.server.grpc_executor:GrpcExecutor.from_config",
+                      realtime="fedopt.server.realtime:RealTimeAsync.from_config")

@@ -23,6 +23,13 @@ plus at most ``max_buffered_results`` undigested answers, never every client's u
 results are kept only where the algorithm asks for them, ``keep_local``). The sum's order is
 the order of arrival, so results equal the in-process executor's up to float summation order.
 
+**Real time** (:class:`~fedopt.engine.contract.LiveExecutor`): :meth:`GrpcExecutor.submit`
+starts one job per client (or per client process), :meth:`wait` collects answers in arrival
+order, :meth:`cancel` refuses the answers of jobs no longer wanted — what the
+transport-independent driver :mod:`fedopt.server.realtime` needs to run the asynchronous family
+in real time (``executor.realtime: true``, with the clock's job times injected as delays held
+on the clients when ``executor.seconds_per_unit`` is set).
+
 Evaluation and client sizes use the coordinator's own copy of the data set (from the config).
 """
 from __future__ import annotations
@@ -30,14 +37,16 @@ from __future__ import annotations
 import logging
 import time
 from concurrent import futures
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from fedopt.data import FederatedDataset
-from fedopt.engine.contract import Params, RoundOutput, SharedStart, Starts
+from fedopt.engine.contract import (ClientUpdate, DelayFn, Params, RoundOutput, SharedStart,
+                                   Starts)
 from fedopt.engine.executor import job_samples
 from fedopt.engine.local import LocalTrainer
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
@@ -45,8 +54,9 @@ from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import Limits, fragment, param_spec
 from fedopt.protocols.grpc_wire import channel_options, server_credentials
 from fedopt.protocols.ray_messages import to_arrays, to_tensors
-from fedopt.server.dispatch import Call, CallFailed, DispatchPolicy, gather, renormalise
-from fedopt.server.faults import FaultLog
+from fedopt.server.dispatch import (Action, Call, CallFailed, DispatchPolicy, gather,
+                                    renormalise)
+from fedopt.server.faults import FaultLog, WorkerFailedError
 from fedopt.server.grpc_service import Coordinator, CoordinatorError, ServerTask, read_tokens
 
 log = logging.getLogger("server.grpc")
@@ -90,6 +100,20 @@ class _Sum:
     nonfinite: list = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class GrpcJob:
+    """One job of :meth:`GrpcExecutor.submit` in flight: its clients, the key (start version)
+    they train from, the coordinator's task and how to build it again (a retry)."""
+
+    client_ids: np.ndarray
+    key: int
+    params: Params
+    task: ServerTask
+    build: Callable[[int], list]
+    submitted_at: float
+    attempts: int = 0
+
+
 def _rows(stacked: Params, pos: np.ndarray) -> dict[str, np.ndarray]:
     """Rows ``pos`` of stacked ``[m, ...]`` tensors as host arrays (one share's jobs)."""
     idx = torch.as_tensor(pos, dtype=torch.long)
@@ -98,7 +122,7 @@ def _rows(stacked: Params, pos: np.ndarray) -> dict[str, np.ndarray]:
 
 class GrpcExecutor:
     """Runs local jobs on connected client processes (module docstring); implements
-    :class:`~fedopt.engine.contract.Executor`."""
+    :class:`~fedopt.engine.contract.LiveExecutor`."""
 
     name = "grpc"
 
@@ -292,6 +316,102 @@ class GrpcExecutor:
             return gather(transport, ids, self.policy, self.faults_log, key, need_all)
         finally:
             transport.cancel_all()   # anything still out (an error was raised) is refused later
+
+    # -- asynchronous, real time (LiveExecutor) --------------------------------------------
+    def submit(self, params: Params, client_ids, key: int, *, optimizer: Any = None,
+               correction: Params | None = None, delay_s: DelayFn | None = None,
+               group: bool = False) -> list[GrpcJob]:
+        """Start one job per client (``group``: one per client process) from ``params`` with
+        minibatches keyed by ``key``; the model is packed once for all of them. A job's answer
+        is held on its client until ``delay_s(client, key)`` seconds after it started."""
+        if self._closed:
+            raise RuntimeError("GrpcExecutor.submit: the executor is closed")
+        c = self.coordinator
+        ids = np.asarray(client_ids, dtype=np.int64)
+        if not c.wait_for(lambda: bool((c.owner[ids] >= 0).all()), self.join_timeout_s):
+            missing = ids[c.owners(ids) < 0][:10].tolist()
+            raise CoordinatorError(f"no client process holds clients {missing} (none registered "
+                                   f"them within executor.join_timeout_s="
+                                   f"{self.join_timeout_s:g} s)")
+        owners = c.owners(ids)
+        frag, spec, opt = fragment(params), param_spec(params), M.optimizer_spec(optimizer)
+        groups = ([np.flatnonzero(owners == s) for s in np.unique(owners)] if group
+                  else [np.array([p]) for p in range(len(ids))])
+        jobs, now = [], time.monotonic()
+        for pos in groups:
+            delay = max((float(delay_s(int(i), int(key))) for i in ids[pos]),
+                        default=0.0) if delay_s else 0.0
+
+            def build(tid: int, pos=pos, delay=delay) -> list:
+                task = M.Task(task_id=tid, epoch=c.epoch, kind="run", starts={}, shared=True,
+                              client_ids=ids[pos], keys=np.full(len(pos), int(key), np.int64),
+                              weights=np.ones(len(pos)), optimizer=opt,
+                              correction=None if correction is None else _rows(correction, pos),
+                              keep_local=True, delay_s=delay)
+                return M.pack_parts(task, {"starts": frag})
+
+            slot = int(owners[pos[0]])
+            task = c.add_task(slot, "run", ids[pos], build, spec, float(len(pos)), True)
+            jobs.append(GrpcJob(ids[pos], int(key), params, task, build, now))
+        return jobs
+
+    def wait(self, jobs: list[GrpcJob], num_returns: int = 1, timeout: float | None = None
+             ) -> tuple[list[ClientUpdate], list[GrpcJob]]:
+        """Block until ``num_returns`` of ``jobs`` answered (or ``timeout`` s passed); their
+        client updates in arrival order, and the jobs still pending. A job its client reports
+        failed is sent again (``executor.max_retries``), then WorkerFailedError."""
+        c = self.coordinator
+        pending, finished = list(jobs), []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        want = min(num_returns, len(pending))
+        while pending and len(finished) < want:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = {id(t) for t in c.wait_done([j.task for j in pending], left)}
+            if not done:
+                break
+            for job in [j for j in pending if id(j.task) in done]:
+                t = job.task
+                if t.state == "failed":
+                    c.forget(t)
+                    self.faults_log.record("worker_deaths", round_idx=job.key, slot=t.slot,
+                                           clients=job.client_ids, detail=f"async job: {t.error}")
+                    if self.policy.on_failure(job.attempts).action is Action.FAIL:
+                        raise WorkerFailedError(clients=job.client_ids, round_idx=job.key,
+                                                slot=t.slot, attempts=job.attempts + 1,
+                                                max_retries=self.policy.max_retries,
+                                                cause=t.error or "failed")
+                    job.attempts += 1
+                    self.faults_log.record("retried_shards", round_idx=job.key, slot=t.slot,
+                                           clients=job.client_ids, detail="async job re-sent")
+                    job.task = c.add_task(t.slot, "run", job.client_ids, job.build, t.spec,
+                                          t.weight_sum, True)
+                    continue
+                arrived = t.arrived
+                finished.append((job, c.take(t), arrived))
+                pending.remove(job)
+        finished.sort(key=lambda x: x[2])
+        return [u for job, r, at in finished for u in self._updates(job, r, at)], pending
+
+    def _updates(self, job: GrpcJob, r: M.Result, arrived: float) -> list[ClientUpdate]:
+        ref = next(iter(job.params.values()))
+        local = to_tensors(r.local_params, ref.device, ref.dtype)
+        bad = np.zeros(len(job.client_ids), dtype=bool)
+        if r.nonfinite is not None:
+            bad[r.nonfinite] = True
+        mean_loss = r.loss_sum / max(float(np.sum(~bad)), 1e-300)   # weights 1
+        elapsed = time.monotonic() - job.submitted_at
+        return [ClientUpdate(client_id=int(cid), key=job.key,
+                             delta={k: local[k][i] - job.params[k] for k in job.params},
+                             mean_loss=math.nan if bad[i] else mean_loss, samples=r.samples,
+                             slot=job.task.slot, elapsed_s=elapsed, compute_s=r.compute_s,
+                             finished_at=arrived, nonfinite=bool(bad[i]))
+                for i, cid in enumerate(job.client_ids)]
+
+    def cancel(self, jobs: list[GrpcJob]) -> None:
+        """Forget ``jobs``: not handed out any more; answers that still come are refused."""
+        for job in jobs:
+            self.coordinator.cancel(job.task)
+            self.coordinator.forget(job.task)
 
     # -- evaluation, sizes (the coordinator's data set) ------------------------------------
     def evaluate(self, params: Params, train: bool = False) -> dict[str, float | None]:

@@ -104,6 +104,7 @@ class ServerTask:
     result: M.Result | None = None
     error: str | None = None
     buffered: bool = False
+    arrived: float = 0.0          # time.time() when its answer was accepted
 
 
 class Coordinator:
@@ -278,6 +279,7 @@ class Coordinator:
                     task.state, task.error = "failed", f"client reported: {msg.error}"
                 else:
                     task.state, task.result, task.buffered = "done", msg, True
+                    task.arrived = time.time()
                     keep = True
                 self.cond.notify_all()
             return next(split(M.pack(M.Ack(ok=True)), 1 << 62))
