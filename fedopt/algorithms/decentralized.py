@@ -61,6 +61,11 @@ class DecentralizedConfig(AlgorithmConfig):
 def _common(cfg: dict[str, Any], counts: np.ndarray, seed: int, config: dict[str, Any]):
     from fedopt.decentralized.topology import build_topology
 
+    if config.get("clock"):
+        raise ConfigError(f"clock: not read by {cfg['name']}: its events are the Poisson clocks "
+                          f"of its nodes and edges (the algorithm's rates, keyed by the seed); "
+                          f"remove it (on Ray, algorithm.seconds_per_unit paces those events in "
+                          f"real time)")
     graph = build_topology(config.get("topology"), len(counts), seed)
     l2 = float((config.get("model") or {}).get("l2") or 0.0)
     return graph, {"seed": seed, "batch_events": cfg["batch_events"], "l2": l2}

@@ -135,6 +135,8 @@ def test_config_errors_name_the_field():
         validate(config("gossip", topology={"name": "grid", "rows": 4}))
     with pytest.raises(ConfigError, match=r"^executor.name: dsgd runs on the in-process"):
         validate({**config("dsgd"), "executor": {"name": "ray"}})     # gossip/dadao: node actors
+    with pytest.raises(ConfigError, match=r"^clock: not read by gossip"):
+        validate({**config("gossip"), "clock": {"compute": {"name": "exponential"}}})
     with pytest.raises(ConfigError, match=r"^topology.p"):
         validate(config("gossip", topology={"name": "erdos_renyi", "p": 0}))
 
