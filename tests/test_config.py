@@ -66,7 +66,7 @@ def test_algorithm_aliases_pick_their_server_optimizer(quickstart):
     ("data.name=mnist", "data.name: unknown 'mnist'"),
     ("data.alhpa=1", "data.alhpa: unknown key"),
     ("model.name=resnet", "model.name: unknown 'resnet'"),
-    ("executor.name=spark", "executor.name: unknown 'spark' (choose one of local, ray, grpc"),
+    ("executor.name=spark", "executor.name: unknown 'spark' (choose one of local, grpc, ray"),
     ("executor.num_workers=3", "executor.num_workers: unknown key for executor 'local'"),
     ("executor.realtime=true", "executor.realtime: unknown key for executor 'local'"),
     ("eval_every=0", "eval_every: must be > 0"),
