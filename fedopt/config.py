@@ -77,6 +77,7 @@ class ClientConfig(Schema):
     lr_batch_scaling: LOCAL_FIELDS["lr_batch_scaling"][0] = LOCAL_FIELDS["lr_batch_scaling"][1]
     sso: LOCAL_FIELDS["sso"][0] = LOCAL_FIELDS["sso"][1]
     curriculum: LOCAL_FIELDS["curriculum"][0] = LOCAL_FIELDS["curriculum"][1]
+    client_curriculum: LOCAL_FIELDS["client_curriculum"][0] = LOCAL_FIELDS["client_curriculum"][1]
 
     @model_validator(mode="after")
     def _one_mode(self) -> "ClientConfig":

@@ -30,6 +30,7 @@ from fedopt.engine.batches import capped_batch_size
 from fedopt.engine.contract import Executor, check_executor
 from fedopt.engine.local import FunctionalModel, LocalTrainer, model_params
 from fedopt.engine.program import LocalProgram, PerSample, check_task_fit
+from fedopt.local.client_order import with_client_curriculum
 from fedopt.local.config import with_local_training
 from fedopt.local.records import with_batch_size_columns
 from fedopt.models import build_model
@@ -121,6 +122,8 @@ class Simulation:
                                       regression_by_name=(dataset is None and
                                                           config["data"]["name"] == "regression"))
         self.program = with_local_training(self.program, client, self.client_optimizer)
+        self.algorithm = with_client_curriculum(self.algorithm, config, self.data, self.fmodel,
+                                                self.program.loss_fn)
         self.trainer = LocalTrainer(self.fmodel, self.client_optimizer, self.program, seed=seed)
         bind = getattr(self.algorithm, "bind", None)
         if bind is not None:   # decentralized algorithms: the nodes' losses (fedopt.decentralized)

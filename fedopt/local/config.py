@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field
 
 from fedopt.local.batch_test import TESTS, BatchSizeTest
+from fedopt.local.client_order import ClientCurriculumConfig, check_client_curriculum
 from fedopt.local.curriculum import ORDERS, PACINGS, SCORES
 from fedopt.local.lr_scaling import RULES
 from fedopt.schema import (Bool, ConfigError, PositiveFloat, PositiveInt, Probability, Schema)
@@ -79,6 +80,9 @@ CLIENT_FIELDS: dict[str, Any] = {
     "curriculum": (Optional[CurriculumConfig], Field(
         None, description="data curriculum {order, score, pacing, a, b} (null: uniform "
                           "epochs)")),
+    "client_curriculum": (Optional[ClientCurriculumConfig], Field(
+        None, description="server samples clients from a paced pool ranked by the global "
+                          "model's loss {order, pacing, a, b} (null: uniform sampling)")),
 }
 
 
@@ -164,6 +168,8 @@ def check_local_training(built: Any, cfg: dict[str, Any]) -> None:
     :func:`with_local_training` against the built algorithm's program (after
     ``client.estimator``'s zeroth-order clients, as a run builds it)."""
     training = from_client(cfg["client"])
+    if cfg["client"].get("client_curriculum") is not None:
+        check_client_curriculum(built)
     if training is None or built is None or not hasattr(built, "local_program"):
         return
     from fedopt.algorithms.fedzo import with_estimator
