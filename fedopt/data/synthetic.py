@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from fedopt.data.assemble import assemble
+from fedopt.data.assemble import assemble, held_out_mask, split_counts
 from fedopt.data.checks import TestFraction, seed_streams
 from fedopt.data.dataset import FederatedDataset
 from fedopt.memory import available_memory_bytes
@@ -121,15 +121,23 @@ def check_synthetic(*, alpha: float = 1.0, beta: float = 1.0, num_clients: int =
     return parse(SyntheticData, keys, "data").model_dump(exclude={"name"})
 
 
+#: rows drawn at once while streaming Synthetic into its final arrays (≈ 60 MB of float32
+#: features at d = 60: the only transient that scales with the data)
+BUILD_CHUNK_ROWS = 1 << 18
+
+
 def synthetic_nbytes(num_clients: int, num_features: int, num_classes: int, iid: bool,
                      rows: float) -> float:
     """Bytes that building Synthetic needs at its peak for ``rows`` rows in all: the generating
     parameters (float64 ``W [K, C, d]``, ``b``, ``v``; ``v`` only for the iid variant), the
-    row counts, and per row the float32 features twice (drawn, then split into train/test
-    copies) and the labels and client ids (int64, twice)."""
+    row counts, and per row the float32 features once (they are streamed into the final
+    arrays, :func:`synthetic_with_model`), the int64 labels and the split's per-row int64 and
+    float64 temporaries (six); plus one chunk of :data:`BUILD_CHUNK_ROWS` rows held up to
+    three times more (drawn, and its train and test selections)."""
     k, d, c = num_clients, num_features, num_classes
     per_client = 8 * ((d + 2) if iid else (c * d + c + d + 2)) + 24
-    per_row = 2 * 4 * d + 4 * 8
+    per_row = 4 * d + 7 * 8
+    rows = float(rows) + min(float(rows), BUILD_CHUNK_ROWS) * 3
     return float(k) * per_client + float(rows) * per_row
 
 
@@ -161,7 +169,13 @@ def check_synthetic_memory(seed: int, keys: dict) -> np.ndarray:
 
 def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, SyntheticModel]:
     """Synthetic(α, β) and the parameters that generated it (for tests and oracles); keys and
-    defaults as in :func:`check_synthetic` (which raises ValueError naming a bad key)."""
+    defaults as in :func:`check_synthetic` (which raises ValueError naming a bad key).
+
+    Streams: ``seed_streams(seed, 4)`` gives the model (W, b, v), the sizes, the features and
+    the test split. The features are drawn client after client in chunks of about
+    :data:`BUILD_CHUNK_ROWS` rows (the same stream as one draw of all rows) straight into the
+    final train and test arrays, whose split (:func:`~fedopt.data.assemble.held_out_mask`) is
+    drawn first; so the peak is the data set plus one chunk, not the data set twice."""
     k = check_synthetic(**keys)
     alpha, beta, num_clients, iid = k["alpha"], k["beta"], k["num_clients"], k["iid"]
     num_features, num_classes, test_fraction = k["num_features"], k["num_classes"], k["test_fraction"]
@@ -169,20 +183,47 @@ def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, Synthetic
     sizes = check_synthetic_memory(seed, k)
     rng_model, _, rng_x, rng_split = seed_streams(seed, 4)
     model = draw_model(rng_model, num_clients, alpha, beta, iid, num_features, num_classes)
-    x = rng_x.standard_normal((int(sizes.sum()), num_features), dtype=np.float32)
-    x *= np.sqrt(model.cov_diag).astype(np.float32)
-    y = np.empty(x.shape[0], dtype=np.int64)
+    is_test = held_out_mask(np.repeat(np.arange(num_clients, dtype=np.int64), sizes),
+                            num_clients, test_fraction, rng_split)
+    n_test = int(is_test.sum())
+    x_train = np.empty((is_test.shape[0] - n_test, num_features), dtype=np.float32)
+    x_test = np.empty((n_test, num_features), dtype=np.float32)
+    y_train = np.empty(x_train.shape[0], dtype=np.int64)
+    y_test = np.empty(n_test, dtype=np.int64)
+    scale = np.sqrt(model.cov_diag).astype(np.float32)
     v32 = model.v.astype(np.float32)
     ends = np.cumsum(sizes)
-    for k in range(num_clients):  # cheap per-client numpy ops (≈ 20 µs each)
-        rows = slice(ends[k] - sizes[k], ends[k])
-        x[rows] += v32[k]
-        logits = x[rows].astype(np.float64) @ model.W[k].T + model.b[k]
-        y[rows] = logits.argmax(axis=1)
-    client = np.repeat(np.arange(num_clients, dtype=np.int64), sizes)
+    at_train = at_test = 0
+    lo_client = 0
+    while lo_client < num_clients:   # a chunk of whole clients (at least one)
+        row0 = int(ends[lo_client] - sizes[lo_client])
+        hi_client = max(lo_client + 1,
+                        int(np.searchsorted(ends, row0 + BUILD_CHUNK_ROWS, side="right")))
+        hi_client = min(hi_client, num_clients)
+        x = rng_x.standard_normal((int(ends[hi_client - 1]) - row0, num_features),
+                                  dtype=np.float32)
+        x *= scale
+        y = np.empty(x.shape[0], dtype=np.int64)
+        for c in range(lo_client, hi_client):  # cheap per-client numpy ops (≈ 20 µs each)
+            rows = slice(int(ends[c] - sizes[c]) - row0, int(ends[c]) - row0)
+            x[rows] += v32[c]
+            logits = x[rows].astype(np.float64) @ model.W[c].T + model.b[c]
+            y[rows] = logits.argmax(axis=1)
+        test = is_test[row0:row0 + x.shape[0]]
+        n_tr = x.shape[0] - int(test.sum())
+        x_train[at_train:at_train + n_tr] = x[~test]
+        y_train[at_train:at_train + n_tr] = y[~test]
+        x_test[at_test:at_test + x.shape[0] - n_tr] = x[test]
+        y_test[at_test:at_test + x.shape[0] - n_tr] = y[test]
+        at_train, at_test = at_train + n_tr, at_test + x.shape[0] - n_tr
+        lo_client = hi_client
+    del x, y
+    n_held = split_counts(sizes, test_fraction)
+    clients = np.arange(num_clients, dtype=np.int64)
     name = "synthetic_iid" if iid else f"synthetic({alpha:g},{beta:g})"
-    data = assemble(x, y, client, num_clients, num_classes=num_classes, name=name,
-                    test_fraction=test_fraction, rng=rng_split)
+    data = assemble(x_train, y_train, np.repeat(clients, sizes - n_held), num_clients,
+                    num_classes=num_classes, name=name, x_test=x_test, y_test=y_test,
+                    client_test=np.repeat(clients, n_held))
     return data, model
 
 

@@ -105,3 +105,48 @@ def test_ten_thousand_default_clients_build_in_seconds():
     elapsed = time.perf_counter() - t
     assert d.num_clients == 10_000 and int(d.counts.max()) <= 800  # 1000 cap minus 20 % test
     assert elapsed < 20.0, f"10k default clients took {elapsed:.2f} s"  # ≈ 3 s on 2 cores
+
+
+def eager_synthetic(seed, **keys):
+    """The former builder, kept as the oracle of the streamed one: every row drawn at once, then
+    the test rows split off by ``assemble`` (the data set twice in memory at the peak)."""
+    from fedopt.data.assemble import assemble
+    from fedopt.data.checks import seed_streams
+    from fedopt.data.synthetic import check_synthetic, draw_model, draw_sizes
+
+    k = check_synthetic(**keys)
+    rng_model, rng_sizes, rng_x, rng_split = seed_streams(seed, 4)
+    sizes = draw_sizes(rng_sizes, k["num_clients"], k["min_samples"], k["max_samples"],
+                       k["lognormal_mean"], k["lognormal_sigma"])
+    model = draw_model(rng_model, k["num_clients"], k["alpha"], k["beta"], k["iid"],
+                       k["num_features"], k["num_classes"])
+    x = rng_x.standard_normal((int(sizes.sum()), k["num_features"]), dtype=np.float32)
+    x *= np.sqrt(model.cov_diag).astype(np.float32)
+    y = np.empty(x.shape[0], dtype=np.int64)
+    v32 = model.v.astype(np.float32)
+    ends = np.cumsum(sizes)
+    for c in range(k["num_clients"]):
+        rows = slice(ends[c] - sizes[c], ends[c])
+        x[rows] += v32[c]
+        y[rows] = (x[rows].astype(np.float64) @ model.W[c].T + model.b[c]).argmax(axis=1)
+    client = np.repeat(np.arange(k["num_clients"], dtype=np.int64), sizes)
+    return assemble(x, y, client, k["num_clients"], num_classes=k["num_classes"], name="",
+                    test_fraction=k["test_fraction"], rng=rng_split)
+
+
+@pytest.mark.parametrize("seed, keys, chunk", [
+    (0, {"num_clients": 40}, 1 << 18),               # one chunk
+    (1, {"num_clients": 60, "alpha": 0.5}, 700),     # many chunks of several clients
+    (2, {"num_clients": 9, "max_samples": None}, 5),  # chunks smaller than one client
+    (3, {"num_clients": 30, "iid": True, "test_fraction": 0.0}, 300),
+])
+def test_streamed_build_equals_the_eager_builder_bit_for_bit(monkeypatch, seed, keys, chunk):
+    """Chunked drawing straight into the train/test arrays gives the data the eager builder
+    (all rows at once, then the split) gives: same streams, same order, same bits."""
+    import fedopt.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "BUILD_CHUNK_ROWS", chunk)
+    got, _ = synthetic.synthetic_with_model(seed, **keys)
+    ref = eager_synthetic(seed, **keys)
+    for f in ("x", "y", "offsets", "x_test", "y_test", "client_test"):
+        assert torch.equal(getattr(got, f), getattr(ref, f)), f
