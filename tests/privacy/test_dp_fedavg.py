@@ -126,3 +126,23 @@ def test_config_refusals_name_the_field(change, field):
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert str(e.value).startswith(field), str(e.value)
+
+
+@pytest.mark.parametrize("name", ["dp_fedavg_synthetic.yaml", "diff2_digits.yaml"])
+def test_shipped_privacy_configs_validate_with_a_calibrated_noise(name):
+    from pathlib import Path
+
+    from fedopt.config import load_config
+    cfg = load_config(Path(__file__).parents[2] / "simulations" / "configs" / name)
+    p = cfg["privacy"]
+    assert p["noise_multiplier"] > 0
+    if p["mechanism"] == "diff2":
+        r1, r2 = accounting.diff2_rounds(cfg["algorithm"]["rounds"],
+                                         cfg["algorithm"]["restart_period"])
+        spent = accounting.epsilon_diff2(p["noise_multiplier"], r1, p["noise_multiplier_diff"],
+                                         r2, p["delta"], p["accountant"])
+    else:
+        q = cfg["algorithm"]["clients_per_round"] / cfg["data"]["num_clients"]
+        spent = accounting.epsilon(p["noise_multiplier"], q, cfg["algorithm"]["rounds"],
+                                   p["delta"], p["accountant"])
+    assert spent <= p["epsilon"] and spent == pytest.approx(p["epsilon"], rel=5e-3)
