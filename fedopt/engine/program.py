@@ -18,7 +18,8 @@ and returns Δ_i = P(y_{i,u_i} − y_{i,0}). A :class:`LocalProgram` names each 
 * the additive corrections: ``prox_mu`` μ ≥ 0, FedProx's proximal term μ(y − y₀); the per-client
   linear terms c_i (SCAFFOLD/FedDyn control variates) are data, passed per job by the algorithm;
 * ``postprocess``, a chain of update postprocessors P = P_n ∘ … ∘ P_1 applied to the stacked
-  updates Δ [C, ...] before they are returned (:class:`ClipUpdateNorm`; DP noise is next).
+  updates Δ [C, ...] before they are returned (:class:`ClipUpdateNorm`; per-layer clipping
+  and keyed DP noise: :mod:`fedopt.privacy.postprocess`).
 
 Algorithms supply their program (``Algorithm.local_program()``); the run adds the user's loss and
 metrics. The program travels to remote workers as data: it must pickle. Built-ins are named by

@@ -146,3 +146,17 @@ def test_shipped_privacy_configs_validate_with_a_calibrated_noise(name):
         spent = accounting.epsilon(p["noise_multiplier"], q, cfg["algorithm"]["rounds"],
                                    p["delta"], p["accountant"])
     assert spent <= p["epsilon"] and spent == pytest.approx(p["epsilon"], rel=5e-3)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    # fixed noise (a calibrated one depends on algorithm.rounds, which a resume may raise)
+    cfg = config({"noise_multiplier": 1.2, "clip": 0.3, "noise": "local"}, rounds=5)
+    cfg["checkpoint_every"] = 1
+    full = fedopt.run(cfg, progress=False)
+    short = copy.deepcopy(cfg)
+    short["algorithm"]["rounds"] = 2
+    fedopt.run(short, out_dir=tmp_path / "r", progress=False)
+    resumed = fedopt.run(cfg, out_dir=tmp_path / "r", progress=False, resume=True)
+    for k in full.final_params:
+        assert torch.equal(full.final_params[k], resumed.final_params[k])
+    assert resumed.metrics[-1]["epsilon_spent"] == full.metrics[-1]["epsilon_spent"]
