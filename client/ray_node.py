@@ -112,15 +112,19 @@ class NodeShard:
 
     # -- a round ---------------------------------------------------------------------------------
     def run_until(self, position: tuple[int, float], t1: float, start_at: float,
-                  seconds_per_unit: float | None, dead: list[int]) -> dict[str, Any]:
+                  seconds_per_unit: float | None, dead: list[int],
+                  nodes: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Apply every event after ``position`` (stream index, time) up to virtual time ``t1``
-        that touches an own node; ``start_at``: the run's real start (``time.time()``) for the
-        pacing. Returns the own rows, brought to ``t1`` (``alg.finish``), and the stream
+        that touches an own node, starting from the own rows of ``nodes`` (the master's stacked
+        state ``[n, ...]``: a restored checkpoint; None: where the last round left them);
+        ``start_at``: the run's real start (``time.time()``) for the pacing. Returns the own rows, brought to ``t1`` (``alg.finish``), and the stream
         indices of the events applied here (``events``, in order)."""
         alg = self.alg
         with self._cond:
             self.dead[np.asarray(dead, dtype=np.int64)] = True
             self._aborted = False
+        if nodes is not None:
+            self.set_rows({k: np.asarray(v)[self.own] for k, v in nodes.items()})
         stream = alg._stream()
         stream.seek(*position)
         ev = stream.until(t1)

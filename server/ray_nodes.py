@@ -4,7 +4,8 @@
 the n nodes in ``executor.num_workers`` shard actors (contiguous blocks of node ids, so a ring's
 or a grid's neighbours mostly share an actor); each round (one virtual time unit) every actor
 runs its nodes' events of the keyed stream in real time, exchanging parameters with the actors
-of their neighbours directly, and returns its rows; the master only starts the round, collects
+of their neighbours directly, and returns its rows; the master starts the round from its stacked
+state (one object-store copy: so a restored checkpoint restarts the actors exactly), collects
 the rows for the metrics and checkpoints, and watches for dead actors.
 
 A node actor that dies (killed, its node lost) is handled by ``executor.on_node_failure``:
@@ -89,7 +90,11 @@ class NodeGroup:
         if self.start_at is None:       # the real instant of virtual time t0
             self.start_at = time.time() - (t0 * self.spu if self.spu else 0.0)
         dead = np.flatnonzero(self.dead).tolist()
-        refs = {self.actors[s].run_until.remote(position, t1, self.start_at, self.spu, dead): s
+        # the round starts from the master's state (the source of truth: a restored checkpoint
+        # or the rows the actors returned last round), one object-store copy for every actor
+        start = ray.put({k: v.cpu().numpy() for k, v in nodes.items()})
+        refs = {self.actors[s].run_until.remote(position, t1, self.start_at, self.spu, dead,
+                                                start): s
                 for s in range(self.num_shards) if self.alive[s]}
         applied = [np.zeros(0, dtype=np.int64)]
         pending = list(refs)
