@@ -1,7 +1,8 @@
-"""Gradient coding on Ray workers (``algorithm.live``): worker jobs return their clients'
-gradients, the master takes the first responders (``ray.wait``); with the virtual clock's times
-injected as real delays the run equals the in-process virtual-clock run (same decode sets and
-virtual times, parameters to float summation order)."""
+"""Gradient coding on Ray workers (``algorithm.live``): one coded-task call per worker actor
+returns its coded workers' f_i one by one, the master takes the first responders (``ray.wait``);
+with the virtual clock's times injected as real delays the run equals the in-process
+virtual-clock run (same decode sets and virtual times, parameters to float summation order).
+Sequential codes and minibatches on Ray: tests/server/test_ray_sgc.py."""
 import copy
 
 import numpy as np
@@ -24,7 +25,7 @@ def config(code, s, executor, live, spu=None, rounds=3):
            "algorithm": {"name": "gradient_coding", "code": code, "num_workers": 6,
                          "stragglers": s, "rounds": rounds, "live": live,
                          "seconds_per_unit": spu, "decode_error": True},
-           "client": {"local_steps": 1, "batch_size": 10_000,
+           "client": {"local_steps": 1,        # full-batch partitions: no batch_size
                       "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.5}},
            "clock": CLOCK, "executor": {"name": executor, "dtype": "float64"}}
     if executor == "ray":
@@ -51,12 +52,13 @@ def test_ray_first_responders_equal_the_virtual_clock(ray_session, code, s):
         ray_sim.close()
 
 
-def test_live_needs_a_live_executor_and_full_batch_steps():
+def test_live_needs_a_live_executor():
     with pytest.raises(ConfigError, match="^algorithm.live"):
         load_config(config("cyclic", 2, "local", True))
-    cfg = config("cyclic", 2, "ray", True)
-    cfg["client"]["local_steps"] = 2
-    with pytest.raises(ConfigError, match="^client.local_steps"):
-        load_config(cfg)
     with pytest.raises(ConfigError, match="^algorithm.seconds_per_unit"):
         load_config(config("cyclic", 2, "local", False, spu=0.1))
+    with pytest.raises(ConfigError, match="^algorithm.seconds_per_unit"):
+        cfg = config("cyclic", 2, "local", False, spu=0.1)
+        cfg["algorithm"].update({"code": "sr_sgc", "stragglers": 0})
+        load_config(cfg)
+    assert not load_config(config("cyclic", 2, "ray", True))["algorithm"]["minibatch"]
