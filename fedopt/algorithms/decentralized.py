@@ -45,7 +45,8 @@ class DecentralizedConfig(AlgorithmConfig):
     time_budget: PositiveFloat = Field(..., description="T: virtual time units to run (one "
                                                         "unit = one expected gradient per node)")
     batch_events: Bool = Field(True, description="apply events on disjoint nodes together "
-                                                 "(false: one at a time, the reference loop)")
+                                                 "(false: one at a time, the reference loop; "
+                                                 "Ray node actors always go one at a time)")
     seconds_per_unit: Optional[PositiveFloat] = Field(
         None, description="executor.name ray: event k is applied t_k·seconds_per_unit real "
                           "seconds after the start (the virtual clock paced in real time; null: "
