@@ -84,7 +84,8 @@ def test_a_dead_worker_actor_is_a_straggler_the_code_absorbs(ray_session):
     """Killing the actor that hosts coded workers mid-run: its workers are lost for that
     iteration (counted in the fault log), the run goes on where the code still decodes."""
     alg = {"code": "frc", "stragglers": 2, "rounds": 3}
-    live = Simulation(load_config(config(alg, SPEEDS, "ray")))
+    # injected delays: the survivors answer after the dead actor's error has come back
+    live = Simulation(load_config(config(alg, SPEEDS, "ray", spu=0.05)))
     try:
         live.step()
         ex = live.executor
