@@ -297,7 +297,8 @@ class GrpcClient:
             try:
                 msg = self._call("Poll", M.Poll(session=self.welcome.session,
                                                 wait_s=self.opts.poll_s),
-                                 (M.Task, M.Idle, M.Shutdown), timeout=self.opts.poll_s + 60)
+                                 (M.Task, M.Idle, M.Shutdown),
+                                 timeout=self.opts.poll_s + 600)   # includes the download
                 if isinstance(msg, M.Shutdown):
                     log.info("coordinator: %s; exiting", msg.reason)
                     return 0

@@ -1,7 +1,8 @@
 """The messages between a gRPC coordinator and its client processes, with a protocol version.
 
-Each message is a frozen dataclass; on the wire it is a msgpack map (:mod:`fedopt.protocols.
-grpc_codec`) ``{"v": PROTOCOL_VERSION, "type": <name>, <field>: <value>, ...}``. :func:`unpack`
+Each message is a frozen dataclass; on the wire it is a msgpack map ``{"v": PROTOCOL_VERSION,
+"type": <name>, <field>: <value>, ...}`` whose tensors travel out of band
+(:mod:`fedopt.protocols.grpc_codec`). :func:`unpack`
 is strict: a wrong version, an unknown type, a missing or unknown field and a value of the wrong
 kind are each refused with one :class:`~fedopt.protocols.grpc_codec.CodecError` naming the
 message and field. Field kinds (:data:`KINDS`): ``int``, ``float`` (ints accepted), ``str``,

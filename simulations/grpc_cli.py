@@ -68,6 +68,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                     resume=resume)
     except CoordinatorError as e:
         raise cli.CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted (the client processes were told to exit); continue with: "
+              f"{cli.invoked_as()} serve {args.config} --out {out_dir}", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
     row = cli.final_row(result.metrics or [], result.summary)
     print()
     cli._print_table([row])
@@ -98,6 +102,9 @@ def cmd_client(args: argparse.Namespace) -> int:
     except ClientExit as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
 
 
 def register(sub: Any, formatter: type = argparse.HelpFormatter) -> None:

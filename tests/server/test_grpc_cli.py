@@ -1,0 +1,39 @@
+"""``fedopt serve`` / ``fedopt client`` argument handling (no network)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedopt.simulations.cli import main
+from fedopt.simulations.grpc_cli import parse_ids
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "simulations/configs/quickstart.yaml")
+
+
+def test_parse_ids():
+    assert parse_ids("0,1,5-7").tolist() == [0, 1, 5, 6, 7]
+    assert parse_ids(" 3 ").dtype == np.int64
+    for bad in ("", "a", "1-x"):
+        with pytest.raises(ValueError, match="--clients"):
+            parse_ids(bad)
+
+
+def test_serve_refuses_a_config_for_another_executor(tmp_path, capsys):
+    code = main(["serve", QUICKSTART, "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "executor.name: 'fedopt serve' runs a gRPC coordinator" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    ([], "give either --config CONFIG --clients IDS or --data FILE.npz"),
+    (["--config", "c.yaml", "--data", "d.npz"], "give either"),
+    (["--config", QUICKSTART], "--clients: required with --config"),
+    (["--config", QUICKSTART, "--clients", "x"], "--clients: expected"),
+])
+def test_client_argument_errors(args, words, capsys):
+    code = main(["client", "--server", "127.0.0.1:1", "--token", "t" * 32] + args)
+    assert code == 2
+    assert words in capsys.readouterr().err
