@@ -31,9 +31,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from fedopt.records import CSV_FILE, TENSORBOARD_DIR
+
 HOOKS = ("on_run_start", "on_round_end", "on_evaluation", "on_checkpoint", "on_run_end")
-TENSORBOARD_DIR = "tensorboard"
-CSV_FILE = "metrics.csv"
 
 
 @dataclass

@@ -6,6 +6,8 @@ Layout of one run directory::
     versions.json        environment_info() + seed (+ one entry per resume)
     metrics.jsonl        one JSON object per logged round
     summary.json         final summary
+    metrics.csv          the metrics rows as CSV (``csv: true``, :mod:`fedopt.callbacks`)
+    tensorboard/         TensorBoard event files of every metric (``tensorboard: true``)
     checkpoints/         round_000010.safetensors, round_000020.safetensors (the newest ``keep``)
     .fedopt.lock         held (``flock``) by the one process writing the run
 
@@ -55,6 +57,9 @@ CONFIG_FILE = "config.json"
 VERSIONS_FILE = "versions.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+CSV_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+_EVENTS_FILE = re.compile(r"^events\.out\.tfevents\.")
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".fedopt.lock"
 CHECKPOINT_SUFFIX = ".safetensors"
@@ -579,12 +584,14 @@ class RunRecorder:
 
 # ----------------------------------------------------------------------------- removing runs
 
-_RUN_FILES = frozenset({CONFIG_FILE, VERSIONS_FILE, METRICS_FILE, SUMMARY_FILE, LOCK_FILE})
+_RUN_FILES = frozenset({CONFIG_FILE, VERSIONS_FILE, METRICS_FILE, SUMMARY_FILE, LOCK_FILE,
+                        CSV_FILE})
 
 
 def remove_run_dir(run_dir: PathLike, dry_run: bool = False) -> None:
     """Delete a run directory that fedopt wrote, file by file: its records, its checkpoints,
-    its ``plots/`` PNGs, fedopt's temporary files (``dry_run``: only check that it may).
+    its ``plots/`` PNGs, its ``tensorboard/`` event files, fedopt's temporary files
+    (``dry_run``: only check that it may).
 
     Raises :class:`RunDirError` naming the first entry fedopt does not write (and deletes
     nothing), or when ``run_dir`` is not a fedopt run (no fedopt ``versions.json``).
@@ -611,6 +618,13 @@ def remove_run_dir(run_dir: PathLike, dry_run: bool = False) -> None:
                     else:
                         raise RunDirError(f"{os.fspath(q)}: not written by fedopt; "
                                           f"{os.fspath(d)} is left alone")
+                dirs.append(p)
+            elif p.name == TENSORBOARD_DIR and p.is_dir() and not p.is_symlink():
+                for q in p.iterdir():
+                    if not (q.is_file() and _EVENTS_FILE.match(q.name)):
+                        raise RunDirError(f"{os.fspath(q)}: not written by fedopt; "
+                                          f"{os.fspath(d)} is left alone")
+                    files.append(q)
                 dirs.append(p)
             elif p.name == "plots" and p.is_dir() and not p.is_symlink():
                 for q in p.iterdir():

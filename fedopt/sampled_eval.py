@@ -10,13 +10,17 @@ sample S (Cochran, *Sampling Techniques*, 3rd ed., §6.4)::
     V̂(R̂) = (1 − m/K) / (m · n̄²) · Σ_{i∈S} (s_i − R̂ n_i)² / (m − 1),   n̄ = (1/m) Σ_{i∈S} n_i
 
 and recorded as ``test_<name>`` (the estimate, in place of the full evaluation) with
-``test_<name>_ci``, the half-width z_{0.975}·√V̂ of its normal 95 % confidence interval (0 when
+``test_<name>_ci``, the half-width t_{0.975, m−1}·√V̂ of its 95 % confidence interval (0 when
 m ≥ K: the evaluation is then exact), ``train_*`` alike with ``eval_train``, and
 ``eval_clients`` = m. Cost: the rows of m clients instead of all, one grouped pass each.
+
+The interval is asymptotic: accurate for homogeneous clients (measured coverage 0.92–0.95 for
+m = 12…120 of 400 iid Synthetic clients) but optimistic for small samples of very
+heterogeneous ones (Synthetic(1,1), lognormal client sizes and near-0/1 client accuracies:
+0.75 at m = 12, 0.84 at m = 60 of 400), where m should be in the hundreds.
 """
 from __future__ import annotations
 
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -44,8 +48,10 @@ def ratio_estimate(s: np.ndarray, n: np.ndarray, population: int) -> tuple[float
         return r, float("nan")
     resid = s - r * n
     var = (1 - m / population) / (m * n.mean() ** 2) * float((resid ** 2).sum()) / (m - 1)
-    z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
-    return r, float(z * var ** 0.5)
+    from scipy.stats import t as student_t
+
+    q = float(student_t.ppf(0.5 + CONFIDENCE / 2, m - 1))
+    return r, float(q * var ** 0.5)
 
 
 def _columns(prefix: str, sums: EvalSums, population: int) -> dict[str, float | None]:
