@@ -140,12 +140,14 @@ class BatchSizeTest:
     def next_batch_size(self, b: Tensor, stats: BatchStats, b_max: Tensor | int | None = None
                         ) -> Tensor:
         """int64 [C]: b_{k+1} = min(b_max, max(b_k, proposed)); b_k kept where fewer than two
-        rows were seen or b_k ≥ b_max. ``b_max`` [C] or int (default ``max_batch_size``)."""
+        rows were seen, b_k ≥ b_max or the statistics are NaN (a diverged client: the
+        executor's non-finite policy deals with it). ``b_max`` [C] or int (default ``max_batch_size``)."""
         b = torch.as_tensor(b, dtype=torch.int64)
         cap = self.max_batch_size if b_max is None else b_max
         cap_t = (torch.full_like(b, 2 ** 62) if cap is None
                  else torch.as_tensor(cap, dtype=torch.int64, device=b.device).expand_as(b))
         prop = self.proposed(stats).to(b.device)
+        prop = torch.where(torch.isnan(prop), b.double(), prop)   # non-finite grads: keep b
         grown = torch.minimum(cap_t.double(), torch.maximum(b.double(), prop)).to(torch.int64)
         keep = (stats.b.to(b.device) < 2) | (b >= cap_t)
         return torch.where(keep, b, grown)

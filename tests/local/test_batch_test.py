@@ -148,3 +148,10 @@ def test_norm_only_statistics_skip_the_inner_products():
     t = BatchSizeTest("norm", 0.3)
     assert torch.equal(t.next_batch_size(torch.tensor([2, 2]), full, 50),
                        t.next_batch_size(torch.tensor([2, 2]), lean, 50))
+
+
+def test_nan_statistics_keep_the_batch_size():
+    g = torch.tensor(np.random.default_rng(7).normal(size=(2, 4, 3)))
+    g[0, 1, 0] = float("nan")
+    nxt = BatchSizeTest("norm", 0.1).next_batch_size(torch.tensor([3, 3]), batch_statistics(g), 50)
+    assert nxt[0] == 3 and 3 <= nxt[1] <= 50
