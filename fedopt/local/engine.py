@@ -106,12 +106,13 @@ def train_adaptive(trainer, start: Params, x: Tensor, y_labels: Tensor, plan: Ba
     if training.online_batches:
         pass_rows = None
         if training.curriculum is not None:
+            # the scoring model: the received one (global), or the live iterate (local)
+            scoring = {"y": {k: v.clone() for k, v in y.items()}}
+            live = training.curriculum.score == "local"
+
             def model_of(i: int) -> Params:
-                return {k: v[i] for k, v in (y_now if training.curriculum.score == "local"
-                                              else y_start).items()}
-            y_start = y if stacked_start else {k: v for k, v in y.items()}
-            y_start = {k: v.clone() for k, v in y_start.items()}
-            y_now = y
+                return {k: v[i] for k, v in scoring["y"].items()}
+
             pass_rows = _CurriculumRows(training.curriculum, src, trainer, x, y_labels, model_of)
         stream = BatchStream(src, pass_rows, device=dev, dtype=dtype)
     state = opt.init(y, batch_shape=(C,))
@@ -175,9 +176,8 @@ def train_adaptive(trainer, start: Params, x: Tensor, y_labels: Tensor, plan: Ba
         else:
             y = masked_select(active, new_y, y)
             state = masked_select(active, new_state, state)
-        if training.curriculum is not None:
-            y_now.clear()
-            y_now.update(y)
+        if training.curriculum is not None and live:
+            scoring["y"] = y
         steps += active_np
         samples += int(take[active_np].sum())
         b_seen = np.maximum(b_seen, np.where(active_np, take, 0))
