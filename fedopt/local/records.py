@@ -1,7 +1,10 @@
-"""The metrics rows' ``batch_size_mean`` and ``batch_size_max`` for runs with adaptive local
-training: the mean minibatch over every local step of the round (real samples / local steps)
-and the largest minibatch any client took (:attr:`~fedopt.engine.contract.RoundOutput.batch_size`;
-``client.batch_size`` when no client chose its batches online)."""
+"""The metrics rows' columns of runs with adaptive local training, per round:
+``batch_size_mean``, the mean minibatch over every local step (real samples / local steps);
+``batch_size_max``, the largest minibatch any client took
+(:attr:`~fedopt.engine.contract.RoundOutput.batch_size`; ``client.batch_size`` when no client
+chose its batches online); ``local_steps``, Σ_i u_i over the round's jobs (with SSO: outer
+steps, i.e. ∇_z ℓ queries) and, with SSO, ``sso_inner_steps`` = m · local_steps (parameter
+passes)."""
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +38,9 @@ class BatchSizeColumns:
     """Algorithm ``inner`` whose round statistics also carry ``batch_size_mean`` and
     ``batch_size_max`` (module docstring); everything else delegates to ``inner``."""
 
-    def __init__(self, inner: Any, batch_size: int):
+    def __init__(self, inner: Any, batch_size: int, sso_steps: int | None = None):
         self.__dict__["_inner"], self.__dict__["batch_size"] = inner, int(batch_size)
+        self.__dict__["sso_steps"] = sso_steps
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["_inner"], name)
@@ -52,6 +56,9 @@ class BatchSizeColumns:
         new, stats = self._inner.run_round(state, rec, optimizer)
         stats["batch_size_mean"] = rec.samples / rec.steps if rec.steps else float("nan")
         stats["batch_size_max"] = rec.largest
+        stats["local_steps"] = rec.steps
+        if self.sso_steps is not None:
+            stats["sso_inner_steps"] = rec.steps * self.sso_steps
         return new, stats
 
 
@@ -61,6 +68,7 @@ def with_batch_size_columns(algorithm: Any, config: dict[str, Any]) -> Any:
     from fedopt.local.config import from_client
 
     client = config.get("client") or {}
-    if not hasattr(algorithm, "run_round") or from_client(client) is None:
+    training = from_client(client) if hasattr(algorithm, "run_round") else None
+    if training is None:
         return algorithm
-    return BatchSizeColumns(algorithm, client.get("batch_size", 1))
+    return BatchSizeColumns(algorithm, client.get("batch_size", 1), training.sso_steps)

@@ -90,3 +90,11 @@ def test_plain_runs_have_no_batch_size_columns():
     rows = fedopt.run(cfg(), progress=False).metrics
     assert "batch_size_mean" not in rows[-1]
     np.testing.assert_array_less(0, rows[-1]["samples"])
+
+
+def test_sso_rows_count_queries_and_inner_passes():
+    c = {**cfg(sso={"inner_steps": 4}), "client": {**cfg()["client"], "local_epochs": None,
+                                                   "local_steps": 3, "sso": {"inner_steps": 4}}}
+    rows = fedopt.run(c, progress=False).metrics
+    assert all(r["local_steps"] == 4 * 3 for r in rows)          # 4 clients x 3 outer steps
+    assert all(r["sso_inner_steps"] == 4 * r["local_steps"] for r in rows)
