@@ -57,7 +57,8 @@ from fedopt.protocols.ray_messages import to_arrays, to_tensors
 from fedopt.server.dispatch import (Action, Call, CallFailed, DispatchPolicy, gather,
                                     renormalise)
 from fedopt.server.faults import FaultLog, WorkerFailedError
-from fedopt.server.grpc_service import Coordinator, CoordinatorError, ServerTask, read_tokens
+from fedopt.server.grpc_service import (SILENT_HEARTBEATS, Coordinator, CoordinatorError,
+                                        ServerTask, read_tokens)
 
 log = logging.getLogger("server.grpc")
 
@@ -434,11 +435,10 @@ class GrpcExecutor:
         c = self.coordinator
         c.shutdown("the run is over")
         deadline = time.monotonic() + self.shutdown_grace_s
-        # wait (bounded) until every connected client polled once more and heard it
-        heard = {s.index: s.last_seen for s in c.slots}
+        # wait (bounded) until every connected client heard it (one still finishing a
+        # cancelled job hears it on its next poll)
         while time.monotonic() < deadline:
-            live = c.connected()
-            if all(c.slots[i].last_seen > heard[i] for i in live):
+            if all(c.slots[i].told_shutdown for i in c.connected()):
                 break
             time.sleep(0.05)
         self.server.stop(grace=1.0).wait(5.0)
@@ -479,12 +479,33 @@ class _GrpcTransport:
         return sent
 
     def ready(self, calls: list[Call], timeout: float | None) -> list[Call]:
+        """The answered calls, waiting up to ``timeout``. Meanwhile, every heartbeat interval,
+        a call whose client process has fallen silent (no contact for 3 heartbeats: it died or
+        lost its network) is made late now — its deadline set to the present — so the dispatch
+        policy treats it as a straggler at once instead of after ``round_timeout_s``."""
         orphans = [call for call in calls if call.handle is None]
         if orphans:
             return orphans
+        c = self.ex.coordinator
         by_task = {id(call.handle): call for call in calls}
-        done = self.ex.coordinator.wait_done([call.handle for call in calls], timeout)
-        return [by_task[id(t)] for t in done]
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            step = c.heartbeat_s if left is None else min(c.heartbeat_s, left)
+            done = c.wait_done([call.handle for call in calls], step)
+            if done:
+                return [by_task[id(t)] for t in done]
+            silent = set(c.silent())
+            late = [call for call in calls if call.slot in silent]
+            if late:
+                for call in late:
+                    call.deadline = time.monotonic()
+                log.warning("grpc: client process(es) %s silent for %g s (3 heartbeats): their "
+                            "jobs are stragglers", sorted({call.slot for call in late}),
+                            SILENT_HEARTBEATS * c.heartbeat_s)
+                return []
+            if left is not None and left <= step:
+                return []
 
     def result(self, call: Call) -> Any:
         c = self.ex.coordinator

@@ -22,8 +22,10 @@ gRPC's generic handlers (no generated code) and is driven by the executor
   ``INVALID_ARGUMENT``. At most ``max_buffered`` accepted results wait to be folded into the
   sum at once (a ``Submit`` beyond that waits before reading its frames) and at most
   ``2 max_buffered`` tasks stream out at once: bounded memory.
-* **Liveness.** Every call refreshes the slot's last contact; clients heartbeat while they
-  train. A slot silent for 3 heartbeats counts as disconnected (:meth:`connected`).
+* **Liveness.** Every call, every frame of a download or upload and every second of a held
+  poll refresh the slot's last contact; clients heartbeat while they train. A registered slot
+  silent for 3 heartbeats (:meth:`silent`) died or lost its network: the executor makes its
+  outstanding jobs stragglers.
 * **Shutdown.** :meth:`shutdown` answers every poll with ``Shutdown``.
 """
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Slot:
     name: str = ""
     last_seen: float = 0.0
     registrations: int = 0
+    told_shutdown: bool = False
     queue: deque = field(default_factory=deque)   # task ids to hand out
 
 
@@ -226,6 +229,7 @@ class Coordinator:
             while True:
                 if self.closing is not None:
                     out: Any = M.pack(M.Shutdown(reason=self.closing))
+                    s.told_shutdown = True
                     break
                 while s.queue:
                     t = self.tasks.get(s.queue.popleft())
@@ -241,11 +245,14 @@ class Coordinator:
                     out = M.pack(M.Idle())
                     break
                 self.cond.wait(min(left, 1.0))
+                s.last_seen = time.monotonic()      # a held poll: the client is there
         if task is None:
             yield from split(out, self.chunk_bytes)
             return
         with self.sending:
-            yield from split(out, self.chunk_bytes)
+            for frame in split(out, self.chunk_bytes):
+                s.last_seen = time.monotonic()      # downloading: not silent
+                yield frame
 
     def submit(self, frames: Iterable[Frame | BadFrame], context: Any) -> bytes:
         import grpc
@@ -255,8 +262,13 @@ class Coordinator:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "coordinator busy: submit again")
         keep = False
         try:
+            def seen(frames=frames, s=self.slots[slot]):
+                for f in frames:                    # uploading: not silent
+                    s.last_seen = time.monotonic()
+                    yield f
+
             try:
-                payload = join(frames, self.limits.max_message_bytes)
+                payload = join(seen(), self.limits.max_message_bytes)
                 msg = M.unpack(payload, (M.Result, M.Failure), self.limits)
             except CodecError as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -405,6 +417,15 @@ class Coordinator:
         with self.cond:
             return [s.index for s in self.slots if s.session is not None
                     and now - s.last_seen < SILENT_HEARTBEATS * self.heartbeat_s]
+
+    def silent(self) -> list[int]:
+        """Slots whose session has not been heard from for 3 heartbeat intervals (a process
+        that died or lost its network; a slot that never registered is not silent, it is
+        awaited)."""
+        now = time.monotonic()
+        with self.cond:
+            return [s.index for s in self.slots if s.session is not None
+                    and now - s.last_seen >= SILENT_HEARTBEATS * self.heartbeat_s]
 
     def wait_for(self, ok: Any, timeout: float | None) -> bool:
         """Wait until ``ok()`` (evaluated under the lock) holds; False on timeout."""

@@ -34,7 +34,7 @@ def grpc_config(tokens_file: Path, port: int, **executor) -> dict:
     cfg = copy.deepcopy(BASE)
     cfg["executor"] = {"name": "grpc", "dtype": "float64", "chunk_size": 3,
                        "address": f"127.0.0.1:{port}", "min_clients": 2,
-                       "tokens": str(tokens_file), "heartbeat_s": 0.5, "shutdown_grace_s": 5.0,
+                       "tokens": str(tokens_file), "heartbeat_s": 1.0, "shutdown_grace_s": 5.0,
                        "join_timeout_s": 60.0, **executor}
     return cfg
 

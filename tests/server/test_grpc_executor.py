@@ -88,13 +88,18 @@ def test_full_gradients_and_evaluation_equal_in_process(fleet, local_sim):
     assert np.array_equal(ex.job_samples(ids), local_sim.executor.job_samples(ids))
 
 
-def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(local_sim, tmp_path):
+@pytest.mark.parametrize("timeouts", [{"round_timeout_s": 1.5, "heartbeat_s": 60.0},
+                                      {"round_timeout_s": None, "heartbeat_s": 1.0}],
+                         ids=["round_timeout", "missed_heartbeats"])
+def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(local_sim, tmp_path,
+                                                                            timeouts):
     """Slot 1 registers, takes its task and never answers (a process that died mid-round):
-    after round_timeout_s its jobs are dropped and the sum renormalised over slot 0's jobs —
-    checked against the in-process executor run on those jobs alone."""
+    after round_timeout_s — or, without one, once it missed 3 heartbeats — its jobs are
+    dropped and the sum renormalised over slot 0's jobs, checked against the in-process
+    executor run on those jobs alone."""
     tokens = write_tokens(tmp_path / "tokens.txt", 2)
-    cfg = load_config(grpc_config(tmp_path / "tokens.txt", free_port(), round_timeout_s=1.5,
-                                  max_retries=0))
+    cfg = load_config(grpc_config(tmp_path / "tokens.txt", free_port(), max_retries=0,
+                                  **timeouts))
     evens = np.arange(0, 24, 2)
     threads = _start_clients(cfg, tokens[:1], [evens])
     dead = Raw(int(cfg["executor"]["address"].rsplit(":")[1]), tokens[1])

@@ -31,7 +31,7 @@ def grpc_ex(tmp_path_factory):
     raw = dict(base.config)
     raw["executor"] = {"name": "grpc", "dtype": "float64", "address": f"127.0.0.1:{free_port()}",
                        "min_clients": 2, "tokens": str(folder / "tokens.txt"),
-                       "heartbeat_s": 0.5, "shutdown_grace_s": 5.0, "realtime": True,
+                       "heartbeat_s": 1.0, "shutdown_grace_s": 5.0, "realtime": True,
                        "seconds_per_unit": 0.05}
     cfg = load_config(raw)
     threads = []
