@@ -167,6 +167,11 @@ class GrpcExecutor:
                                   program=M.describe(trainer.program),
                                   heartbeat_s=ex["heartbeat_s"], chunk_bytes=ex["chunk_bytes"],
                                   limits=limits, max_buffered=ex["max_buffered_results"])
+        host = ex["address"].rpartition(":")[0].strip("[]")
+        if not ex["tls"] and host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("executor.tls is not set and executor.address %s is not loopback: tokens "
+                        "and models travel unencrypted (set executor.tls for other hosts)",
+                        ex["address"])
         server, port = start_server(coordinator, ex["address"], ex["tls"], ex["chunk_bytes"])
         if port_file:
             with open(port_file, "w") as f:
