@@ -8,7 +8,8 @@ scheduler (which re-scores once its shuffled pool is used up) the clients are re
 round: one forward pass over every client's training rows on the coordinator (the cost of one
 evaluation). Scores and draws depend only on (seed, round, global model), so a resumed run
 and every executor sample the same clients. ``aggregation_weights: unbiased`` assumes uniform
-sampling and is then only approximately unbiased.
+sampling and is then only approximately unbiased. Refused with ``privacy: dp_fedavg``
+(its accountant assumes uniform sampling at rate m/N).
 """
 from __future__ import annotations
 
@@ -124,15 +125,23 @@ def with_client_curriculum(algorithm: Any, config: dict[str, Any], data: Any, fm
     spec = (config.get("client") or {}).get("client_curriculum")
     if spec is None:
         return algorithm
-    check_client_curriculum(algorithm)
+    check_client_curriculum(algorithm, config)
     return ClientCurriculum(algorithm, spec["order"], spec["pacing"], float(spec["a"]),
                             float(spec["b"]), data, fmodel, loss_fn,
                             int(config["algorithm"]["rounds"]))
 
 
-def check_client_curriculum(algorithm: Any) -> None:
+def check_client_curriculum(algorithm: Any, config: dict[str, Any] | None = None) -> None:
     """ConfigError naming ``client.client_curriculum`` unless ``algorithm`` samples with
-    ``sample_clients`` (the FedAvg family)."""
+    ``sample_clients`` (the FedAvg family), and with ``privacy: {mechanism: dp_fedavg}`` in
+    ``config`` (or ``algorithm`` already made private): DP-FedAvg's accountant assumes each
+    round's clients are sampled uniformly at rate m/N, which a pool ranked by the global
+    model's loss on every client's data is not."""
+    p = (config or {}).get("privacy") or {}
+    if p.get("mechanism") == "dp_fedavg" or hasattr(algorithm, "epsilon_spent"):
+        raise ConfigError("client.client_curriculum: not available with privacy (dp_fedavg): "
+                          "its privacy accounting assumes clients sampled uniformly at rate "
+                          "m/N, and the pool ranks clients by their data; remove one of them")
     if algorithm is None:
         return
     base = _base(algorithm)

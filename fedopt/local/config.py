@@ -169,7 +169,7 @@ def check_local_training(built: Any, cfg: dict[str, Any]) -> None:
     ``client.estimator``'s zeroth-order clients, as a run builds it)."""
     training = from_client(cfg["client"])
     if cfg["client"].get("client_curriculum") is not None:
-        check_client_curriculum(built)
+        check_client_curriculum(built, cfg)
     if training is None or built is None or not hasattr(built, "local_program"):
         return
     from fedopt.algorithms.fedzo import with_estimator

@@ -77,3 +77,14 @@ def test_resume_samples_the_same_clients():
     again.run()
     for k, v in full.state.params.items():
         assert torch.equal(v, again.state.params[k])
+
+
+def test_refused_with_dp_privacy_at_validate_and_run():
+    """DP-FedAvg's accounting needs uniform client sampling: the pool is refused, naming the
+    field, by validate as by a run (validate used to pass it and the run fail)."""
+    dp = {**CFG, "algorithm": {**CFG["algorithm"], "aggregation_weights": "uniform"},
+          "privacy": {"mechanism": "dp_fedavg", "clip": 0.5, "noise_multiplier": 1.0}}
+    with pytest.raises(ConfigError, match="^client.client_curriculum: not available with privacy"):
+        validate(dp)
+    with pytest.raises(ConfigError, match="^client.client_curriculum: not available with privacy"):
+        Simulation(load_config(dp))
