@@ -172,6 +172,14 @@ def test_without_the_token_one_error_line_naming_executor_address(cluster, tmp_p
                          capture_output=True, text=True, timeout=120)
     name, took = out.stdout.split()
     assert name == "RayConnectError" and float(took) < 5.0, (out.stdout, out.stderr[-2000:])
+    # through the Ray client server (ray://) the same: its first call is refused
+    client = ("from fedopt.server.ray_connect import check_auth\ntry:\n"
+              "    check_auth('ray://127.0.0.1:%d')\nexcept ConnectionError as e:\n"
+              "    print(e)\n" % cluster.client)
+    out = subprocess.run([sys.executable, "-c", client], env=cluster.env(token=False),
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("executor.address: the Ray cluster at 'ray://127.0.0.1:")
+    assert "requires token authentication" in out.stdout, (out.stdout, out.stderr[-2000:])
     # a wrong token: refused, named
     wrong = cluster.root / "wrong-token"
     wrong.write_text("0" * 64)
