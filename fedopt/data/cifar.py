@@ -21,7 +21,10 @@ numpy's array reconstructor, ``ndarray`` and ``dtype`` (plain numeric dtypes onl
 ``frombuffer`` helper (protocol 5) and ``_codecs.encode`` (bytes pickled by Python 3) — each
 wrapped so it builds arrays only from the file's own bytes, and refuses every other global
 with a ConfigError naming the file. Lists, dicts, ints and byte strings need no globals.
-fedopt itself never writes pickle; this reads the user's existing files.
+``BUILD`` (setting an object's state) is accepted only on arrays. The reader is the pure-Python
+unpickler, whose memo is a dict: the C one grows a table to the largest memo index a file
+names, so 9 bytes could allocate gigabytes. fedopt itself never writes pickle; this reads the
+user's existing files.
 
 Sizes are bounded before they are allocated: the files' total size ``S`` is known from the
 folder, and loading is refused unless ``14 S`` (the arrays, their float32 copies and the
@@ -32,6 +35,7 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -130,6 +134,9 @@ def _dtype(spec: Any, *args: Any) -> np.dtype:
 
 
 def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    if not isinstance(buf, (bytes, bytearray)):   # bytes(n) of an int n would allocate n bytes
+        raise pickle.UnpicklingError(f"frombuffer needs the array's bytes, got "
+                                     f"{type(buf).__name__}")
     if not isinstance(dtype, np.dtype):
         raise pickle.UnpicklingError("frombuffer needs a dtype")
     return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy()
@@ -141,6 +148,7 @@ def _encode(text: Any, encoding: str = "utf-8") -> bytes:
     return codecs.encode(text, encoding)
 
 
+_NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -152,7 +160,7 @@ _ALLOWED = {
 }
 
 
-class _Restricted(pickle.Unpickler):
+class _Restricted(pickle._Unpickler):   # the pure-Python unpickler (module doc: its memo)
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
@@ -160,6 +168,28 @@ class _Restricted(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds "
                                          f"only dicts, lists, byte strings and numpy arrays") \
                 from None
+
+    def load_build(self) -> None:
+        """BUILD fills arrays (numpy's own __setstate__, which checks the byte count). A
+        dtype's state is read for its byte order only and not applied: numpy's
+        dtype.__setstate__ would rewrite a dtype's fields, item size and flags as the file
+        says. On anything else BUILD would set attributes of the object the file names."""
+        target = self.stack[-2]
+        if isinstance(target, np.dtype):
+            state = self.stack.pop()
+            order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+            if isinstance(order, bytes):    # Python 2's str, read with encoding="bytes"
+                order = order.decode("latin-1")
+            if order not in ("|", "=", _NATIVE_ORDER):
+                raise pickle.UnpicklingError(f"dtype state with byte order {order!r:.10}: "
+                                             f"only native-order arrays are read")
+            return
+        if type(target) is not np.ndarray:
+            raise pickle.UnpicklingError(f"BUILD on a {type(target).__name__}: only arrays "
+                                         f"are rebuilt")
+        super().load_build()
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
 
 
 def load_batch(path: Path) -> dict[bytes, Any]:
@@ -196,9 +226,14 @@ def _rows(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, np.nd
         got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise ConfigError(f"data.path: {path}: 'data' must be a uint8 array [N, 3072] "
                           f"(32x32 RGB rows), got {got}")
+    labels = d[label_key]
+    # a flat list of ints (or a 1-D array) before numpy sees it: nested lists sharing memo
+    # entries can describe 2^k labels in a few hundred bytes
+    flat = (isinstance(labels, np.ndarray) and labels.ndim == 1) or (
+        isinstance(labels, list) and all(type(v) is int for v in labels))
     try:
-        y = np.asarray(d[label_key])
-    except (ValueError, TypeError):
+        y = np.asarray(labels) if flat else np.asarray([], dtype=object)
+    except (ValueError, TypeError, OverflowError):
         y = np.asarray([], dtype=object)
     if y.ndim != 1 or y.dtype.kind not in "iu" or y.shape[0] != x.shape[0]:
         raise ConfigError(f"data.path: {path}: {key!r} must be {x.shape[0]} integer labels "

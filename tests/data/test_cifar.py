@@ -248,3 +248,61 @@ def test_loading_is_refused_when_the_files_cannot_fit(tmp_path, monkeypatch):
     monkeypatch.setattr("fedopt.data.files.available_memory_bytes", lambda d: 13 * total)
     with pytest.raises(ConfigError, match=r"data.path: loading the cifar10 files .* needs about"):
         build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
+
+
+def _global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _nested_list(depth):
+    """A labels list of 2^depth ints in a few hundred bytes: each level holds the one below
+    twice (a memo reference), as a crafted file can."""
+    out = [b"\x80\x02J\x00\x00\x00\x00"]
+    for i in range(depth):
+        out.append(b"q" + bytes([i]) + b"0](h" + bytes([i]) + b"h" + bytes([i]) + b"e")
+    return b"".join(out)
+
+
+def _crafted(payload):
+    """A small pickle that would make a naive reader allocate far more than its size."""
+    if payload == "memo index":            # LONG_BINPUT 2^22: the C unpickler's memo grows to it
+        return b"\x80\x02N" + b"r" + struct.pack("<I", 2**22) + b"."
+    if payload == "frombuffer size":       # _frombuffer(2^24, uint8, (2^24,), "C"): bytes(2^24)
+        return (b"\x80\x02" + _global("numpy.core.numeric", "_frombuffer") + b"("
+                + b"J" + struct.pack("<i", 2**24) + _global("numpy", "dtype")
+                + b"X\x02\x00\x00\x00u1\x85R" + b"J" + struct.pack("<i", 2**24) + b"\x85"
+                + b"X\x01\x00\x00\x00Ct" + b"R.")
+    # {b"data": a uint8 [1, 3072] array, b"labels": 2^21 ints from nested shared lists}
+    data = pickle.dumps(np.zeros((1, 3072), np.uint8), protocol=2)[2:-1]
+    return (b"\x80\x02}(U\x04data" + data + b"U\x06labels" + _nested_list(21)[2:] + b"u.")
+
+
+@pytest.mark.parametrize("payload", ["memo index", "frombuffer size", "nested labels"])
+def test_a_small_crafted_file_cannot_make_the_loader_allocate(tmp_path, payload):
+    import tracemalloc
+
+    folder, _ = cifar10_folder(tmp_path, rows=2)
+    raw = _crafted(payload)
+    assert len(raw) < 4096
+    (folder / "test_batch").write_bytes(raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"data.path: .*test_batch"):
+            build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{payload}: peak {peak / 2**20:.1f} MiB from {len(raw)} bytes"
+
+
+def test_build_refuses_targets_other_than_arrays(tmp_path):
+    """BUILD would set attributes on whatever object the file names (here the ndarray token
+    the unpickler hands out for numpy.ndarray); only arrays are rebuilt."""
+    folder, _ = cifar10_folder(tmp_path, rows=2)
+    raw = (b"\x80\x02" + _global("numpy", "ndarray")
+           + b"N}X\x07\x00\x00\x00__doc__X\x01\x00\x00\x00xs\x86b.")
+    (folder / "test_batch").write_bytes(raw)
+    with pytest.raises(ConfigError, match=r"test_batch is not a CIFAR python batch .*BUILD"):
+        build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
+    from fedopt.data import cifar
+    assert cifar._NdarrayToken.__doc__ != "x"
