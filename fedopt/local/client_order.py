@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fedopt.local.curriculum import ORDERS, PACINGS, order_rows, pacing
+from fedopt.local.curriculum import ORDERS, PACINGS, client_pool
 from fedopt.rng import round_generator
 from fedopt.schema import ConfigError, PositiveFloat, Probability, Schema
 
@@ -89,13 +89,12 @@ class ClientCurriculum:
     def pool(self, params: dict, round_idx: int) -> np.ndarray:
         """The round's pool of client ids, in ranked order."""
         base = _base(self.inner)
-        m, N = base.clients_per_round, base.num_clients
+        m = base.clients_per_round
         scores = client_losses(self.fmodel, self.loss_fn, params, self.data.x, self.data.y,
                                self._offsets)
         scores = np.where(np.isfinite(scores), scores, np.nanmax(scores, initial=0.0))
-        ranked = order_rows(scores, self.order, base.seed, round_idx, -1)
-        size = max(pacing(self.pacing, round_idx * m, self.rounds * m, N, self.a, self.b), m)
-        return ranked[:min(size, N)]
+        return client_pool(scores, self.order, round_idx * m, self.rounds * m, self.pacing,
+                           self.a, self.b, base.seed, round_idx, min_size=m)
 
     def run_round(self, state, executor, optimizer: Any = None):
         base = _base(self.inner)

@@ -83,11 +83,12 @@ def prefix_size(step: int, total_steps: int, n: int, name: str, a: float, b: flo
 
 
 def client_pool(client_scores: np.ndarray, order: str, updates: int, total_updates: int,
-                name: str, a: float, b: float, seed: int, key: int = 0) -> np.ndarray:
+                name: str, a: float, b: float, seed: int, key: int = 0, min_size: int = 1
+                ) -> np.ndarray:
     """The client-level curriculum's pool: client ids sorted by score (``order`` as for rows,
-    keyed ties) cut to the first g(updates) of them, g the pacing over ``total_updates``
-    client updates with N = number of clients. The authors then shuffle the pool and cut it
-    into rounds."""
+    keyed ties) cut to the first max(g(updates), ``min_size``) of them, g the pacing over
+    ``total_updates`` client updates with N = number of clients. The authors then shuffle the
+    pool and cut it into rounds."""
     s = np.asarray(client_scores, dtype=np.float64)
     ranked = order_rows(s, order, seed, key, -1)
-    return ranked[:pacing(name, updates, total_updates, len(s), a, b)]
+    return ranked[:max(pacing(name, updates, total_updates, len(s), a, b), min_size)]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from fedopt.engine.batches import BatchPlan, BatchStream
-from fedopt.engine.program import Batch, StepKeys
+from fedopt.engine.program import StepKeys
 from fedopt.local.batch_test import batch_statistics, per_example_grads
 from fedopt.local.config import LocalTraining
 from fedopt.local.curriculum import order_rows, prefix_size

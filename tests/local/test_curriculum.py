@@ -53,3 +53,6 @@ def test_client_pool_is_a_prefix_of_the_ranking_and_b1_is_everyone():
     pool = client_pool(s, "curriculum", 0, 100, "linear", 0.8, 0.5, 0)
     assert pool.tolist() == [1, 3]
     assert sorted(client_pool(s, "anti", 0, 100, "linear", 0.8, 1.0, 0).tolist()) == [0, 1, 2, 3]
+    # never fewer than min_size (the server's clients per round): the two easiest, then 3rd
+    assert client_pool(s, "curriculum", 0, 100, "linear", 0.8, 0.25, 0, min_size=3).tolist() \
+        == [1, 3, 0]
