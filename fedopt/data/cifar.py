@@ -21,7 +21,9 @@ numpy's array reconstructor, ``ndarray`` and ``dtype`` (plain numeric dtypes onl
 ``frombuffer`` helper (protocol 5) and ``_codecs.encode`` (bytes pickled by Python 3) — each
 wrapped so it builds arrays only from the file's own bytes, and refuses every other global
 with a ConfigError naming the file. Lists, dicts, ints and byte strings need no globals.
-``BUILD`` (setting an object's state) is accepted only on arrays. The reader is the pure-Python
+``BUILD`` (setting an object's state) is accepted only on arrays, dict keys must be byte
+strings, strings or ints, and sets are refused (hashing nested shared tuples takes time
+exponential in their depth). The reader is the pure-Python
 unpickler, whose memo is a dict: the C one grows a table to the largest memo index a file
 names, so 9 bytes could allocate gigabytes. fedopt itself never writes pickle; this reads the
 user's existing files.
@@ -189,7 +191,34 @@ class _Restricted(pickle._Unpickler):   # the pure-Python unpickler (module doc:
                                          f"are rebuilt")
         super().load_build()
 
-    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+    def _keys(self, keys: list) -> None:
+        """Dict keys are byte strings, strings or ints: hashing a tuple that nests shared
+        tuples takes time exponential in its depth, from a few hundred bytes."""
+        for k in keys:
+            if type(k) not in (bytes, str, int):
+                raise pickle.UnpicklingError(f"a dict key of type {type(k).__name__}: a CIFAR "
+                                             f"batch's keys are byte strings")
+
+    def load_dict(self) -> None:
+        self._keys(self.stack[0::2])
+        super().load_dict()
+
+    def load_setitem(self) -> None:
+        self._keys(self.stack[-2:-1])
+        super().load_setitem()
+
+    def load_setitems(self) -> None:
+        self._keys(self.stack[0::2])
+        super().load_setitems()
+
+    def load_set(self) -> None:
+        raise pickle.UnpicklingError("a set: a CIFAR batch holds none (hashing its items could "
+                                     "take exponential time)")
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build,
+                pickle.DICT[0]: load_dict, pickle.SETITEM[0]: load_setitem,
+                pickle.SETITEMS[0]: load_setitems, pickle.EMPTY_SET[0]: load_set,
+                pickle.FROZENSET[0]: load_set, pickle.ADDITEMS[0]: load_set}
 
 
 def load_batch(path: Path) -> dict[bytes, Any]:

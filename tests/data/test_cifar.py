@@ -306,3 +306,22 @@ def test_build_refuses_targets_other_than_arrays(tmp_path):
         build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
     from fedopt.data import cifar
     assert cifar._NdarrayToken.__doc__ != "x"
+
+
+@pytest.mark.parametrize("container", ["dict key", "set"])
+def test_nested_shared_tuples_are_refused_before_hashing(tmp_path, container):
+    """A key of 28 levels of (t, t) pairs is 2^28 hashes (seconds) in under 250 bytes; each
+    further level doubles it."""
+    import time
+
+    folder, _ = cifar10_folder(tmp_path, rows=2)
+    out = [b"\x80\x02}" if container == "dict key" else b"\x80\x02\x8f(", b"J\x00\x00\x00\x00"]
+    for i in range(28):
+        out.append(b"q" + bytes([i]) + b"0h" + bytes([i]) + b"h" + bytes([i]) + b"\x86")
+    out.append(b"Ns." if container == "dict key" else b"\x90.")
+    (folder / "test_batch").write_bytes(b"".join(out))
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"test_batch is not a CIFAR python batch .*(dict key "
+                                          r"of type tuple|a set)"):
+        build_dataset({"name": "cifar10", "path": str(folder), "num_clients": 2}, 0)
+    assert time.perf_counter() - t < 2.0
