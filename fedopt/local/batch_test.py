@@ -182,15 +182,19 @@ class AdaptiveBatchSize:
         sizer = AdaptiveBatchSize(BatchSizeTest("norm", eta=0.1, max_batch_size=1024), 8)
         for step in range(K):
             x, y = sample(sizer.batch_size)
-            loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+            loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward()
             sizer.update(model, lambda o, t: F.cross_entropy(o, t, reduction="none"), x, y)
+            opt.step()
 
-    Call ``update`` at the iterate the gradient was taken at (before ``opt.step()``) to follow
-    the paper exactly; after it, the statistics are one step late."""
+    ``update`` runs at the iterate the gradient was taken at (before ``opt.step()``), as in
+    the paper; called after it, the statistics are one step late. ``batch_size`` b₀ ≥ 2 (the
+    tests need a sample variance: from b = 1 the size would never grow); ValueError otherwise.
+    Without ``max_batch_size`` a vanishing ‖ḡ‖² makes the next size 2⁶²: set a cap."""
 
     def __init__(self, test: BatchSizeTest, batch_size: int):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {batch_size!r}")
+        if int(batch_size) < 2:
+            raise ValueError(f"batch_size: must be >= 2 (the tests need a sample variance), "
+                             f"got {batch_size!r}")
         self.test, self.batch_size = test, int(batch_size)
         self.last: BatchStats | None = None
 

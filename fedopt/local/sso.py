@@ -93,8 +93,10 @@ class SSO:
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  make_inner: Callable, inner_steps: int, eta: float):
-        if inner_steps < 1 or not eta > 0:
-            raise ValueError(f"inner_steps >= 1 and eta > 0 needed, got {inner_steps}, {eta}")
+        if not int(inner_steps) >= 1:
+            raise ValueError(f"inner_steps: must be >= 1, got {inner_steps!r}")
+        if not 0 < eta < float("inf"):
+            raise ValueError(f"eta: must be a finite number > 0, got {eta!r}")
         self.model, self.loss_fn, self.make_inner = model, loss_fn, make_inner
         self.inner_steps, self.eta = int(inner_steps), float(eta)
 

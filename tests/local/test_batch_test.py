@@ -155,3 +155,9 @@ def test_nan_statistics_keep_the_batch_size():
     g[0, 1, 0] = float("nan")
     nxt = BatchSizeTest("norm", 0.1).next_batch_size(torch.tensor([3, 3]), batch_statistics(g), 50)
     assert nxt[0] == 3 and 3 <= nxt[1] <= 50
+
+
+def test_torch_helper_refuses_a_first_batch_of_one():
+    """From b = 1 the statistics are undefined and the size would stay 1 forever."""
+    with pytest.raises(ValueError, match="^batch_size: must be >= 2"):
+        AdaptiveBatchSize(BatchSizeTest("norm"), 1)

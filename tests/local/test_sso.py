@@ -148,3 +148,11 @@ def test_batched_over_clients_equals_per_client_runs():
         for k in start:
             torch.testing.assert_close(together.params[k][i], one.params[k][0], rtol=0,
                                        atol=1e-13)
+
+
+@pytest.mark.parametrize("kw, field", [({"inner_steps": 0, "eta": 1.0}, "inner_steps"),
+                                       ({"inner_steps": 2, "eta": 0.0}, "eta"),
+                                       ({"inner_steps": 2, "eta": float("inf")}, "eta")])
+def test_plain_sso_errors_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        SSO(nn.Linear(2, 2), nn.functional.cross_entropy, torch.optim.SGD, **kw)
