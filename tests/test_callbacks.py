@@ -137,6 +137,8 @@ def test_tensorboard_and_csv_hold_every_metric_and_a_resume_adds_no_duplicates(t
         for k, v in r.items():
             assert (line[k] == "") if v is None else float(line[k]) == float(v), k
     assert (out / "metrics.csv").read_text() == metrics_csv(rows)
+    from fedopt.simulations.plot import plot_run
+    assert plot_run(out)                          # `fedopt plot` reads the same run directory
     from fedopt.records import remove_run_dir
     remove_run_dir(out)                           # fedopt deletes what it wrote, logs included
     assert not out.exists()
