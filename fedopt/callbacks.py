@@ -146,6 +146,9 @@ class TensorBoardLogger(Callback):
         self.writer: Any = None
 
     def on_run_start(self, ctx: RunContext, rows: list[dict[str, Any]]) -> None:
+        from fedopt.extras import require
+
+        require("tensorboard", "tensorboard: true")   # torch's writer needs it: name the extra
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = self.log_dir

@@ -67,7 +67,9 @@ def start_server(coordinator: Coordinator, address: str, tls: dict | None, chunk
                  max_workers: int = 32) -> tuple[Any, int]:
     """A started ``grpc.server`` serving ``coordinator`` on ``address`` (port 0: any free
     port); returns it and the bound port."""
-    import grpc
+    from fedopt.extras import require
+
+    grpc = require("grpc", "executor.name: grpc")   # the [grpc] extra: one error naming it
 
     # no bandwidth-delay probing: stream windows stay small, so clients waiting to submit
     # (the coordinator reads at most max_buffered_results answers at once) cannot park their

@@ -121,6 +121,16 @@ def test_wheel_runs_a_shipped_config_by_name_from_an_empty_folder(wheel, tmp_pat
     assert "pip install 'fedopt[ray]'" in res.stderr and "Traceback" not in res.stderr
     res = _run(["fedopt", "plot", "run"], cwd=empty, env=env, check=False)
     assert res.returncode == 2 and "pip install 'fedopt[plot]'" in res.stderr, res.stderr
+    res = _run(["fedopt", "run", "quickstart", "--out", "tb-run", "--no-progress",
+                "--set", "tensorboard=true", "--set", "algorithm.rounds=1"],
+               cwd=empty, env=env, check=False)
+    assert res.returncode == 2 and "pip install 'fedopt[tensorboard]'" in res.stderr, res.stderr
+    (tmp_path / "tokens").write_text("a-client-token-of-some-length-0123456789\n")
+    res = _run(["fedopt", "run", "quickstart", "--out", "grpc-run", "--no-progress",
+                "--set", "executor.name=grpc", "--set", f"executor.tokens={tmp_path / 'tokens'}",
+                "--set", "algorithm.rounds=1"], cwd=empty, env=env, check=False)
+    assert res.returncode == 2 and "pip install 'fedopt[grpc]'" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
 
     # installed from a wheel, the package is already laid out for Ray's py_modules
     res = _run([py, "-c", "import fedopt; from pathlib import Path; "
