@@ -50,11 +50,13 @@ def _quiet() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _accountant(accountant: str) -> dpa.PrivacyAccountant:
+def _accountant(accountant: str, pld_interval: float | None = None) -> dpa.PrivacyAccountant:
+    """A fresh accountant; ``pld_interval``: the PLD grid (None: the library's default)."""
     if accountant == "rdp":
         return dpa.rdp.RdpAccountant()
     if accountant == "pld":
-        return dpa.pld.PLDAccountant()
+        return (dpa.pld.PLDAccountant() if pld_interval is None else
+                dpa.pld.PLDAccountant(value_discretization_interval=pld_interval))
     raise ValueError(f"accountant: one of {ACCOUNTANTS}, got {accountant!r}")
 
 
@@ -103,7 +105,7 @@ def calibrate(target_epsilon: float, sampling_rate: float, rounds: int, delta: f
         return 0.0
     with _quiet():
         return float(dpa.calibrate_dp_mechanism(
-            lambda: _accountant(accountant),
+            lambda: _accountant(accountant, LEDGER_PLD_INTERVAL),
             lambda z: dpa.SelfComposedDpEvent(_round_event(z, sampling_rate), int(rounds)),
             float(target_epsilon), float(delta)))
 
@@ -176,14 +178,16 @@ def calibrate_diff2(target_epsilon: float, delta: float, rounds: int, restart_pe
         return dpa.ComposedDpEvent(parts)
 
     with _quiet():
-        s = float(dpa.calibrate_dp_mechanism(lambda: _accountant(accountant), event,
-                                             float(target_epsilon), float(delta)))
+        s = float(dpa.calibrate_dp_mechanism(
+            lambda: _accountant(accountant, LEDGER_PLD_INTERVAL), event, float(target_epsilon),
+            float(delta)))
     return Diff2Noise(s * a, s * b, r1, r2)
 
 
 # --------------------------------------------------------------------------- per-round ledger
 #: the PLD discretisation of the per-round ledger (the library's default 1e-4 is ~10x slower;
-#: a coarser grid stays a valid, slightly pessimistic upper bound)
+#: a coarser grid stays a valid, slightly pessimistic upper bound) and of the calibration, so
+#: that the last round's ``epsilon_spent`` is the calibrated ε, never above the target
 LEDGER_PLD_INTERVAL = 1e-3
 
 
@@ -223,10 +227,8 @@ def ledger_epsilon(parts: tuple[tuple[float, float, int], ...], delta: float,
             with _quiet():
                 return float(rdp_module.compute_epsilon(orders, total, delta)[0])
         acc: dpa.PrivacyAccountant = dpa.rdp.RdpAccountant()
-    elif accountant == "pld":
-        acc = dpa.pld.PLDAccountant(value_discretization_interval=LEDGER_PLD_INTERVAL)
     else:
-        raise ValueError(f"accountant: one of {ACCOUNTANTS}, got {accountant!r}")
+        acc = _accountant(accountant, LEDGER_PLD_INTERVAL)
     with _quiet():
         for z, q, c in parts:
             acc.compose(_round_event(z, q), c)

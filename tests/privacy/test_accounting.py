@@ -120,3 +120,14 @@ def test_bad_arguments_name_the_field():
         accounting.epsilon(1.0, 0.5, 3, 0.0)
     with pytest.raises(ValueError, match="restart_share"):
         accounting.calibrate_diff2(1.0, DELTA, 10, 2, 1.0)
+
+
+def test_pld_ledger_never_exceeds_a_calibrated_budget():
+    """The per-round ledger (epsilon_spent) composes on a coarser PLD grid than the library's
+    default; calibration must use the same grid, or the last row reads above the target."""
+    for eps in (1.0, 4.0):
+        z = accounting.calibrate(eps, 0.1, 100, DELTA, "pld")
+        assert accounting.ledger_epsilon(((z, 0.1, 100),), DELTA, "pld") <= eps
+        n = accounting.calibrate_diff2(eps, DELTA, 50, 5, 0.5, "pld")
+        assert accounting.ledger_epsilon(((n.z1, 1.0, n.r1), (n.z2, 1.0, n.r2)), DELTA,
+                                         "pld") <= eps
