@@ -71,7 +71,8 @@ class CurriculumConfig(Schema):
 CLIENT_FIELDS: dict[str, Any] = {
     "batch_size_test": (Optional[BatchSizeTestConfig], Field(
         None, description="adaptive batch size {name: norm|inner_product, eta, max_batch_size} "
-                          "(AdAdaGrad; null: fixed client.batch_size)")),
+                          "(AdAdaGrad; null: fixed client.batch_size); b restarts from "
+                          "client.batch_size every round")),
     "lr_batch_scaling": (Literal[RULES], Field(
         "none", description="client lr × (b/b₀) (linear) or (b/b₀)^½ (sqrt) as the batch grows")),
     "sso": (Optional[SSOConfig], Field(
