@@ -79,8 +79,6 @@ def test_batch_sizes_grow_to_the_cap_at_equal_samples_in_fewer_steps():
 
 
 def test_batch_sizes_never_shrink_within_a_job():
-    from fedopt.local import engine as eng
-
     fm, x, y, offsets, start = problem()
     seen = []
     real_next = BatchStream.next
@@ -97,7 +95,7 @@ def test_batch_sizes_never_shrink_within_a_job():
     finally:
         BatchStream.next = real_next
     seen = np.stack(seen)
-    assert (np.diff(seen, axis=0) >= 0).all() and seen.max() <= 32 and eng is not None
+    assert (np.diff(seen, axis=0) >= 0).all() and seen.max() <= 32 and seen.max() > 2
 
 
 @pytest.mark.parametrize("training", [

@@ -38,7 +38,9 @@ def test_wrapper_gives_per_client_lrs_capped_and_equal_to_separate_optimizers():
         xi = {"w": x["w"][i:i + 1]}
         want, _ = one.update(xi, {"w": g["w"][i:i + 1]}, one.init(xi, batch_shape=(1,)))
         assert torch.allclose(got["w"][i], want["w"][0], rtol=0, atol=1e-15)
-    assert BatchScaledLR(make("sgd", lr=0.1), 4, "none").at(b) is not None
+    sgd = make("sgd", lr=0.1)
+    assert BatchScaledLR(sgd, 4, "none").at(b) is sgd                # rule none: unchanged
+    assert BatchScaledLR(sgd, 4, "linear").at(b).lr.tolist() == pytest.approx([0.2, 0.8, 5.0])
 
 
 def test_torch_helper_sets_the_groups():
