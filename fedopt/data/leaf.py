@@ -33,7 +33,8 @@ client becomes a row of the :class:`~fedopt.data.dataset.FederatedDataset`:
   vocabulary is built from the train split of the kept clients: the ``data.vocab_size`` most
   frequent tokens (ties broken by the token's code points), index ``2 + rank``; index 0 pads
   and 1 is an unknown token. Features: the first ``data.max_words`` (LEAF: 25) token indices,
-  padded with 0 → ``[max_words]`` float32 indices; classes ``max label + 1`` (at least 2).
+  padded with 0 → ``[max_words]`` float32 indices; classes ``max label + 1`` (at least 2,
+  at most :data:`~fedopt.data.arrays.MAX_INFERRED_CLASSES`).
   For ``char_rnn`` set ``model.vocab_size: vocab_size + 2``. (LEAF itself maps words through
   pre-trained GloVe vectors, which fedopt does not download.)
 
@@ -55,6 +56,7 @@ from typing import Annotated, Any, Literal, Optional
 import numpy as np
 from pydantic import BeforeValidator, Field
 
+from fedopt.data.arrays import MAX_INFERRED_CLASSES
 from fedopt.data.assemble import assemble
 from fedopt.data.dataset import FederatedDataset
 from fedopt.data.files import check_fits, data_dir, regular_file
@@ -265,8 +267,10 @@ def _labels(ys: list, where: str, num_classes: int | None, task: str) -> np.ndar
     if num_classes is not None and y.size and y.max() >= num_classes:
         raise ConfigError(f"data.path: {where}: {task} label {int(y.max())} is not in "
                           f"0..{num_classes - 1}")
-    if y.size and y.max() >= 2**31:
-        raise ConfigError(f"data.path: {where}: label {y.max()!r} is too large")
+    if num_classes is None and y.size and y.max() >= MAX_INFERRED_CLASSES:
+        raise ConfigError(f"data.path: {where}: {task} label {int(y.max())} would make "
+                          f"{int(y.max()) + 1:,} classes (max label + 1), more than "
+                          f"{MAX_INFERRED_CLASSES:,}")
     return y.astype(np.int64)
 
 

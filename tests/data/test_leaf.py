@@ -205,3 +205,19 @@ def test_sizes_are_bounded_by_free_memory_before_parsing(femnist, monkeypatch):
     with pytest.raises(ConfigError, match=r"data.path: parsing .*all_data_0.json .* needs about "
                                           r".* GiB, more than"):
         build_dataset({"name": "leaf", "task": "femnist", "path": str(root)}, 0)
+
+
+def test_sent140_labels_bound_the_number_of_classes(tmp_path):
+    """sent140's classes are max label + 1: a label of 10^9 would size a 10^9-row read-out
+    layer, so it is refused like an npz file's inferred classes (MAX_INFERRED_CLASSES)."""
+    from fedopt.data.arrays import MAX_INFERRED_CLASSES
+
+    top = MAX_INFERRED_CLASSES
+    write_leaf(tmp_path, "train", "t.json", {"a": (["good", "bad"], [0, top - 1])})
+    write_leaf(tmp_path, "test", "t.json", {"a": (["good"], [1])})
+    spec = {"name": "leaf", "task": "sent140", "path": str(tmp_path)}
+    assert build_dataset(spec, 0).num_classes == top
+    write_leaf(tmp_path, "test", "t.json", {"a": (["good"], [top])})
+    with pytest.raises(ConfigError, match=rf"data.path: .*t.json user 'a': sent140 label {top} "
+                                          rf"would make {top + 1:,} classes"):
+        build_dataset(spec, 0)
