@@ -8,8 +8,10 @@ of an encoded message (:mod:`fedopt.protocols.grpc_messages`)::
 A message larger than the chunk size travels as ``count`` frames of one stream and is
 reassembled by :class:`Reassembler` with bounds: frames must come in order (index 0..count−1),
 all announcing the same ``count`` and ``total_bytes``; ``total_bytes`` may not exceed the
-configured maximum (checked before the buffer is allocated) and the chunks must add up to it
-exactly. The (de)serializers handed to gRPC's generic method handlers are :func:`frame_bytes` and
+configured maximum (checked on the first frame) and the chunks must add up to it exactly.
+The buffer grows with the bytes that arrived, never to the announced size up front: a peer
+that announces a large message and stalls holds only what it sent. The (de)serializers
+handed to gRPC's generic method handlers are :func:`frame_bytes` and
 :func:`read_frame`; the latter never raises (a malformed frame becomes a :class:`BadFrame`, which
 the handler answers with ``INVALID_ARGUMENT`` and the reason), so no garbage reaches gRPC's own
 error path.
@@ -97,7 +99,8 @@ def split(payload: bytes | bytearray | memoryview | list, chunk_bytes: int = CHU
 
 class Reassembler:
     """Collects the frames of one message; :meth:`add` returns the payload when complete.
-    ``max_bytes`` bounds the announced size (CodecError before anything is allocated)."""
+    ``max_bytes`` bounds the announced size (CodecError on the first frame); the buffer holds
+    only the bytes received so far (it grows with them, amortised)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
@@ -114,7 +117,7 @@ class Reassembler:
                                  f"{self.max_bytes} bytes")
             if frame.count > frame.total + 1:
                 raise CodecError(f"{frame.count} frames for {frame.total} bytes")
-            self.buf, self.count, self.total = bytearray(frame.total), frame.count, frame.total
+            self.buf, self.count, self.total = bytearray(), frame.count, frame.total
         if (frame.index != self.next or frame.count != self.count
                 or frame.total != self.total):
             raise CodecError(f"frame {frame.index}/{frame.count} ({frame.total} bytes) out of "
@@ -122,7 +125,7 @@ class Reassembler:
         n = frame.chunk.nbytes
         if self.filled + n > self.total:
             raise CodecError(f"frames carry more than the announced {self.total} bytes")
-        self.buf[self.filled:self.filled + n] = frame.chunk
+        self.buf += frame.chunk
         self.filled += n
         self.next += 1
         if self.next < self.count:

@@ -255,3 +255,22 @@ def test_dtype_table_is_little_endian_and_unique():
     assert all(d.str[0] in "<|" for d in DTYPES.values())
     big = np.arange(3, dtype=">f8")
     assert np.array_equal(decode(encode({"a": big}))["a"], big)
+
+
+def test_a_declared_size_is_not_allocated_before_its_bytes_arrive():
+    """A peer announcing a message of 256 MiB (within the limit) and sending 10 bytes makes the
+    receiver hold about those 10 bytes, not the announced size (one stalled or lying upload per
+    buffered result would otherwise pin max_message_mb each); the reassembled bytes are
+    unchanged."""
+    r = Reassembler(1 << 30)
+    tracemalloc.start()
+    try:
+        assert r.add(read_frame(struct.pack("<4sIIQ", b"FOP1", 0, 1000, 1 << 28) + b"x" * 10)
+                     ) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    payload = bytes(range(256)) * 40
+    frames = [read_frame(f) for f in split(payload, 1000)]
+    assert bytes(join(frames, max_bytes=len(payload))) == payload
