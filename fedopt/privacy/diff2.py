@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedopt.engine.program import Batch, OracleContext
+from fedopt.engine.program import Batch, ClipUpdateNorm, OracleContext
 from fedopt.privacy.postprocess import STREAM_DP_DIFF2, keyed_gaussian
 
 Params = dict[str, Tensor]
@@ -52,12 +52,9 @@ def split_pair(tree: Params) -> tuple[Params, Params]:
 
 def clip_rows(tree: Params, max_norm: float | None) -> Params:
     """Each row of the stacked tree [R, ...] scaled by min(1, C/‖row‖), ‖·‖ over every tensor
-    of the row; ``max_norm`` None: unchanged."""
-    if max_norm is None:
-        return tree
-    norm = sum(v.pow(2).flatten(1).sum(1) for v in tree.values()).sqrt()
-    scale = (max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp(max=1.0)
-    return {k: scale.view((-1,) + (1,) * (v.ndim - 1)) * v for k, v in tree.items()}
+    of the row (:class:`~fedopt.engine.program.ClipUpdateNorm` with records as its rows);
+    ``max_norm`` None: unchanged."""
+    return tree if max_norm is None else ClipUpdateNorm(max_norm).apply(tree, None)
 
 
 def per_record_gradients(ctx: OracleContext, y: Params, batch: Batch
