@@ -4,7 +4,8 @@ partitioned over clients.
 Layout: ``data.path/<class>/**/<image>`` — one subfolder per class (classes are the subfolder
 names in sorted order, class ``c`` = the ``c``-th; folders whose name starts with ``.`` are
 skipped), images found recursively by their extension (:data:`IMAGE_EXTENSIONS`, any case), as
-``ImageFolder`` does. Every class folder must hold an image. ``data.test_path`` (optional) is a
+``ImageFolder`` does (links followed, each real folder walked once). Every class folder must
+hold an image. ``data.test_path`` (optional) is a
 second folder in the same layout whose classes are among the train classes; its images are the
 test rows, each given to a client holding its class. Without it each client's rows are split
 ``data.test_fraction`` to test.
@@ -75,6 +76,22 @@ class ImageListing:
     classes: list[str]
 
 
+def _walk_images(folder: Path) -> list[Path]:
+    """The image files under ``folder``, following links (as ``ImageFolder``) but walking each
+    real folder once: a link to an ancestor would otherwise repeat its images once per level
+    until the path is too long (and two such links 2^depth times)."""
+    seen: set[str] = set()
+    found = []
+    for d, dirs, fs in os.walk(folder, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(d) / f for f in fs if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
 def list_images(path: Any, field: str = "data.path",
                 classes: list[str] | None = None) -> ImageListing:
     """The images under ``path`` (listing only, nothing decoded; ``fedopt validate`` runs it).
@@ -92,8 +109,7 @@ def list_images(path: Any, field: str = "data.path",
         if c not in index:
             raise ConfigError(f"{field}: class folder {c!r} is not a class of data.path "
                               f"({', '.join(index)})")
-        found = sorted(Path(d) / f for d, _, fs in os.walk(root / c, followlinks=True)
-                       for f in fs if f.lower().endswith(IMAGE_EXTENSIONS))
+        found = sorted(_walk_images(root / c))
         if not found:
             raise ConfigError(f"{field}: class folder {root / c} holds no image "
                               f"({', '.join(IMAGE_EXTENSIONS)})")

@@ -124,3 +124,16 @@ def test_a_run_on_an_image_folder(tmp_path):
     r = fedopt.run(cfg, progress=False)
     assert [m["round"] for m in r.metrics] == [1, 2]
     assert r.summary["dataset"]["feature_shape"] == [3, 8, 8]
+
+
+def test_a_symlink_loop_lists_each_image_once(tmp_path):
+    """Links are followed (as ImageFolder does), but a folder reached again through a link is
+    not walked again: a link to its own parent would otherwise repeat every image once per
+    level until the path is too long, and two such links are 2^depth copies."""
+    from fedopt.data.image_folder import list_images
+
+    write_folder(tmp_path)
+    (tmp_path / "cat" / "again").symlink_to(tmp_path / "cat", target_is_directory=True)
+    (tmp_path / "dog" / "outside").symlink_to(tmp_path / "ant", target_is_directory=True)
+    listing = list_images(tmp_path)
+    assert np.bincount(listing.labels).tolist() == [4, 4, 8]    # dog also holds ant's 4
