@@ -188,7 +188,7 @@ def gather(transport: Transport, ids: np.ndarray, policy: DispatchPolicy, faults
     def fail(call: Call, what: str, cause: str) -> WorkerFailedError:
         return WorkerFailedError(clients=ids[call.positions], round_idx=key, slot=call.slot,
                                  attempts=call.attempt + 1, max_retries=policy.max_retries,
-                                 what=what, cause=cause)
+                                 what=what, cause=cause, executor=faults.executor)
 
     send(np.arange(len(ids)), 0)
     while pending:

@@ -1,6 +1,8 @@
 """The record of what went wrong on a live executor's workers, and what was done about it —
-transport-independent (used by :mod:`fedopt.server.dispatch`, the Ray executor now, a gRPC fleet next),
-with the errors a failed worker or pool raises.
+transport-independent (used by :mod:`fedopt.server.dispatch`, the Ray executor and the gRPC
+fleet), with the errors a failed worker or pool raises. Messages name the transport that ran
+(:data:`WORKERS`: a Ray worker, a gRPC client process), given as ``executor`` to
+:class:`FaultLog` and :class:`WorkerFailedError`.
 
 ``counts`` (exposed as ``Executor.faults()``, e.g. ``RayExecutor.faults()``) are cumulative
 over the run:
@@ -12,7 +14,8 @@ over the run:
 * ``dropped_clients`` client updates left out of a round under the ``drop`` straggler policy.
 
 ``events`` keeps one :class:`FaultEvent` per incident (round, worker slot, clients, detail) and
-every incident is also logged as a warning on the ``server.ray`` logger.
+every incident is also logged as a warning on the ``server.<executor>`` logger
+(``server.ray``, ``server.grpc``).
 
 When a worker failure outlives ``executor.max_retries`` (the same clients' call died, or timed out
 where per-client results are required, once more than allowed) the executor raises
@@ -25,22 +28,35 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-log = logging.getLogger("server.ray")
+#: what a worker of each executor is called in messages: (name, the worker's slot, checks)
+WORKERS = {
+    "ray": ("Ray worker {slot}", "the workers (memory, killed processes, lost nodes)"),
+    "grpc": ("gRPC client process (slot {slot})",
+             "the client processes (killed or crashed processes, their network, their logs)"),
+}
+
+
+def _worker(executor: str, slot) -> tuple[str, str]:
+    """The worker's name in a message and what to check, for ``executor`` (any name)."""
+    name, check = WORKERS.get(executor, (f"{executor} worker {{slot}}", "the workers"))
+    return name.format(slot=slot), check
+
 
 #: clients named in a :class:`WorkerFailedError` message before "... (N in all)"
 SHOWN_CLIENTS = 10
 
 
 class WorkerFailedError(RuntimeError):
-    """Clients' Ray calls failed more than ``executor.max_retries`` times (a worker died, or did
+    """Clients' calls failed more than ``executor.max_retries`` times (a worker died, or did
     not answer within ``executor.round_timeout_s`` where per-client results are required).
 
     Attributes: ``clients`` (ids), ``round_idx`` (0-based; for a real-time job its start
     version), ``slot`` (the worker of the last attempt), ``attempts``, ``max_retries``,
-    ``cause`` (one line)."""
+    ``cause`` (one line), ``executor`` (the transport's name, :data:`WORKERS`)."""
 
     def __init__(self, *, clients, round_idx: int | None, slot: int | None, attempts: int,
-                 max_retries: int, cause: str, what: str = "died"):
+                 max_retries: int, cause: str, what: str = "died",
+                 executor: str = "ray"):
         self.clients = [int(c) for c in clients]
         self.round_idx, self.slot, self.attempts = round_idx, slot, int(attempts)
         self.max_retries, self.cause = int(max_retries), cause
@@ -50,12 +66,13 @@ class WorkerFailedError(RuntimeError):
         where = "" if round_idx is None else f"round {int(round_idx) + 1}: "
         times = "once" if self.attempts == 1 else f"{self.attempts} times"
         plural = "s" if len(self.clients) != 1 else ""
+        self.executor = executor
+        worker, check = _worker(executor, slot)
         super().__init__(
-            f"{where}Ray worker {slot} {what} running client{plural} {shown}{more}; the call "
+            f"{where}{worker} {what} running client{plural} {shown}{more}; the call "
             f"failed {times} (1 try + executor.max_retries={self.max_retries} re-sends; cause: "
             f"{cause}). Raise executor.max_retries"
-            f"{' or executor.round_timeout_s' if what == 'timed out' else ''}, or check the "
-            f"workers (memory, killed processes, lost nodes)")
+            f"{' or executor.round_timeout_s' if what == 'timed out' else ''}, or check {check}")
 
 
 class RayPoolError(RuntimeError):
@@ -87,9 +104,12 @@ class FaultEvent:
 
 
 class FaultLog:
-    """Counters plus a list of events; :meth:`record` updates both and logs a warning."""
+    """Counters plus a list of events; :meth:`record` updates both and logs a warning on
+    ``server.<executor>`` (``executor``: the transport's name, ``"ray"`` or ``"grpc"``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, executor: str = "ray") -> None:
+        self.executor = executor
+        self.log = logging.getLogger(f"server.{executor}")
         self.counts: dict[str, int] = {k: 0 for k in FAULT_KINDS}
         self.events: list[FaultEvent] = []
 
@@ -100,8 +120,8 @@ class FaultLog:
         self.counts[kind] += int(count)
         ev = FaultEvent(kind, round_idx, slot, [int(c) for c in clients], detail)
         self.events.append(ev)
-        log.warning("ray executor: %s (round %s, worker %s, %d clients): %s",
-                    kind, round_idx, slot, len(ev.clients), detail)
+        self.log.warning("%s executor: %s (round %s, worker %s, %d clients): %s", self.executor,
+                         kind, round_idx, slot, len(ev.clients), detail)
 
     def summary(self) -> dict[str, int]:
         return dict(self.counts)

@@ -142,7 +142,7 @@ class GrpcExecutor:
         self.join_timeout_s = float(join_timeout_s)
         self.on_nonfinite = on_nonfinite
         self.shutdown_grace_s = float(shutdown_grace_s)
-        self.faults_log = FaultLog()
+        self.faults_log = FaultLog(self.name)
         self._closed = False
 
     @property
@@ -387,7 +387,8 @@ class GrpcExecutor:
                         raise WorkerFailedError(clients=job.client_ids, round_idx=job.key,
                                                 slot=t.slot, attempts=job.attempts + 1,
                                                 max_retries=self.policy.max_retries,
-                                                cause=t.error or "failed")
+                                                cause=t.error or "failed",
+                                                executor=self.name)
                     job.attempts += 1
                     self.faults_log.record("retried_shards", round_idx=job.key, slot=t.slot,
                                            clients=job.client_ids, detail="async job re-sent")

@@ -147,3 +147,35 @@ def test_a_call_is_never_left_without_any_job():
     got, _, faults = run({(0, 0): "hang"}, DispatchPolicy(round_timeout_s=5.0), n=1, W=1)
     assert got.dropped == [] and [r for _, r in got.results] == [0]
     assert faults["retried_shards"] == 1
+
+
+def test_fault_messages_name_the_executor_that_ran():
+    """A gRPC fleet's failures and fault log say gRPC client process, never Ray (and Ray's
+    still say Ray worker): the transport is named by the FaultLog's executor."""
+    import logging
+
+    clock = FakeClock()
+    grpc_log = FaultLog("grpc")
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append((record.name, record.getMessage()))
+
+    handler = Keep()
+    for name in ("server.grpc", "server.ray"):
+        logging.getLogger(name).addHandler(handler)
+    try:
+        with pytest.raises(WorkerFailedError) as e:
+            gather(FakeWorkers(clock, 2, {(1, 0): "die", (0, 1): "die"}), np.arange(6),
+                   DispatchPolicy(max_retries=1), grpc_log, key=3, need_all=False, clock=clock)
+    finally:
+        for name in ("server.grpc", "server.ray"):
+            logging.getLogger(name).removeHandler(handler)
+    msg = str(e.value)
+    assert msg.startswith("round 4: gRPC client process (slot 0) died running clients 1, 3, 5")
+    assert "ray" not in msg.lower() and "client processes" in msg
+    assert records and all(n == "server.grpc" and m.startswith("grpc executor: ")
+                           for n, m in records)
+    with pytest.raises(WorkerFailedError, match=r"^round 4: Ray worker 0 died running clients"):
+        run({(1, 0): "die", (0, 1): "die"}, DispatchPolicy(max_retries=1))
