@@ -187,7 +187,11 @@ class RayExecutor:
             pool_opts = {k: options.pop(k) for k in ("strategy", "placement_timeout_s",
                                                      "start_timeout_s", "max_restarts_per_worker")
                          if k in options}
-            pool = WorkerPool(spec, num_clients=dataset.num_clients, num_workers=ex["num_workers"],
+            # decentralized node actors (fedopt.server.ray_nodes) replace the client workers
+            from fedopt.algorithms.decentralized import ON_ACTORS
+
+            workers = 0 if config["algorithm"]["name"] in ON_ACTORS else ex["num_workers"]
+            pool = WorkerPool(spec, num_clients=dataset.num_clients, num_workers=workers,
                               num_cpus_per_worker=ex["num_cpus_per_worker"],
                               num_gpus_per_worker=num_gpus, faults=FaultLog(),
                               expected_fingerprint=data_fingerprint(dataset), **pool_opts)

@@ -102,7 +102,7 @@ class WorkerPool:
         from ray.util.placement_group import placement_group, remove_placement_group
 
         bundle = self._bundle()
-        if not bundle:
+        if not bundle or not self.num_workers:
             return
         pg = placement_group([dict(bundle) for _ in range(self.num_workers)], strategy=self.strategy)
         try:
@@ -135,7 +135,11 @@ class WorkerPool:
         slot.starts += 1
 
     def start(self) -> None:
-        """Place and start all W workers; wait until every one has built its shard."""
+        """Place and start all W workers; wait until every one has built its shard. W = 0 (a
+        run whose algorithm trains no clients on workers, e.g. decentralized node actors):
+        nothing to start."""
+        if not self.slots:
+            return
         self._spec_ref = self.ray.put(self.spec)
         self._place()
         for slot in self.slots:
