@@ -63,10 +63,17 @@ from fedopt.server.grpc_service import (SILENT_HEARTBEATS, Coordinator, Coordina
 log = logging.getLogger("server.grpc")
 
 
+def handler_threads(processes: int) -> int:
+    """Handler threads for ``processes`` client processes: each may hold a Poll (up to
+    ``MAX_POLL_S``), a Submit and a Heartbeat at once, plus a margin; at least 32."""
+    return max(32, 3 * int(processes) + 8)
+
+
 def start_server(coordinator: Coordinator, address: str, tls: dict | None, chunk_bytes: int,
-                 max_workers: int = 32) -> tuple[Any, int]:
+                 max_workers: int | None = None) -> tuple[Any, int]:
     """A started ``grpc.server`` serving ``coordinator`` on ``address`` (port 0: any free
-    port); returns it and the bound port."""
+    port); returns it and the bound port. ``max_workers`` (handler threads; default
+    :func:`handler_threads`) must exceed the calls held open at once, or the others queue."""
     from fedopt.extras import require
 
     grpc = require("grpc", "executor.name: grpc")   # the [grpc] extra: one error naming it
@@ -74,7 +81,8 @@ def start_server(coordinator: Coordinator, address: str, tls: dict | None, chunk
     # no bandwidth-delay probing: stream windows stay small, so clients waiting to submit
     # (the coordinator reads at most max_buffered_results answers at once) cannot park their
     # updates in the server's receive buffers
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+    workers = handler_threads(len(coordinator.slots)) if max_workers is None else max_workers
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=channel_options(chunk_bytes) + [("grpc.http2.bdp_probe", 0)])
     server.add_generic_rpc_handlers((coordinator.handler(),))
     if tls:

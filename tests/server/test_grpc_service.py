@@ -219,3 +219,41 @@ def test_tokens_file_checks(tmp_path):
         read_tokens(str(p))
     with pytest.raises(ValueError, match="cannot read"):
         read_tokens(str(tmp_path / "missing"))
+
+
+def test_idle_polls_of_many_client_processes_do_not_starve_other_calls(tmp_path):
+    """Each registered process holds a Poll open while it waits for work; with more processes
+    than a fixed thread pool (32 threads), another process's heartbeat queued behind the held
+    polls and came late (by up to a poll's wait), so healthy processes could look silent.
+    The server's pool grows with the number of tokens."""
+    import threading
+    import time
+
+    n = 40
+    tokens = write_tokens(tmp_path / "tokens.txt", n + 1)
+    c = Coordinator(tokens, config={}, counts=np.full(n + 1, 5, np.int64), num_classes=2,
+                    program="P", heartbeat_s=5.0)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    raws = [Raw(port, t) for t in tokens]
+    try:
+        sessions = [r.register([i], [5]).session for i, r in enumerate(raws)]
+
+        def idle(i):
+            try:
+                raws[i].poll(sessions[i], wait_s=20.0)
+            except grpc.RpcError:
+                pass                       # cancelled when the server stops
+
+        for i in range(n):
+            threading.Thread(target=idle, args=(i,), daemon=True).start()
+        time.sleep(1.0)                   # the polls are held by now
+        t0 = time.monotonic()
+        r = raws[n]
+        ack = M.unpack(b"".join(bytes(f.chunk) for f in [r.heartbeat_stub(
+            next(split(M.pack(M.Heartbeat(session=sessions[n])))), metadata=r.md, timeout=30)]))
+        took = time.monotonic() - t0
+        assert ack.ok and took < 5.0, f"heartbeat took {took:.1f} s behind {n} held polls"
+    finally:
+        server.stop(0)
+        for r in raws:
+            r.close()
