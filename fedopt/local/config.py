@@ -143,6 +143,21 @@ def from_client(client: dict[str, Any]) -> LocalTraining | None:
         curriculum=None if cur is None else Curriculum(**cur))
 
 
+def check_algorithm(name: str | None, client: dict[str, Any]) -> None:
+    """ConfigError naming the key when ``client.batch_size_test``, ``sso`` or ``curriculum``
+    is set for a decentralized algorithm (``algorithm.name`` ``name``): its nodes take their
+    own gradient steps, not the local program's, so the key would be silently ignored."""
+    from fedopt.algorithms.decentralized import DECENTRALIZED
+
+    if name not in DECENTRALIZED:
+        return
+    for key in ("batch_size_test", "sso", "curriculum"):
+        if client.get(key) is not None:
+            raise ConfigError(f"client.{key}: read by the clients' local training of the "
+                              f"server algorithms; the nodes of the decentralized algorithm "
+                              f"{name} take their own gradient steps (set it to null)")
+
+
 def with_local_training(program, client: dict[str, Any], optimizer=None):
     """``program`` carrying the client's :class:`LocalTraining` (unchanged when all are off).
     ConfigError naming the field when the algorithm's program cannot take it: the adaptive
@@ -169,6 +184,7 @@ def check_local_training(built: Any, cfg: dict[str, Any]) -> None:
     :func:`with_local_training` against the built algorithm's program (after
     ``client.estimator``'s zeroth-order clients, as a run builds it)."""
     training = from_client(cfg["client"])
+    check_algorithm(cfg["algorithm"]["name"], cfg["client"])
     if cfg["client"].get("client_curriculum") is not None:
         check_client_curriculum(built, cfg)
     if training is None or built is None or not hasattr(built, "local_program"):

@@ -64,10 +64,13 @@ class BatchSizeColumns:
 
 def with_batch_size_columns(algorithm: Any, config: dict[str, Any]) -> Any:
     """``algorithm`` wrapped in :class:`BatchSizeColumns` when ``client:`` turns on adaptive
-    local training (batch_size_test, sso or curriculum); unchanged otherwise."""
-    from fedopt.local.config import from_client
+    local training (batch_size_test, sso or curriculum); unchanged otherwise. ConfigError
+    naming the key for a decentralized algorithm (:func:`~fedopt.local.config.check_algorithm`),
+    which would ignore it."""
+    from fedopt.local.config import check_algorithm, from_client
 
     client = config.get("client") or {}
+    check_algorithm((config.get("algorithm") or {}).get("name"), client)   # as validate does
     training = from_client(client) if hasattr(algorithm, "run_round") else None
     if training is None:
         return algorithm

@@ -98,3 +98,18 @@ def test_sso_rows_count_queries_and_inner_passes():
     rows = fedopt.run(c, progress=False).metrics
     assert all(r["local_steps"] == 4 * 3 for r in rows)          # 4 clients x 3 outer steps
     assert all(r["sso_inner_steps"] == 4 * r["local_steps"] for r in rows)
+
+
+@pytest.mark.parametrize("key, value", [("batch_size_test", {"name": "norm"}),
+                                        ("sso", {"inner_steps": 2}),
+                                        ("curriculum", {"order": "anti"})])
+def test_decentralized_algorithms_refuse_the_keys_they_would_ignore(key, value):
+    """dsgd's nodes take their own gradient steps: the keys used to be accepted and ignored
+    (rows with local_steps 0)."""
+    bad = {**cfg(**{key: value}), "topology": {"name": "ring"},
+           "algorithm": {"name": "dsgd", "rounds": 2, "clients_per_round": 6,
+                         "time_budget": 5.0}}
+    with pytest.raises(ConfigError, match=f"^client.{key}: "):
+        validate(bad)
+    with pytest.raises(ConfigError, match=f"^client.{key}: "):
+        Simulation(load_config(bad))
