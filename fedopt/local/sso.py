@@ -54,8 +54,8 @@ def surrogate_value(f: Tensor, z: Tensor, gw: Tensor, w: Tensor, loss: Tensor, e
 
 def sso_step(forward: Forward, client_loss: ClientLoss, y: Params, x: Tensor, w: Tensor,
              inner, inner_steps: int, eta: float,
-             extra: Callable[[Params, Params], Params] | None = None,
-             batch_shape: tuple[int, ...] | None = None) -> tuple[Params, Tensor]:
+             extra: Callable[[Params, Params], Params] | None = None
+             ) -> tuple[Params, Tensor]:
     """One outer SSO step for C stacked clients: returns (θ_{t+1}, per-client loss at θ_t [C]).
 
     ``inner``: a :class:`~fedopt.optim.core.FunctionalOptimizer` (fresh state per outer step);
@@ -64,7 +64,7 @@ def sso_step(forward: Forward, client_loss: ClientLoss, y: Params, x: Tensor, w:
     if inner_steps < 1:
         raise ValueError(f"inner_steps: must be >= 1, got {inner_steps!r}")
     C = w.shape[0]
-    state = inner.init(y, batch_shape=batch_shape or (C,))
+    state = inner.init(y, batch_shape=(C,))
     omega, z, gw, loss = y, None, None, None
     for j in range(inner_steps):
         with torch.enable_grad():
