@@ -17,7 +17,8 @@ How it runs on any executor: the server ships the pair (x_r, x_{r−1}) as one s
 names are the model's and the model's prefixed with :data:`PREV` (:func:`pair_start`); the job
 is one full-batch step of SGD with lr 1, so the client returns Δ = −u_p on the model's names and
 0 on the prefixed ones (:func:`split_pair`). Per-record gradients come from the trainer's batched
-gradient with each real record as its own stack row (memory R·d for the R records of a chunk).
+gradient with each real record as its own stack row, a slice of records at a time (at most
+:data:`RECORD_ELEMENTS` gradient entries held at once).
 Records are unweighted (each real row counts once).
 """
 from __future__ import annotations
@@ -57,13 +58,24 @@ def clip_rows(tree: Params, max_norm: float | None) -> Params:
     return tree if max_norm is None else ClipUpdateNorm(max_norm).apply(tree, None)
 
 
-def per_record_gradients(ctx: OracleContext, y: Params, batch: Batch
-                         ) -> tuple[Params, Tensor, Tensor]:
-    """∇ℓ(y_c; record) of every real record (padding rows skipped) stacked [R, *shape], the
-    per-record losses [R] and each record's client row ``owner`` int64 [R] (c in 0..C−1):
-    every record is one row of the trainer's batched gradient."""
+#: per-record gradients held at once, in elements (records × model size): a message is summed
+#: over slices of records, so a client's n records never need n model-sized rows at once
+RECORD_ELEMENTS = 1 << 24
+
+
+def real_rows(batch: Batch) -> Tensor:
+    """Flat positions (c·B + b) of the real records of ``batch`` (padding skipped), int64."""
+    return (batch.w > 0).flatten().nonzero().squeeze(1)
+
+
+def per_record_gradients(ctx: OracleContext, y: Params, batch: Batch,
+                         rows: Tensor | None = None) -> tuple[Params, Tensor, Tensor]:
+    """∇ℓ(y_c; record) of the records at flat positions ``rows`` (default: every real record,
+    :func:`real_rows`) stacked [R, *shape], the per-record losses [R] and each record's client
+    row ``owner`` int64 [R] (c in 0..C−1): every record is one row of the trainer's batched
+    gradient."""
     C, B = batch.w.shape
-    rows = (batch.w > 0).flatten().nonzero().squeeze(1)
+    rows = real_rows(batch) if rows is None else rows
     owner = torch.div(rows, B, rounding_mode="floor")
     ys = {k: v.index_select(0, owner) for k, v in y.items()}
     xs = batch.x.flatten(0, 1).index_select(0, rows).unsqueeze(1)
@@ -106,21 +118,29 @@ class Diff2Message:
         if keys.size and not (keys == keys.flat[0]).all():
             raise ValueError("DIFF2: every client of a call must be in the same round")
         restart = int(keys.flat[0]) % self.restart_period == 0 if keys.size else True
-        g, losses, owner = per_record_gradients(ctx, cur, batch)
-        if restart:
-            terms, clip, z = g, self.clip, self.z1
-        else:
-            g_prev, _, _ = per_record_gradients(ctx, prev, batch)
-            terms, clip, z = {k: g[k] - g_prev[k] for k in g}, self.clip_diff, self.z2
+        clip, z = (self.clip, self.z1) if restart else (self.clip_diff, self.z2)
         C = batch.w.shape[0]
-        total = {k: torch.zeros((C,) + v.shape[1:], dtype=v.dtype, device=v.device)
-                 .index_add_(0, owner, v) for k, v in clip_rows(terms, clip).items()}
+        total = {k: torch.zeros_like(v) for k, v in cur.items()}        # [C, *shape]
+        first = next(iter(cur.values()))
+        loss = torch.zeros(C, dtype=first.dtype, device=first.device)
+        rows = real_rows(batch)
+        size = sum(v[0].numel() for v in cur.values())
+        step = max(1, RECORD_ELEMENTS // max(size, 1))
+        for lo in range(0, len(rows), step):      # Σ_j clip(term_j), a slice of records at a time
+            part = rows[lo:lo + step]
+            g, losses, owner = per_record_gradients(ctx, cur, batch, part)
+            if not restart:
+                g_prev, _, _ = per_record_gradients(ctx, prev, batch, part)
+                g = {k: g[k] - g_prev[k] for k in g}
+            for k, v in clip_rows(g, clip).items():
+                total[k].index_add_(0, owner, v)
+            loss.index_add_(0, owner, losses.to(loss.dtype))
         if z > 0:
             nu = keyed_gaussian(ctx.seed, STREAM_DP_DIFF2, keys, sk.client_ids, total)
             total = {k: v + (z * clip) * nu[k] for k, v in total.items()}
-        n = torch.bincount(owner, minlength=C).clamp_min(1).to(losses.dtype)
-        msg = {k: v / n.view((-1,) + (1,) * (v.ndim - 1)) for k, v in total.items()}
-        loss = torch.zeros(C, dtype=losses.dtype, device=losses.device).index_add_(
-            0, owner, losses) / n
+        owners = torch.div(rows, batch.w.shape[1], rounding_mode="floor")
+        n = torch.bincount(owners, minlength=C).clamp_min(1).to(loss.dtype)
+        msg = {k: v / n.view((-1,) + (1,) * (v.ndim - 1)).to(v.dtype) for k, v in total.items()}
+        loss = loss / n
         zeros = {PREV + k: torch.zeros_like(v) for k, v in prev.items()}
         return {**msg, **zeros}, loss
