@@ -13,9 +13,12 @@ of the same training are timed in one run, on one machine:
 
 Workloads: ``logreg`` (the quickstart: Synthetic(1,1), 100 clients), ``mlp`` and ``cnn`` (the
 bundled 8x8 digits over 100 clients, the models' default sizes); K = 20 local steps, B = 10.
+On a machine shared with other work use ``--threads 1``: torch's default threads spin-wait when
+the cores are oversubscribed (measured 30x slower rounds at load 16 on 2 cores).
 
 Timing: each implementation's window is sized (from one warm-up measurement) to last about
-``--window`` seconds, so the three windows are of comparable length; repetition r runs the
+``--window`` seconds, and at least one round or step, so the three windows are of comparable
+length where a round is shorter than the window; repetition r runs the
 three windows back to back (interleaved), ``--repeats`` times. A ratio is computed within each
 repetition (so a slow phase of a shared machine hits both sides alike) and the table gives the
 median over repetitions with the spread [min–max]. Rates are samples/s (rows processed by local
