@@ -495,10 +495,11 @@ class _GrpcTransport:
         return sent
 
     def ready(self, calls: list[Call], timeout: float | None) -> list[Call]:
-        """The answered calls, waiting up to ``timeout``. Meanwhile, every heartbeat interval,
-        a call whose client process has fallen silent (no contact for 3 heartbeats: it died or
-        lost its network) is made late now — its deadline set to the present — so the dispatch
-        policy treats it as a straggler at once instead of after ``round_timeout_s``."""
+        """The answered calls, waiting up to ``timeout``. First and every heartbeat interval
+        meanwhile, a call whose client process has fallen silent (no contact for 3 heartbeats:
+        it died or lost its network) is made late now — its deadline set to the present — so
+        the dispatch policy treats it as a straggler at once instead of after
+        ``round_timeout_s``."""
         orphans = [call for call in calls if call.handle is None]
         if orphans:
             return orphans
@@ -506,12 +507,10 @@ class _GrpcTransport:
         by_task = {id(call.handle): call for call in calls}
         end = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if end is None else max(0.0, end - time.monotonic())
-            step = c.heartbeat_s if left is None else min(c.heartbeat_s, left)
-            done = c.wait_done([call.handle for call in calls], step)
+            done = c.wait_done([call.handle for call in calls], 0.0)
             if done:
                 return [by_task[id(t)] for t in done]
-            silent = set(c.silent())
+            silent = set(c.silent())    # checked before waiting: a process dead for rounds
             late = [call for call in calls if call.slot in silent]
             if late:
                 for call in late:
@@ -520,6 +519,10 @@ class _GrpcTransport:
                             "jobs are stragglers", sorted({call.slot for call in late}),
                             SILENT_HEARTBEATS * c.heartbeat_s)
                 return []
+            left = None if end is None else max(0.0, end - time.monotonic())
+            step = c.heartbeat_s if left is None else min(c.heartbeat_s, left)
+            if c.wait_done([call.handle for call in calls], step):
+                continue                # answered meanwhile: returned at the loop's top
             if left is not None and left <= step:
                 return []
 

@@ -257,3 +257,26 @@ def test_idle_polls_of_many_client_processes_do_not_starve_other_calls(tmp_path)
         server.stop(0)
         for r in raws:
             r.close()
+
+
+def test_a_process_already_silent_makes_its_new_calls_late_at_once():
+    """A client process that died rounds ago still owns its clients; each new call to it was
+    made a straggler only after one more heartbeat interval of waiting (every round with one
+    of its clients sampled took heartbeat_s longer). The transport checks silence first."""
+    import time
+    from types import SimpleNamespace
+
+    from fedopt.server.dispatch import Call
+    from fedopt.server.grpc_executor import _GrpcTransport
+
+    c = Coordinator(["a" * 16, "b" * 16], config={}, counts=COUNTS, num_classes=2, program="P",
+                    heartbeat_s=3.0)
+    c.slots[1].session = "s"
+    c.slots[1].last_seen = time.monotonic() - 60.0          # silent for 20 heartbeats
+    t = _task(c, 1, [2])
+    transport = _GrpcTransport(SimpleNamespace(coordinator=c), np.array([2]), "run", None,
+                               None, None, False, None, 0)
+    call = Call(np.array([0]), 1, 0, None, t)
+    t0 = time.monotonic()
+    assert transport.ready([call], None) == []
+    assert time.monotonic() - t0 < 1.5 and call.deadline is not None
