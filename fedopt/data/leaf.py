@@ -39,7 +39,9 @@ client becomes a row of the :class:`~fedopt.data.dataset.FederatedDataset`:
   pre-trained GloVe vectors, which fedopt does not download.)
 
 Sizes are bounded before they are allocated: each JSON file is parsed only when ``12 ×`` its
-size (the Python objects ``json`` builds) plus the rows decoded so far fit in free memory, and
+size plus 200 bytes per ``{`` or ``[`` in it (the Python objects ``json`` builds: an empty
+object or a one-item array costs far more than its two bytes of text) plus the rows decoded so
+far fit in free memory (``fedopt validate`` checks ``12 ×`` the largest file's size), and
 the final tensors are allocated only when their exact size (from the decoded row counts) fits.
 Every error is one ConfigError naming ``data.path`` (and the file and user) or ``data.<key>``.
 """
@@ -72,7 +74,10 @@ FEMNIST_SIDE = 28
 #: sent140 token indices: padding and unknown (words start at 2)
 PAD, UNKNOWN = 0, 1
 #: a JSON file's Python objects take at most this many times its size (checked before parsing)
+#: plus :data:`JSON_CONTAINER_BYTES` per object or array (numbers and strings: at most ~12 bytes
+#: per byte of text; a dict or list: up to ~200 bytes, from 2 bytes of text)
 JSON_EXPANSION = 12
+JSON_CONTAINER_BYTES = 200
 #: the largest ``data.max_words`` (a 280-character tweet has at most 280 tokens)
 MAX_WORDS = 1000
 LEAF_TASKS = ("femnist", "shakespeare", "sent140")
@@ -274,17 +279,31 @@ def _labels(ys: list, where: str, num_classes: int | None, task: str) -> np.ndar
     return y.astype(np.int64)
 
 
+def json_bytes(size: int, containers: int) -> int:
+    """Bound on the Python objects ``json`` builds from ``size`` bytes of text holding
+    ``containers`` objects and arrays (see :data:`JSON_EXPANSION`)."""
+    return JSON_EXPANSION * size + JSON_CONTAINER_BYTES * containers
+
+
 def _load_json(f: Path, size: int, held: int) -> dict[str, Any]:
-    check_fits(JSON_EXPANSION * size + held, f"parsing {f} ({size:,} bytes) beside the "
-                                             f"{held:,} bytes of rows already read")
+    where = f"beside the {held:,} bytes of rows already read"
+    check_fits(json_bytes(size, 0) + held, f"parsing {f} ({size:,} bytes) {where}")
     try:
-        with open(f, encoding="utf-8") as fh:
-            doc = json.load(fh)
+        raw = f.read_bytes()
+        containers = raw.count(b"{") + raw.count(b"[")
+        check_fits(json_bytes(size, containers) + held,
+                   f"parsing {f} ({size:,} bytes, {containers:,} JSON objects and arrays) {where}")
+        text = raw.decode("utf-8")
+        del raw
+        doc = json.loads(text)
     except UnicodeDecodeError as e:
         raise ConfigError(f"data.path: {f} is not UTF-8 text ({e.reason})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"data.path: {f} is not valid JSON (line {e.lineno}, column "
                           f"{e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"data.path: {f} nests JSON deeper than Python's parser allows "
+                          f"(LEAF files nest 4 levels)") from None
     except OSError as e:
         raise ConfigError(f"data.path: {f} cannot be read ({e.strerror})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("users"), list) \

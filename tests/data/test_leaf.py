@@ -221,3 +221,32 @@ def test_sent140_labels_bound_the_number_of_classes(tmp_path):
     with pytest.raises(ConfigError, match=rf"data.path: .*t.json user 'a': sent140 label {top} "
                                           rf"would make {top + 1:,} classes"):
         build_dataset(spec, 0)
+
+
+def test_json_bound_covers_the_densest_objects():
+    """json_bytes bounds what json builds from a file: containers are the densest (runs of
+    one-item arrays nested 10 deep take ~41 bytes of Python objects per byte of text, so a
+    bound of 12x the size alone was short), femnist's pixel floats take ~5."""
+    import tracemalloc
+
+    from fedopt.data.leaf import json_bytes
+
+    for item in ("{}", "[]", "[{}]", "{\"\":{}}", "[" * 10 + "]" * 10,
+                 "{\"\":" * 10 + "0" + "}" * 10, "0.5", "0.1234", "1000", "\"ab\"",
+                 "\"\\u1234\"", "{\"k\":0,\"l\":1}"):
+        text = "[" + ",".join([item] * 20_000) + "]"
+        tracemalloc.start()
+        doc = json.loads(text)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del doc
+        containers = text.count("{") + text.count("[")
+        assert peak <= json_bytes(len(text), containers), (item, peak / len(text))
+
+
+def test_deeply_nested_json_is_one_error_naming_the_file(tmp_path):
+    write_leaf(tmp_path, "test", "a.json", {})
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"data.path: .*train/a.json nests JSON deeper than"):
+        build_dataset({"name": "leaf", "task": "femnist", "path": str(tmp_path)}, 0)
