@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
 import numpy as np
+
+
+#: where ``fedopt client`` reads its token when ``--token`` is not given
+TOKEN_ENV = "FEDOPT_TOKEN"
 
 
 def parse_ids(text: str) -> np.ndarray:
@@ -83,6 +88,10 @@ def cmd_client(args: argparse.Namespace) -> int:
     from fedopt.client.grpc_client import ClientExit, GrpcClient, Options
     from fedopt.simulations import cli
 
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    if not token:
+        raise cli.CLIError(f"--token: required (or set the environment variable {TOKEN_ENV}, "
+                           f"which other local users cannot read in the process list)")
     if (args.config is None) == (args.data is None):
         raise cli.CLIError("give either --config CONFIG --clients IDS or --data FILE.npz")
     if args.config is not None and args.clients is None:
@@ -94,7 +103,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     config = cli.load_config(args.config) if args.config is not None else None
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    opts = Options(server=args.server, token=args.token, ca=args.ca, cert=args.cert,
+    opts = Options(server=args.server, token=token, ca=args.ca, cert=args.cert,
                    key=args.key, config=config, clients=clients, data=args.data,
                    device=args.device, max_wait_s=args.max_wait)
     try:
@@ -132,17 +141,24 @@ def register(sub: Any, formatter: type = argparse.HelpFormatter) -> None:
                "--config deploy.yaml --clients 0-49\n"
                "  fedopt client --server coord:50051 --token $TOKEN --ca ca.pem --data site3.npz "
                "--clients 3")
-    p.add_argument("--server", metavar="HOST:PORT", required=True)
-    p.add_argument("--token", metavar="TOKEN", required=True,
-                   help="this process's token (a line of the coordinator's tokens file)")
+    p.add_argument("--server", metavar="HOST:PORT", required=True,
+                   help="the coordinator's address (its executor.address, with a host name "
+                        "its TLS certificate names)")
+    p.add_argument("--token", metavar="TOKEN", default=None,
+                   help=f"this process's token (a line of the coordinator's tokens file); "
+                        f"default: the environment variable {TOKEN_ENV} (a command line is "
+                        f"visible to other local users)")
     p.add_argument("--ca", metavar="CERT", default=None,
                    help="CA certificate (PEM) to verify the coordinator: TLS on")
     p.add_argument("--cert", metavar="CERT", default=None, help="client certificate (mutual TLS)")
     p.add_argument("--key", metavar="KEY", default=None, help="client private key (mutual TLS)")
-    p.add_argument("--config", metavar="CONFIG.yaml", default=None)
+    p.add_argument("--config", metavar="CONFIG.yaml", default=None,
+                   help="the run's config: the clients' data are built from its data section "
+                        "and seed, as on the coordinator")
     p.add_argument("--clients", metavar="IDS", default=None, help="e.g. 0,1,5-7")
-    p.add_argument("--data", metavar="FILE.npz", default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", metavar="FILE.npz", default=None,
+                   help="this site's own clients (npz data set) instead of --config")
+    p.add_argument("--device", default="cpu", help="torch device to train on (default: cpu)")
     p.add_argument("--max-wait", metavar="S", type=float, default=600.0,
                    help="give up after the coordinator is unreachable this long (seconds)")
     p.add_argument("--quiet", action="store_true", help="warnings only")

@@ -37,3 +37,28 @@ def test_client_argument_errors(args, words, capsys):
     code = main(["client", "--server", "127.0.0.1:1", "--token", "t" * 32] + args)
     assert code == 2
     assert words in capsys.readouterr().err
+
+
+def test_client_reads_its_token_from_the_environment(monkeypatch, capsys):
+    """A token on the command line is readable by every local user (ps, /proc/PID/cmdline):
+    ``fedopt client`` also takes it from FEDOPT_TOKEN, and without either names both."""
+    import fedopt.client.grpc_client as gc
+
+    seen = []
+
+    class Fake:
+        def __init__(self, opts):
+            seen.append(opts)
+
+        def serve(self):
+            return 0
+
+    monkeypatch.setattr(gc, "GrpcClient", Fake)
+    monkeypatch.delenv("FEDOPT_TOKEN", raising=False)
+    args = ["client", "--server", "127.0.0.1:1", "--config", QUICKSTART, "--clients", "0-1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--token: required" in err and "FEDOPT_TOKEN" in err and not seen
+    monkeypatch.setenv("FEDOPT_TOKEN", "e" * 32)
+    assert main(args) == 0 and seen[-1].token == "e" * 32
+    assert main(args + ["--token", "f" * 32]) == 0 and seen[-1].token == "f" * 32
