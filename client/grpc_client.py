@@ -181,6 +181,7 @@ class GrpcClient:
 
     def _build_worker(self, welcome: M.Welcome) -> None:
         from fedopt.engine.local import LocalTrainer
+        from fedopt.local.config import with_local_training
         from fedopt.optim import from_config as optimizer_from_config
         from fedopt.simulation import build_algorithm, client_program
 
@@ -198,6 +199,9 @@ class GrpcClient:
         algorithm = build_algorithm(cfg["algorithm"], welcome.counts, seed, cfg)
         program = client_program(algorithm.local_program(), cfg["client"], data.is_regression,
                                  regression_by_name=cfg["data"]["name"] == "regression")
+        # client.batch_size_test / sso / curriculum, as the coordinator's Simulation adds them
+        program = with_local_training(program, cfg["client"],
+                                      optimizer_from_config(cfg["client"]["optimizer"]))
         if M.describe(program) != welcome.program:
             raise ClientExit(2, f"this client's local program differs from the coordinator's "
                                 f"(same fedopt version on both? user callables cannot travel): "
