@@ -180,6 +180,8 @@ def client_credentials(ca: str | None, cert: str | None = None, key: str | None 
     the client's own certificate for mutual TLS."""
     import grpc
 
+    if (cert is None) != (key is None):     # gRPC's C core aborts the process on half a pair
+        raise ValueError("--cert and --key: give both (mutual TLS) or neither")
     return grpc.ssl_channel_credentials(root_certificates=read_pem(ca, "--ca"),
                                         private_key=read_pem(key, "--key"),
                                         certificate_chain=read_pem(cert, "--cert"))

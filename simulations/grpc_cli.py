@@ -92,6 +92,9 @@ def cmd_client(args: argparse.Namespace) -> int:
     if not token:
         raise cli.CLIError(f"--token: required (or set the environment variable {TOKEN_ENV}, "
                            f"which other local users cannot read in the process list)")
+    if (args.cert is None) != (args.key is None):
+        raise cli.CLIError("--cert and --key: give both (this client's certificate and private "
+                           "key, for mutual TLS) or neither")
     if (args.config is None) == (args.data is None):
         raise cli.CLIError("give either --config CONFIG --clients IDS or --data FILE.npz")
     if args.config is not None and args.clients is None:

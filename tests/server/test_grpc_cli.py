@@ -32,6 +32,9 @@ def test_serve_refuses_a_config_for_another_executor(tmp_path, capsys):
     (["--config", "c.yaml", "--data", "d.npz"], "give either"),
     (["--config", QUICKSTART], "--clients: required with --config"),
     (["--config", QUICKSTART, "--clients", "x"], "--clients: expected"),
+    # gRPC's C core aborted the process (Check failed: private_key != nullptr)
+    (["--config", QUICKSTART, "--clients", "0", "--cert", "c.pem"], "--cert and --key"),
+    (["--config", QUICKSTART, "--clients", "0", "--key", "k.pem"], "--cert and --key"),
 ])
 def test_client_argument_errors(args, words, capsys):
     code = main(["client", "--server", "127.0.0.1:1", "--token", "t" * 32] + args)
@@ -62,3 +65,14 @@ def test_client_reads_its_token_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("FEDOPT_TOKEN", "e" * 32)
     assert main(args) == 0 and seen[-1].token == "e" * 32
     assert main(args + ["--token", "f" * 32]) == 0 and seen[-1].token == "f" * 32
+
+
+def test_half_a_client_certificate_pair_is_a_value_error():
+    """grpc.ssl_channel_credentials with a chain and no key aborts the process in gRPC's C
+    core when the channel connects; client_credentials refuses it first."""
+    from fedopt.protocols.grpc_wire import client_credentials
+
+    with pytest.raises(ValueError, match="--cert and --key"):
+        client_credentials(None, cert=QUICKSTART, key=None)
+    with pytest.raises(ValueError, match="--cert and --key"):
+        client_credentials(None, cert=None, key=QUICKSTART)
