@@ -20,6 +20,19 @@ same rows as plain epochs, and ``random`` reproduces the plain minibatch plan ex
 
 The client-level curriculum (:func:`client_pool`) orders clients by their mean score and lets the
 first g(u) of them be sampled, u the client updates so far.
+
+Plain PyTorch (one data set of n rows, T steps of batch B)::
+
+    with torch.no_grad():
+        scores = F.cross_entropy(model(X), Y, reduction="none").numpy()
+    order = order_rows(scores, "curriculum", seed=0, key=0, client_id=0)
+    step = 0
+    while step < T:                       # one pass over the paced prefix, shuffled
+        perm = rng.permutation(order[:prefix_size(step, T, len(order), "linear", 0.8, 0.2, 32)])
+        for i in range(0, len(perm), B):
+            idx = torch.as_tensor(perm[i:i + B])
+            ...                           # a step on X[idx], Y[idx]
+            step += 1
 """
 from __future__ import annotations
 
