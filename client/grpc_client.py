@@ -55,6 +55,20 @@ class ClientExit(Exception):
         self.code = code
 
 
+def connection_hint(details: str, tls: bool) -> str:
+    """What to check when a connection fails the way a TLS mismatch does ("" otherwise):
+    ``details`` is gRPC's error text, ``tls`` whether this client uses TLS (--ca/--cert)."""
+    d = details.lower()
+    if tls and ("handshake" in d or "ssl" in d or "socket closed" in d):
+        return ("; the TLS handshake failed: does the coordinator set executor.tls, does --ca "
+                "sign its certificate for --server's host name, and with mutual TLS "
+                "(executor.tls.ca) are --cert and --key given?")
+    if not tls and "socket closed" in d:
+        return ("; this client connects without TLS: if the coordinator sets executor.tls, "
+                "pass --ca CA.pem")
+    return ""
+
+
 def embed_clients(data: FederatedDataset, global_ids: np.ndarray, num_clients: int
                   ) -> FederatedDataset:
     """``data``'s K clients as the global clients ``global_ids`` (k -> ``global_ids[k]``) of
@@ -231,9 +245,14 @@ class GrpcClient:
                             grpc.StatusCode.INVALID_ARGUMENT):
                     raise ClientExit(2, f"the coordinator refused this client: {code.name}: "
                                         f"{e.details()}") from None
+                hint = connection_hint(e.details() or "", bool(self.opts.ca or self.opts.cert))
                 if waited >= self.opts.max_wait_s:
                     raise ClientExit(1, f"coordinator {self.opts.server} unreachable for "
-                                        f"{waited:.0f} s ({code.name}: {e.details()})") from None
+                                        f"{waited:.0f} s ({code.name}: {e.details()}){hint}"
+                                     ) from None
+                if hint and not waited:     # a configuration error: say so before retrying
+                    log.warning("cannot connect to %s%s (retrying for --max-wait %g s)",
+                                self.opts.server, hint, self.opts.max_wait_s)
                 log.info("coordinator unreachable (%s); retrying in %.1f s", code.name, delay)
                 time.sleep(delay)
                 waited += delay

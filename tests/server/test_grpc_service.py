@@ -280,3 +280,31 @@ def test_a_process_already_silent_makes_its_new_calls_late_at_once():
     t0 = time.monotonic()
     assert transport.ready([call], None) == []
     assert time.monotonic() - t0 < 1.5 and call.deadline is not None
+
+
+def test_a_tls_mismatch_is_named_with_what_to_check(tmp_path):
+    """A plaintext client against a TLS coordinator, or a TLS client against a plaintext one,
+    only saw 'unreachable ... Socket closed' / 'WRONG_VERSION_NUMBER' for --max-wait seconds;
+    the client's hint (from gRPC's real error text) names --ca / executor.tls."""
+    from fedopt.client.grpc_client import connection_hint
+
+    pem = make_certificates(tmp_path)
+    tokens = write_tokens(tmp_path / "tokens.txt", 1)
+    details = {}
+    for tls in (True, False):
+        c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P")
+        server, port = start_server(
+            c, "127.0.0.1:0", {"cert": pem["server_cert"], "key": pem["server_key"]} if tls
+            else None, 1 << 16)
+        creds = None if tls else client_credentials(pem["ca_cert"])
+        raw = Raw(port, tokens[0], creds, host="localhost")
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                raw.register([0], [5])
+            details[tls] = e.value.details()
+        finally:
+            raw.close()
+            server.stop(0)
+    assert "pass --ca" in connection_hint(details[True], tls=False)
+    assert "executor.tls" in connection_hint(details[False], tls=True)
+    assert connection_hint("failed to connect: Connection refused", tls=False) == ""
