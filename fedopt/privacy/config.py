@@ -88,7 +88,8 @@ def resolve_privacy(config: dict[str, Any], num_clients: int | None) -> dict[str
     ``noise_multiplier`` (diff2: and ``noise_multiplier_diff``) is calibrated from ``epsilon``
     over ``algorithm.rounds`` at sampling rate q = clients_per_round/``num_clients`` (diff2:
     q = 1, restart share ρ); given noise whose ε exceeds ``epsilon`` is refused naming
-    ``algorithm.rounds``. ``num_clients`` None (not known before the data): left for the run.
+    ``algorithm.rounds``. ``num_clients`` None (not known before the data, e.g. LEAF): dp_fedavg
+    is left for the run; diff2 (q = 1) is calibrated all the same.
     ConfigError naming the field for a section that does not fit the run."""
     from fedopt.privacy import accounting
 
@@ -119,7 +120,7 @@ def resolve_privacy(config: dict[str, Any], num_clients: int | None) -> dict[str
     p["noise"] = p.get("noise") or ("local" if diff2 else "central")
     if diff2 and p.get("restart_share") is None:
         p["restart_share"] = 0.5
-    if num_clients is None:
+    if num_clients is None and not diff2:   # q = m/N needs N; diff2's q is 1
         return p
     rounds, delta, eps, acc = int(alg["rounds"]), p["delta"], p.get("epsilon"), p["accountant"]
     try:

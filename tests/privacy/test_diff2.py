@@ -208,3 +208,20 @@ def test_per_record_gradients_are_held_a_slice_at_a_time(monkeypatch):
     assert seen and max(seen) == 7 and min(sim.data.counts.tolist()) > 7
     assert torch.allclose(sim.state.params["linear.weight"], W, rtol=0, atol=1e-12)
     assert torch.allclose(sim.state.params["linear.bias"], b, rtol=0, atol=1e-12)
+
+
+def test_noise_is_calibrated_by_validate_when_the_clients_are_known_only_later(tmp_path):
+    """LEAF's clients are known only once its files are parsed; DIFF2's calibration does not
+    need them (q = 1), so validate (and the recorded config) carries z1, z2 all the same."""
+    import json
+
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "a.json").write_text(json.dumps(
+            {"users": ["u", "v"], "user_data": {k: {"x": [[0.5] * 784] * 3, "y": [1, 2, 3]}
+                                                for k in ("u", "v")}}))
+    cfg = config({"epsilon": 2.0, "clip": 1.0, "clip_diff": 0.1}, clients_per_round=2)
+    cfg["data"] = {"name": "leaf", "task": "femnist", "path": str(tmp_path)}
+    p = validate(cfg)["privacy"]
+    noise = accounting.calibrate_diff2(2.0, 1e-5, 6, 3, 0.5, "rdp")
+    assert (p["noise_multiplier"], p["noise_multiplier_diff"]) == (noise.z1, noise.z2)
