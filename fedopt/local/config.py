@@ -145,17 +145,22 @@ def from_client(client: dict[str, Any]) -> LocalTraining | None:
 
 def check_algorithm(name: str | None, client: dict[str, Any]) -> None:
     """ConfigError naming the key when ``client.batch_size_test``, ``sso`` or ``curriculum``
-    is set for a decentralized algorithm (``algorithm.name`` ``name``): its nodes take their
-    own gradient steps, not the local program's, so the key would be silently ignored."""
+    is set for an algorithm ``name`` without local training: a decentralized one (its nodes
+    take their own gradient steps, so the key would be silently ignored) or gradient_coding
+    (its clients return full gradients or one uniform minibatch gradient, which an SSO step or
+    a curriculum's prefix would silently turn into something else)."""
     from fedopt.algorithms.decentralized import DECENTRALIZED
 
-    if name not in DECENTRALIZED:
+    if name in DECENTRALIZED:
+        why = f"the nodes of the decentralized algorithm {name} take their own gradient steps"
+    elif name == "gradient_coding":
+        why = "gradient_coding's clients return gradients, not local training"
+    else:
         return
     for key in ("batch_size_test", "sso", "curriculum"):
         if client.get(key) is not None:
             raise ConfigError(f"client.{key}: read by the clients' local training of the "
-                              f"server algorithms; the nodes of the decentralized algorithm "
-                              f"{name} take their own gradient steps (set it to null)")
+                              f"server algorithms; {why} (set it to null)")
 
 
 def with_local_training(program, client: dict[str, Any], optimizer=None):

@@ -113,3 +113,17 @@ def test_decentralized_algorithms_refuse_the_keys_they_would_ignore(key, value):
         validate(bad)
     with pytest.raises(ConfigError, match=f"^client.{key}: "):
         Simulation(load_config(bad))
+
+
+@pytest.mark.parametrize("key, value", [("sso", {"inner_steps": 2}),
+                                        ("curriculum", {"order": "anti"})])
+def test_gradient_coding_refuses_the_keys(key, value):
+    """Its clients' one lr-1 SGD step is read as a minibatch gradient: SSO or a curriculum's
+    easiest-rows prefix used to be accepted and silently change what it estimates."""
+    bad = {**cfg(**{key: value}), "algorithm": {"name": "gradient_coding", "code": "cyclic",
+                                                "num_workers": 3, "stragglers": 1, "rounds": 2}}
+    bad["client"] = {**bad["client"], "local_epochs": None, "local_steps": 1}
+    with pytest.raises(ConfigError, match=f"^client.{key}: .*gradient_coding"):
+        validate(bad)
+    with pytest.raises(ConfigError, match=f"^client.{key}: .*gradient_coding"):
+        Simulation(load_config(bad))
