@@ -292,6 +292,8 @@ class GrpcClient:
                             weight_sum=float(r.weight_sum), loss_sum=float(r.loss_sum),
                             samples=int(r.samples), updates=int(r.updates),
                             steps=np.asarray(r.steps, np.int64), nonfinite=nonfinite,
+                            batch_size=None if r.batch_size is None
+                            else np.asarray(r.batch_size, np.int64),
                             local_loss=None if local_loss is None
                             else np.asarray(local_loss, np.float64),
                             local_params=_plain(local) if task.keep_local else None,

@@ -141,6 +141,7 @@ class Result(Message):
     nonfinite: np.ndarray | None = _spec("ids?", default=None)
     local_params: dict | None = _spec("tensors?", default=None)
     grads: dict | None = _spec("tensors?", default=None)
+    batch_size: np.ndarray | None = _spec("ids?", default=None)   # online local programs
     compute_s: float = _spec("float", default=0.0)
 
 

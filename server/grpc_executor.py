@@ -106,6 +106,7 @@ class _Sum:
     updates: int = 0
     kept_weight: float = 0.0
     steps: np.ndarray | None = None
+    batch_size: np.ndarray | None = None     # online local programs' largest batches
     local: Params | None = None
     local_loss: np.ndarray | None = None
     nonfinite: list = field(default_factory=list)
@@ -275,6 +276,10 @@ class GrpcExecutor:
                 acc.nonfinite.append(bad)
                 acc.kept_weight -= float(np.sum(w[bad]))
             acc.steps[pos] = r.steps
+            if r.batch_size is not None:
+                if acc.batch_size is None:
+                    acc.batch_size = np.zeros(len(ids), np.int64)
+                acc.batch_size[pos] = r.batch_size
             if keep_local:
                 acc.local_loss[pos] = r.local_loss
                 y = to_tensors(r.local_params, ref.device, ref.dtype)
@@ -299,7 +304,8 @@ class GrpcExecutor:
             delta, loss = renormalise(delta, loss, weight_sum, acc.kept_weight)
         return RoundOutput(delta_sum=delta, weight_sum=weight_sum, loss_sum=loss,
                            samples=acc.samples, updates=acc.updates, local_params=acc.local,
-                           steps=acc.steps, local_loss=acc.local_loss, nonfinite=bad)
+                           steps=acc.steps, local_loss=acc.local_loss, nonfinite=bad,
+                           batch_size=acc.batch_size)
 
     def full_gradients(self, params: Params, client_ids: np.ndarray) -> Params:
         """Stacked ∇F_i(x) ``[m, *shape]`` computed by the client processes."""
