@@ -125,13 +125,16 @@ class CallFailed(Exception):
 @dataclass(eq=False)
 class Call:
     """One share in flight: ``positions`` into the call's jobs, the worker ``slot`` it went to,
-    the try ``attempt`` (0: first), its ``deadline`` and the transport's ``handle``."""
+    the try ``attempt`` (0: first), its ``deadline`` and the transport's ``handle``; ``late``:
+    why, when the transport moved the deadline to now (e.g. a process that missed its
+    heartbeats), for the fault log and errors instead of ``round_timeout_s``."""
 
     positions: np.ndarray
     slot: int
     attempt: int
     deadline: float | None
     handle: Any = None
+    late: str = ""
 
 
 class Transport(Protocol):
@@ -210,16 +213,18 @@ def gather(transport: Transport, ids: np.ndarray, policy: DispatchPolicy, faults
         for call in [c for c in pending if c.deadline is not None and now >= c.deadline]:
             pending.remove(call)
             faults.record("timeouts", round_idx=key, slot=call.slot, clients=ids[call.positions],
-                          detail=f"no answer within round_timeout_s={policy.round_timeout_s}")
+                          detail=call.late or
+                          f"no answer within round_timeout_s={policy.round_timeout_s}")
             transport.replace(call, "timed out")
             decision = policy.on_late(call.attempt, need_all=need_all,
                                       alone=not out.results and not pending)
             if decision.action is Action.RETRY:
                 resend(call, decision.reason)
             elif decision.action is Action.FAIL:
+                why = (call.late or
+                       f"no answer within executor.round_timeout_s={policy.round_timeout_s}")
                 raise fail(call, "timed out",
-                           f"no answer within executor.round_timeout_s={policy.round_timeout_s}, "
-                           f"and this algorithm needs every client's result")
+                           f"{why}, and this algorithm needs every client's result")
             else:
                 out.dropped.extend(ids[call.positions].tolist())
                 faults.record("dropped_clients", round_idx=key, slot=call.slot,

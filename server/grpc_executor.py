@@ -521,6 +521,8 @@ class _GrpcTransport:
             if late:
                 for call in late:
                     call.deadline = time.monotonic()
+                    call.late = (f"client process silent for {SILENT_HEARTBEATS * c.heartbeat_s:g}"
+                                 f" s ({SILENT_HEARTBEATS:g} missed heartbeats)")
                 log.warning("grpc: client process(es) %s silent for %g s (3 heartbeats): their "
                             "jobs are stragglers", sorted({call.slot for call in late}),
                             SILENT_HEARTBEATS * c.heartbeat_s)

@@ -179,3 +179,29 @@ def test_fault_messages_name_the_executor_that_ran():
                            for n, m in records)
     with pytest.raises(WorkerFailedError, match=r"^round 4: Ray worker 0 died running clients"):
         run({(1, 0): "die", (0, 1): "die"}, DispatchPolicy(max_retries=1))
+
+
+def test_a_call_made_late_by_its_transport_says_why():
+    """A transport that moves a deadline to now (gRPC: the process missed 3 heartbeats) gives
+    the reason; the fault log and the error said 'no answer within round_timeout_s=...' even
+    when that timeout had not run out (or was not set)."""
+    clock = FakeClock()
+
+    class Silent(FakeWorkers):
+        def ready(self, calls, timeout):
+            for c in calls:
+                if c.handle == "hang":
+                    c.deadline, c.late = clock(), "client process silent for 3 s"
+            return [c for c in calls if c.handle == "ok"]
+
+    faults = FaultLog("grpc")
+    got = gather(Silent(clock, 2, {(1, 0): "hang"}), np.arange(6), DispatchPolicy(), faults,
+                 key=0, need_all=False, clock=clock)
+    assert got.dropped == [1, 3, 5]
+    timeouts = [e.detail for e in faults.events if e.kind == "timeouts"]
+    assert timeouts == ["client process silent for 3 s"]
+    with pytest.raises(WorkerFailedError, match="client process silent for 3 s") as e:
+        gather(Silent(clock, 2, {(1, 0): "hang", (0, 1): "hang"}), np.arange(6),
+               DispatchPolicy(max_retries=1), FaultLog("grpc"), key=0, need_all=True,
+               clock=clock)
+    assert "round_timeout_s=None" not in str(e.value)

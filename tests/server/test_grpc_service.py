@@ -280,6 +280,7 @@ def test_a_process_already_silent_makes_its_new_calls_late_at_once():
     t0 = time.monotonic()
     assert transport.ready([call], None) == []
     assert time.monotonic() - t0 < 1.5 and call.deadline is not None
+    assert call.late == "client process silent for 9 s (3 missed heartbeats)"
 
 
 def test_a_tls_mismatch_is_named_with_what_to_check(tmp_path):
