@@ -36,8 +36,13 @@ from fedopt.engine.contract import Executor
 from fedopt.engine.program import ClipUpdateNorm, LocalProgram
 from fedopt.privacy import accounting
 from fedopt.privacy.postprocess import ClipPerLayer, GaussianUpdateNoise, central_noise
+from fedopt.schema import ConfigError
 
 NOISE_PLACES = ("central", "local")
+#: ``state.extra`` key of the noise multiplier the run's rounds were noised with (checked on
+#: resume: a noise calibrated at run time, when the clients are known only from the data, is
+#: not in the recorded config, and raising algorithm.rounds would recalibrate it)
+NOISE_KEY = "dp_noise_multiplier"
 
 
 class DPFedAvg:
@@ -121,6 +126,14 @@ class DPFedAvg:
             raise ValueError("on_nonfinite: drop renormalises the average over the kept "
                              "clients, which breaks the fixed-denominator sensitivity C/m; use "
                              "error with privacy")
+        used = state.extra.get(NOISE_KEY)
+        if used is not None and float(used) != self.noise_multiplier:
+            raise ConfigError(f"privacy.noise_multiplier: rounds 1..{state.round} of this run "
+                              f"were noised with {float(used)!r}, this config gives "
+                              f"{self.noise_multiplier!r} (a noise calibrated from epsilon "
+                              f"depends on algorithm.rounds); resume with the recorded "
+                              f"algorithm.rounds, or start a new run with a fixed "
+                              f"noise_multiplier to extend it")
         ids = self.base.sample_clients(state.round)
         weights = np.full(len(ids), 1.0 / self.m)
         out, _, _ = self.base.run_clients(state, executor, ids, weights, optimizer)
@@ -130,4 +143,6 @@ class DPFedAvg:
         stats = {"local_loss": local_loss(out), "updates": out.updates, "samples": out.samples,
                  **dropped_stats(state, executor),
                  "epsilon_spent": self.epsilon_spent(state.round + 1)}
-        return self.base.apply(state, delta), stats
+        new = self.base.apply(state, delta)
+        return dataclasses.replace(new, extra={**new.extra, NOISE_KEY: self.noise_multiplier}), \
+            stats

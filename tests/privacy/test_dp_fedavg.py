@@ -160,3 +160,30 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     for k in full.final_params:
         assert torch.equal(full.final_params[k], resumed.final_params[k])
     assert resumed.metrics[-1]["epsilon_spent"] == full.metrics[-1]["epsilon_spent"]
+
+
+def test_resume_refuses_a_noise_recalibrated_for_more_rounds(tmp_path):
+    """With LEAF the clients (so q = m/N) are known only from the data: the noise is calibrated
+    at run time and is not in the recorded config. A resume that raises algorithm.rounds would
+    recalibrate it and count every round at the new noise; it is refused."""
+    import json
+
+    root = tmp_path / "leaf"
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        (root / split / "a.json").write_text(json.dumps(
+            {"users": [f"u{i}" for i in range(6)],
+             "user_data": {f"u{i}": {"x": [[0.1 * i] * 784] * 3, "y": [i, 1, 2]}
+                           for i in range(6)}}))
+    cfg = config({"epsilon": 4.0, "clip": 0.5}, rounds=2, clients_per_round=3)
+    cfg["data"] = {"name": "leaf", "task": "femnist", "path": str(root)}
+    cfg["checkpoint_every"] = 1
+    first = fedopt.run(cfg, out_dir=tmp_path / "r", progress=False)
+    z = first.config["privacy"]["noise_multiplier"]
+    assert first.metrics[-1]["epsilon_spent"] == pytest.approx(
+        accounting.epsilon(z, 3 / 6, 2, 1e-5), rel=1e-9)
+    longer = copy.deepcopy(cfg)
+    longer["algorithm"]["rounds"] = 4
+    with pytest.raises(ConfigError, match=rf"privacy.noise_multiplier: rounds 1..2 of this run "
+                                          rf"were noised with {z!r}, this config gives"):
+        fedopt.run(longer, out_dir=tmp_path / "r", progress=False, resume=True)
