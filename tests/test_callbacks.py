@@ -147,3 +147,15 @@ def test_tensorboard_and_csv_hold_every_metric_and_a_resume_adds_no_duplicates(t
 def test_metrics_csv_keeps_missing_and_nonfinite_values_apart():
     text = metrics_csv([{"round": 1, "a": None, "b": float("nan")}, {"round": 2, "c": 0.1}])
     assert text.splitlines() == ["round,a,b,c", "1,,nan,", "2,,,0.1"]
+
+
+def test_sampled_and_per_client_evaluation_resume_exactly(tmp_path):
+    cfg = {**CFG, "eval_every": 1, "checkpoint_every": 2, "eval_clients": 10,
+           "per_client_eval": {"every": 2, "clients": 12, "personalize_steps": 2},
+           "algorithm": {**CFG["algorithm"], "rounds": 4}}
+    whole = fedopt.run(cfg, out_dir=tmp_path / "a", progress=False).metrics
+    fedopt.run({**cfg, "algorithm": {**cfg["algorithm"], "rounds": 2}}, out_dir=tmp_path / "b",
+               progress=False)
+    resumed = fedopt.run(cfg, out_dir=tmp_path / "b", progress=False, resume=True).metrics
+    assert "personal_test_accuracy_worst10" in whole[-1] and "test_accuracy_ci" in whole[-1]
+    assert [_untimed(r) for r in resumed] == [_untimed(r) for r in whole]
