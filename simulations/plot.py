@@ -33,11 +33,15 @@ X_AXES = {"round": "round", "client_updates": "client updates", "wall_time_s": "
           "virtual_time": "virtual time", "gradient_steps": "gradient steps",
           "communications": "communications"}
 LOSS_COLUMNS = ("test_loss", "train_loss")
-ACCURACY_COLUMNS = ("test_accuracy",)
+#: per-client columns (``per_client_eval``) are drawn as their mean with a band from the worst
+#: to the best 10 % of clients; a sampled estimate (``eval_clients``) with its 95 % CI band
+ACCURACY_COLUMNS = ("test_accuracy", "client_test_accuracy_mean", "personal_test_accuracy_mean")
 #: decentralized runs' optimization columns, drawn on a log scale
 LOG_COLUMNS = ("suboptimality", "consensus_error")
 _LABELS = {"test_loss": "test loss", "train_loss": "train loss", "test_accuracy": "test accuracy",
            "train_accuracy": "train accuracy",
+           "client_test_accuracy_mean": "per-client accuracy (mean; worst–best 10 %)",
+           "personal_test_accuracy_mean": "personalised accuracy (mean; worst–best 10 %)",
            "suboptimality": "f(x̄) − f*", "consensus_error": "consensus error"}
 
 
@@ -169,6 +173,7 @@ def plot_run(run_dir: PathLike, out: PathLike | None = None) -> list[str]:
                     if x == "round":
                         _warn_nonfinite(os.fspath(run_dir), c, x, bad)
                 (line,) = ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
+                _band(ax, rows, x, c, line.get_color(), bad)
                 if bad is not None:
                     ax.axvline(bad, color=line.get_color(), linestyle=":", linewidth=1.5)
             ax.set_xlabel(xlabel)
@@ -183,6 +188,27 @@ def plot_run(run_dir: PathLike, out: PathLike | None = None) -> list[str]:
         raise ValueError(f"{os.fspath(run_dir)}: no plottable columns (need round or "
                          f"wall_time_s with test_loss, train_loss or test_accuracy)")
     return written
+
+
+def _band(ax, rows: Sequence[Mapping[str, Any]], x: str, column: str, color: Any,
+          until: float | None) -> None:
+    """Shade ``column``'s spread where recorded: a per-client ``*_mean`` between its
+    ``*_worst10`` and ``*_best10``, or an estimate ± its ``*_ci`` half-width (up to ``until``,
+    where the metric became non-finite)."""
+    if column.endswith("_mean"):
+        lo, hi = column[:-len("mean")] + "worst10", column[:-len("mean")] + "best10"
+        pts = [(_number(r.get(x)), _number(r.get(lo)), _number(r.get(hi))) for r in rows]
+    else:
+        pts = []
+        for r in rows:
+            v, h = _number(r.get(column)), _number(r.get(column + "_ci"))
+            pts.append((_number(r.get(x)), None if v is None or h is None else v - h,
+                        None if v is None or h is None else v + h))
+    pts = sorted(p for p in pts if None not in p and (until is None or p[0] < until))
+    if pts:
+        a = np.asarray(pts, dtype=float)
+        ax.fill_between(a[:, 0], np.minimum(a[:, 1], a[:, 2]), np.maximum(a[:, 1], a[:, 2]),
+                        color=color, alpha=0.2, linewidth=0)
 
 
 def _run_title(run_dir: PathLike) -> str:
