@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fedopt.engine.evaluate import evaluate_sums
+from fedopt.engine.evaluate import evaluate_sums, row_values
 from fedopt.engine.local import FunctionalModel, LocalTrainer, Params
 from fedopt.engine.program import LocalProgram
 from fedopt.rng import keyed_uniform
@@ -109,6 +109,16 @@ class ClientRows:
         starts = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
         return self.order[starts + np.arange(int(n.sum()))], group
 
+    def padded(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Test rows of clients ``ids`` (each with at least one) as ``[len(ids), width]``
+        indices, width the most rows of any of them (shorter clients repeat their last row),
+        and the bool mask of real rows."""
+        n = self.counts(ids)
+        width = max(int(n.max()), 1) if len(ids) else 1
+        pos = np.arange(width)[None, :]
+        rows = self.order[self.offsets[ids][:, None] + np.minimum(pos, n[:, None] - 1)]
+        return rows, pos < n[:, None]
+
 
 def client_means(fmodel: FunctionalModel, params: Params, data: Any, index: ClientRows,
                  ids: np.ndarray, program: LocalProgram) -> tuple[dict[str, np.ndarray], bool]:
@@ -155,7 +165,7 @@ def personal_means(trainer: LocalTrainer, params: Params, data: Any, index: Clie
     client) — on its own test rows. Clients without training rows keep ``params``."""
     from fedopt.engine.batches import plan_batches
 
-    fmodel, program = trainer.fmodel, trainer.program
+    fmodel, program = trainer.fmodel, trainer.program.for_task(data.is_regression)
     loss_fn = program.loss_fn
     metrics = program.metric_fns(data.is_regression)
     names = ("loss", *metrics)
@@ -178,23 +188,18 @@ def personal_means(trainer: LocalTrainer, params: Params, data: Any, index: Clie
             h = torch.as_tensor(has, device=dev)
             for k in stacked:
                 stacked[k][h] = res.params[k].detach()
-        n = index.counts(cid)
-        width = max(int(n.max()), 1)
-        pos = np.arange(width)[None, :]
-        local = index.order[index.offsets[cid][:, None] + np.minimum(pos, np.maximum(n, 1)[:, None] - 1)]
-        r = torch.as_tensor(local.reshape(-1), device=dev)
-        xb = data.x_test.index_select(0, r).view((c, width) + tuple(data.x_test.shape[1:]))
-        yb = data.y_test.index_select(0, r).view((c, width) + tuple(data.y_test.shape[1:]))
-        mask = torch.as_tensor(pos < n[:, None], device=dev)
+        rows, real = index.padded(cid)
+        r = torch.as_tensor(rows.reshape(-1), device=dev)
+        xb = data.x_test.index_select(0, r).view(rows.shape + tuple(data.x_test.shape[1:]))
+        yb = data.y_test.index_select(0, r).view(rows.shape + tuple(data.y_test.shape[1:]))
+        mask = torch.as_tensor(real, device=dev)
         with torch.no_grad():
-            o = fmodel.batched_forward(stacked, xb)                    # [c, width, k]
-            flat_o, flat_y = o.reshape((c * width,) + o.shape[2:]), yb.reshape((c * width,) + yb.shape[2:])
-            per = torch.stack([loss_fn(flat_o, flat_y).double(),
-                               *(fn(flat_o, flat_y).double() for fn in metrics.values())])
-            per = per.view(len(names), c, width) * mask
-            sums = per.sum(2)
-            ok = torch.isfinite(o.reshape(c, width, -1)).all(2) | ~mask
-        out[:, lo:lo + c] = (sums / torch.as_tensor(np.maximum(n, 1), device=dev)).cpu().numpy()
+            o = fmodel.batched_forward(stacked, xb)                 # [c, width, outputs]
+            values = row_values(o.flatten(0, 1), yb.flatten(0, 1), loss_fn, metrics)
+            per = torch.stack([v.double() for v in values]).view((len(names),) + rows.shape)
+            per = torch.where(mask, per, torch.zeros((), dtype=per.dtype, device=dev))
+            ok = torch.isfinite(o.flatten(2).sum(2, dtype=torch.float64)) | ~mask
+        out[:, lo:lo + c] = (per.sum(2) / mask.sum(1).double()).cpu().numpy()
         finite = finite and bool(ok.all())
     return dict(zip(names, out)), finite
 
