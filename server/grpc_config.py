@@ -50,7 +50,8 @@ class GrpcExecutorConfig(ExecutorConfig):
     join_timeout_s: PositiveFloat = Field(
         600.0, description="seconds to wait for min_clients (and for a task's client) to connect")
     heartbeat_s: PositiveFloat = Field(5.0, description="seconds between client heartbeats")
-    chunk_bytes: PositiveInt = Field(1 << 21, description="bytes per gRPC frame of a message")
+    chunk_bytes: PositiveInt = Field(1 << 21, description="bytes per gRPC frame the coordinator "
+                                                          "sends (clients send 2 MiB frames)")
     max_message_mb: PositiveFloat = Field(1024.0, description="largest message accepted (MiB)")
     max_buffered_results: PositiveInt = Field(
         4, description="client results held undecoded-into-the-sum at once (memory bound)")

@@ -52,7 +52,7 @@ from fedopt.engine.local import LocalTrainer
 from fedopt.engine.nonfinite import POLICIES, check_policy, client_error
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import Limits, fragment, param_spec
-from fedopt.protocols.grpc_wire import channel_options, server_credentials
+from fedopt.protocols.grpc_wire import CHUNK_BYTES, channel_options, server_credentials
 from fedopt.protocols.ray_messages import to_arrays, to_tensors
 from fedopt.server.dispatch import (Action, Call, CallFailed, DispatchPolicy, gather,
                                     renormalise)
@@ -82,8 +82,10 @@ def start_server(coordinator: Coordinator, address: str, tls: dict | None, chunk
     # (the coordinator reads at most max_buffered_results answers at once) cannot park their
     # updates in the server's receive buffers
     workers = handler_threads(len(coordinator.slots)) if max_workers is None else max_workers
+    # chunk_bytes sizes the coordinator's own frames; clients send in CHUNK_BYTES frames
+    accept = max(int(chunk_bytes), CHUNK_BYTES)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                         options=channel_options(chunk_bytes) + [("grpc.http2.bdp_probe", 0)])
+                         options=channel_options(accept) + [("grpc.http2.bdp_probe", 0)])
     server.add_generic_rpc_handlers((coordinator.handler(),))
     if tls:
         port = server.add_secure_port(address, server_credentials(tls["cert"], tls["key"],

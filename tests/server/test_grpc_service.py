@@ -309,3 +309,26 @@ def test_a_tls_mismatch_is_named_with_what_to_check(tmp_path):
     assert "pass --ca" in connection_hint(details[True], tls=False)
     assert "executor.tls" in connection_hint(details[False], tls=True)
     assert connection_hint("failed to connect: Connection refused", tls=False) == ""
+
+
+def test_client_frames_pass_a_coordinator_with_a_smaller_chunk_bytes(coord):
+    """Clients send in frames of the protocol's CHUNK_BYTES (2 MiB; the welcome does not carry
+    executor.chunk_bytes); a coordinator configured with smaller frames (here 64 KiB) refused
+    every such frame (RESOURCE_EXHAUSTED: larger than max), so each update above its
+    chunk_bytes failed and the client re-registered for ever."""
+    from fedopt.protocols.grpc_wire import CHUNK_BYTES
+
+    c, port, tokens, (a, b) = coord
+    big = {"w": np.zeros(60_000, np.float32)}                  # 240 KB
+    ids = np.array([1], np.int64)
+    wa = a.register(ids, COUNTS[ids])
+
+    def parts(tid):
+        return M.pack_parts(M.Task(task_id=tid, epoch=c.epoch, kind="run", starts=big,
+                                   shared=True, client_ids=ids, keys=np.zeros(1, np.int64),
+                                   weights=np.ones(1)))
+    t = c.add_task(0, "run", ids, parts, param_spec(big), 1.0, False)
+    task = a.poll(wa.session)
+    ack = a.submit(_result(wa, task, delta_sum={"w": np.ones(60_000, np.float32)}),
+                   chunk=CHUNK_BYTES)
+    assert ack.ok and t.state == "done"
