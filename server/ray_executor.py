@@ -12,7 +12,8 @@ every algorithm runs on it unchanged::
 
 One call: the start parameters go into Ray's object store once (``ray.put`` of numpy arrays —
 the one shared model of a synchronous round, or the stacked ``[m, ...]`` per-job starts;
-workers map them zero-copy and take their rows); job j runs on worker ``client_ids[j] mod W``
+workers map them zero-copy and take their rows; up to :data:`INLINE_BYTES` they travel inside
+the tasks instead); job j runs on worker ``client_ids[j] mod W``
 (or a live substitute, see :mod:`fedopt.server.ray_pool`); each worker trains its jobs vectorized and
 answers with its shard's Σ_j w_j Δ_j, Σ_j w_j, Σ_j w_j·loss_j (and the stacked y_j when
 ``keep_local``); the coordinator adds the W partial sums. Minibatch plans are keyed by
@@ -64,6 +65,10 @@ from fedopt.server.faults import FaultLog, failure_cause
 from fedopt.server.ray_pool import WorkerPool, death_errors, gpu_plan
 
 log = logging.getLogger("server.ray")
+
+#: start parameters of at most this many bytes go inside each task, not through the object
+#: store (Ray inlines task arguments below its 100 KiB ``max_direct_call_object_size``)
+INLINE_BYTES = 100 * 1024
 
 
 @dataclass
@@ -271,7 +276,7 @@ class RayExecutor:
         # the call's round for fault messages (None: jobs of several keys)
         key = int(keys[0]) if len(keys) and bool((keys == keys[0]).all()) else None
         report = RoundReport(-1 if key is None else key)
-        starts_ref = self.ray.put(to_arrays(params))          # once per call, shared by all
+        starts_ref = self._share(to_arrays(params))           # once per call, shared by all
         corr = to_arrays(correction)
 
         def call(actor: Any, pos: np.ndarray) -> Any:
@@ -287,6 +292,15 @@ class RayExecutor:
         self.last_report = report
         return out
 
+    def _share(self, arrays: dict[str, np.ndarray]) -> Any:
+        """What the workers' calls take as the start parameters: the arrays themselves when
+        they total at most :data:`INLINE_BYTES` (Ray ships them inside each task: no
+        object-store round trip, measured ~1.9 ms per round of the quickstart's logreg on 2
+        cores), else one ``ray.put`` shared by all calls (the workers map it zero-copy)."""
+        if sum(a.nbytes for a in arrays.values()) <= INLINE_BYTES:
+            return arrays
+        return self.ray.put(arrays)
+
     def run_round(self, params: Params, client_ids: np.ndarray, weights: np.ndarray,
                   key: int, optimizer=None, keep_local: bool = False,
                   correction: Params | None = None) -> RoundOutput:
@@ -299,7 +313,7 @@ class RayExecutor:
         """Stacked ∇F_i(x) over each client's full local data, computed on the workers
         (SCAFFOLD option I, gradient coding)."""
         ids = np.asarray(client_ids, dtype=np.int64)
-        params_ref = self.ray.put(to_arrays(params))
+        params_ref = self._share(to_arrays(params))
         results = self._gather(
             ids, lambda actor, pos: actor.full_gradients.remote(params_ref, ids[pos]),
             None, RoundReport(-1), need_all=True)

@@ -48,12 +48,23 @@ def test_round_output_equals_in_process_with_one_put_per_round(ray_session, ray3
     opt = local_sim.client_optimizer.replace(lr=0.02)
     ref = local_sim.executor.run_round(params, ids, weights, 2, optimizer=opt, keep_local=True,
                                        correction=corr)
+    import fedopt.server.ray_executor as ray_executor
+
     puts = []
     real_put = ray_session.put
     monkeypatch.setattr(ray_session, "put", lambda v, **kw: puts.append(v) or real_put(v, **kw))
+    # a small model travels inside the three workers' tasks: no object-store put at all
+    small = ray3.run_round(params, ids, weights, 2, optimizer=opt, keep_local=True,
+                           correction=corr)
+    assert len(puts) == 0
+    # above INLINE_BYTES (every model here, with a limit of 0): one put per round
+    monkeypatch.setattr(ray_executor, "INLINE_BYTES", 0)
     got = ray3.run_round(params, ids, weights, 2, optimizer=opt, keep_local=True, correction=corr)
     assert len(puts) == 1                       # the global model, once, not once per client
     assert_output_close(ref, got, keep_local=True)
+    for k in got.delta_sum:                     # how the model travels changes no bit
+        assert torch.equal(small.delta_sum[k], got.delta_sum[k])
+        assert torch.equal(small.local_params[k], got.local_params[k])
     assert sorted(ray3.last_report.slots) == sorted(set(int(i) % 3 for i in ids))
     assert ray3.faults() == {k: 0 for k in ray3.faults()}
     # plain FedAvg call (no correction, default optimizer) over another round's sample
@@ -186,7 +197,8 @@ def test_both_executors_implement_the_contract(ray3, local_sim):
 def test_run_jobs_with_per_job_starts_equals_in_process(ray_session, ray3, local_sim,
                                                          monkeypatch):
     """Jobs from different starts and keys (a client twice), float64: the workers' sums equal
-    the in-process ``run_jobs``; the stacked starts go into the object store once."""
+    the in-process ``run_jobs``; the stacked starts go into the object store once (models
+    above ``INLINE_BYTES``; smaller ones travel inside the tasks)."""
     ids = np.array([3, 10, 4, 3, 17, 8, 22])
     keys = np.array([0, 4, 2, 5, 1, 1, 3])
     w = np.array([0.1, 0.2, 0.05, 0.15, 0.2, 0.1, 0.2])
@@ -201,6 +213,7 @@ def test_run_jobs_with_per_job_starts_equals_in_process(ray_session, ray3, local
         real_put = ray_session.put
         monkeypatch.setattr(ray_session, "put",
                             lambda v, **kw: puts.append(v) or real_put(v, **kw))
+        monkeypatch.setattr("fedopt.server.ray_executor.INLINE_BYTES", 0)   # as a large model
         got = ray3.run_jobs(starts, ids, keys, w, correction=corr, keep_local=keep)
         monkeypatch.undo()
         assert len(puts) == 1
