@@ -37,6 +37,7 @@ from fedopt.clock.config import ClockConfig
 from fedopt.data.registry import DataSpec, check_dataset_spec
 from fedopt.engine.program import LOSSES, METRICS, check_task_fit
 from fedopt.executors import LocalExecutorConfig, executor_entries, executor_schemas
+from fedopt.models.char_rnn import check_token_vocab
 from fedopt.models.registry import MODEL_SCHEMAS, ModelSpec
 from fedopt.privacy.config import PrivacyConfig, resolve_privacy, with_privacy
 from fedopt.algorithms.decentralized import DECENTRALIZED
@@ -245,6 +246,8 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
                                   f"({', '.join(DECENTRALIZED)}), not algorithm.name: "
                                   f"{alg['name']}")
     facts = check_dataset_spec(cfg["data"], cfg["seed"])
+    if facts.token_vocab is not None:   # token-index features: the embedding covers them
+        check_token_vocab(cfg["model"], facts.num_classes, facts.token_vocab)
     if facts.regression is not None:   # the loss and metrics fit the targets (as a run checks)
         for key in ("loss", "metrics"):
             check_task_fit(key, cfg["client"][key], f"client.{key}", facts.regression,
