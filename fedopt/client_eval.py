@@ -36,11 +36,9 @@ from torch import Tensor
 from fedopt.engine.evaluate import evaluate_sums, row_values
 from fedopt.engine.local import FunctionalModel, LocalTrainer, Params
 from fedopt.engine.program import LocalProgram
-from fedopt.rng import keyed_uniform
+from fedopt.rng import STREAM_EVAL, keyed_uniform
 from fedopt.schema import NonNegativeInt, PositiveInt, Schema
 
-#: random stream of the evaluation subsets (per-client and sampled evaluation)
-STREAM_EVAL = 0xE7A1
 #: the coordinate of the fixed per-client subset in :data:`STREAM_EVAL` (rounds are >= 0)
 FIXED_SUBSET = -1
 #: metrics for which a lower value is better (the loss always is)

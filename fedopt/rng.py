@@ -16,11 +16,43 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
-# Named streams so that different uses of the same coordinates never share draws.
-STREAM_SAMPLING = 1
-STREAM_BATCHES = 2
-STREAM_PROBES = 3
-STREAM_CLOCK = 4
+# The registry of stream ids: every keyed draw and every round generator of the code base names
+# its stream here, so different uses of the same coordinates never share draws (the ids are all
+# distinct; tests/test_rng_streams.py checks that, and that no module writes a stream number
+# itself). Changing an id changes that feature's trajectories: add new ids, never renumber.
+# core
+STREAM_SAMPLING = 1          # clients sampled per round (fedopt.algorithms.fedavg, async)
+STREAM_BATCHES = 2           # minibatch permutations (fedopt.engine.batches)
+STREAM_PROBES = 3            # Hutchinson probes of the client optimizers (fedopt.engine.local)
+STREAM_CLOCK = 4             # the virtual clock's laws, failures, availability (fedopt.clock)
+# decentralized
+STREAM_GRAPH = 11            # random graph builders (fedopt.decentralized.graphs)
+STREAM_EVENTS = 12           # the Poisson node/edge events (fedopt.decentralized.events)
+STREAM_WALK = 13             # SA-SRRW's token moves (fedopt.decentralized.srrw)
+# local training that adapts (fedopt.local)
+STREAM_CURRICULUM = 0x1C01   # curriculum tie-breaks and random orders (fedopt.local.curriculum)
+STREAM_CLIENT_ORDER = 0x1C02  # the client-level curriculum's pool draws (fedopt.local.client_order)
+STREAM_BATCH_TEST_ROWS = 0x1C03  # rows of the capped batch-size test (fedopt.local.engine)
+# zeroth order and consensus-based optimization
+STREAM_ZO = 0x5A01           # zeroth-order directions (fedopt.zo.estimators)
+STREAM_CBO = 0x5A02          # CBO noise (fedopt.zo.cbo)
+STREAM_FZOOS = 0x5A03        # FZooS features and directions (fedopt.algorithms.fzoos)
+STREAM_PEERS = 0x5A04        # clustered FedCBO's peer draws (fedopt.algorithms.fedcbo_clustered)
+STREAM_AIRCOMP = 0x5A05      # over-the-air noise (fedopt.algorithms.fedzo)
+# gradient coding
+STREAM_BURSTY = 0x6742       # bursty straggler patterns (fedopt.coding.bursty)
+STREAM_CODING = 0x6743       # the cyclic code's generator (fedopt.coding.codes)
+STREAM_DELAYS = 0x6744       # straggler delays (fedopt.coding.delays)
+# differential privacy
+STREAM_DP_CLIENT = 0xD901    # client-update noise (fedopt.privacy.postprocess)
+STREAM_DP_CENTRAL = 0xD902   # server-aggregate noise (fedopt.privacy.postprocess)
+STREAM_DP_DIFF2 = 0xD903     # DIFF2's noise (fedopt.privacy.diff2)
+# evaluation
+STREAM_EVAL = 0xE7A1         # evaluation subsets (fedopt.client_eval)
+
+#: every registered stream: name -> id
+STREAMS: dict[str, int] = {k: v for k, v in dict(globals()).items()
+                           if k.startswith("STREAM_") and isinstance(v, int)}
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

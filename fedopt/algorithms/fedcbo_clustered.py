@@ -36,11 +36,10 @@ from fedopt.algorithms.fedzo import count_queries
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.contract import Executor
 from fedopt.optim import make
-from fedopt.rng import round_generator
+from fedopt.rng import STREAM_PEERS, round_generator
 from fedopt.zo.estimators import _flatten, _unflatten
 
 KEY = "fedcbo_clustered"
-STREAM_PEERS = 0x5A04
 
 
 class ClusteredFedCBO(FedAvg):

@@ -46,7 +46,7 @@ from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.contract import Executor
 from fedopt.engine.program import Autograd, LocalProgram
 from fedopt.schema import ConfigError
-from fedopt.rng import keyed_normal
+from fedopt.rng import STREAM_AIRCOMP, keyed_normal
 from fedopt.zo.estimators import READ_ESTIMATOR, ZerothOrder, _unflatten
 
 QUERIES_KEY = "zo_queries"
@@ -110,9 +110,6 @@ class FedZO(FedAvg):
                  "queries": total, "aircomp_selected": len(ids),
                  **dropped_stats(state, executor)}
         return self.apply(state, delta if out.updates else None), stats
-
-
-STREAM_AIRCOMP = 0x5A05
 
 
 def aircomp_select(seed: int, round_idx: int, num_clients: int) -> tuple[np.ndarray, float]:

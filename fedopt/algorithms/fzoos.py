@@ -52,12 +52,11 @@ from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.contract import Executor
 from fedopt.engine.program import LocalProgram
 from fedopt.optim import make
-from fedopt.rng import keyed_uniform
+from fedopt.rng import STREAM_FZOOS, keyed_uniform
 from fedopt.zo.cbo import LossOnly
 from fedopt.zo.estimators import _flatten, _unflatten
 from fedopt.zo.surrogate import GPGradient, RandomFeatures, fit_lengthscale
 
-STREAM_FZOOS = 0x5A03
 ACCEPTANCE = ("none", "counted", "uncounted")
 
 

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedopt.rng import keyed_uniform
-
-#: randomness stream of the pattern generator
-STREAM_BURSTY = 0x6742
+from fedopt.rng import STREAM_BURSTY, keyed_uniform
 
 
 def check_params(B: int, W: int, lam: int, n: int) -> None:

@@ -34,8 +34,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-#: randomness stream of the cyclic code's generator H (fedopt.rng's streams are 1..4)
-STREAM_CODING = 0x6743
+from fedopt.rng import STREAM_CODING
 
 #: default decodability cutoff on ‖B_Fᵀ a − 1‖_∞ (spec §6: 1e-6 separates, 1e-8 does not)
 DEFAULT_TOL = 1e-6

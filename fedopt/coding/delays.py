@@ -20,9 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from fedopt.rng import keyed_uniform
-
-STREAM_DELAYS = 0x6744
+from fedopt.rng import STREAM_DELAYS, keyed_uniform
 
 
 def gilbert_elliott_states(n: int, rounds: int, p: float, q: float, seed: int = 0) -> np.ndarray:

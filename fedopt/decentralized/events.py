@@ -23,10 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedopt.rng import keyed_uniform
+from fedopt.rng import STREAM_EVENTS, keyed_uniform
 
-#: keyed stream of the decentralized event draws (fedopt.rng streams 1-4 are the core's)
-STREAM_EVENTS = 12
 GRADIENT = 0
 COMMUNICATION = 1
 

@@ -32,11 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fedopt.rng import round_generator
+from fedopt.rng import STREAM_GRAPH, round_generator
 from fedopt.schema import ConfigError
-
-#: keyed stream of the random graph builders (fedopt.rng streams 1-4 are the core's)
-STREAM_GRAPH = 11
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,7 @@ from torch import Tensor
 
 from fedopt.decentralized.engine import NodeAlgorithm
 from fedopt.decentralized.graphs import Graph
-from fedopt.rng import keyed_uniform
-
-#: keyed stream of the token's moves
-STREAM_WALK = 13
+from fedopt.rng import STREAM_WALK, keyed_uniform
 
 
 def base_chain(graph: Graph, chain: str = "mhrw") -> tuple[np.ndarray, np.ndarray]:

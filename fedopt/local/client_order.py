@@ -21,11 +21,9 @@ import torch
 from pydantic import Field
 
 from fedopt.local.curriculum import ORDERS, PACINGS, client_pool
-from fedopt.rng import round_generator
+from fedopt.rng import STREAM_CLIENT_ORDER, round_generator
 from fedopt.schema import ConfigError, PositiveFloat, Probability, Schema
 
-#: keyed stream of the pool draws (distinct from fedopt.rng's named streams)
-STREAM_CLIENT_ORDER = 12
 #: rows per forward pass of the scoring
 SCORE_ROWS = 1 << 15
 

@@ -40,13 +40,11 @@ import math
 
 import numpy as np
 
-from fedopt.rng import keyed_bits
+from fedopt.rng import STREAM_CURRICULUM, keyed_bits
 
 ORDERS = ("curriculum", "anti", "random")
 PACINGS = ("linear", "quad", "sqrt", "step", "exp", "log")
 SCORES = ("global", "local")
-#: the keyed stream of curriculum tie-breaks (distinct from fedopt.rng's named streams)
-STREAM_CURRICULUM = 11
 _C = 10.0
 
 

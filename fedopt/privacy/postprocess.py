@@ -26,14 +26,9 @@ import torch
 from torch import Tensor
 
 from fedopt.engine.program import UpdateInfo
-from fedopt.rng import keyed_normal
+from fedopt.rng import STREAM_DP_CLIENT, STREAM_DP_CENTRAL, STREAM_DP_DIFF2, keyed_normal
 
 Params = dict[str, Tensor]
-
-#: keyed streams of the privacy noise (fedopt.rng): client updates, server aggregate, DIFF2
-STREAM_DP_CLIENT = 0xD901
-STREAM_DP_CENTRAL = 0xD902
-STREAM_DP_DIFF2 = 0xD903
 
 
 def keyed_gaussian(seed: int, stream: int, keys: np.ndarray, client_ids: np.ndarray,

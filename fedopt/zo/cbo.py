@@ -29,9 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedopt.rng import keyed_normal
+from fedopt.rng import STREAM_CBO, keyed_normal
 
-STREAM_CBO = 0x5A02
 NOISES = ("isotropic", "anisotropic")
 
 

@@ -54,11 +54,9 @@ from pydantic import Field
 from torch import Tensor
 
 from fedopt.engine.program import Batch, OracleContext, Params
-from fedopt.rng import keyed_normal
+from fedopt.rng import STREAM_ZO, keyed_normal
 from fedopt.schema import PositiveFloat, PositiveInt, Schema
 
-#: the keyed-RNG stream of zeroth-order directions (apart from fedopt.rng's small stream ids)
-STREAM_ZO = 0x5A01
 ESTIMATORS = ("gaussian", "sphere", "orthogonal", "coordinate")
 SCHEMES = ("forward", "central")
 SCALES = ("unbiased", "none")
