@@ -20,6 +20,9 @@
 
 A lost connection or a replaced session (the coordinator restarted) leads to registering
 again; a result the coordinator refuses as stale is dropped (the coordinator never counts it).
+A coordinator too busy to take an upload (``RESOURCE_EXHAUSTED`` "coordinator busy": its
+``max_buffered_results`` places are held) gets the same answer again after an exponential
+backoff, without registering or training again.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from fedopt.client.shard import shard_dataset
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import CodecError, Limits
-from fedopt.protocols.grpc_wire import (CHUNK_BYTES, TOKEN_KEY, channel_options,
+from fedopt.protocols.grpc_wire import (BUSY, CHUNK_BYTES, TOKEN_KEY, channel_options,
                                         client_credentials, frame_bytes, join, method,
                                         read_frame, split)
 
@@ -303,6 +306,28 @@ class GrpcClient:
             return M.Failure(session=s.session, epoch=s.epoch, task_id=task.task_id,
                              error=f"{type(e).__name__}: {e}"[:500])
 
+    def submit(self, answer: M.Message) -> M.Ack:
+        """Submit ``answer``; while the coordinator is busy (``RESOURCE_EXHAUSTED`` with
+        :data:`~fedopt.protocols.grpc_wire.BUSY`) submit the same answer again after an
+        exponential backoff (``backoff_s`` doubling to ``max_backoff_s``) for up to
+        ``max_wait_s``; any other error is raised (grpc.RpcError)."""
+        import grpc
+
+        waited, delay = 0.0, self.opts.backoff_s
+        while True:
+            try:
+                return self._call("Submit", answer, (M.Ack,), timeout=600.0)
+            except grpc.RpcError as e:
+                busy = (e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        and (e.details() or "").startswith(BUSY))
+                if not busy or waited >= self.opts.max_wait_s:
+                    raise
+                log.info("coordinator busy (%s); submitting task %d again in %.1f s",
+                         e.details(), answer.task_id, delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, self.opts.max_backoff_s)
+
     def _heartbeats(self, task_id: int, stop: threading.Event) -> None:
         import grpc
 
@@ -333,11 +358,11 @@ class GrpcClient:
                 beat = threading.Thread(target=self._heartbeats, args=(msg.task_id, stop),
                                         daemon=True)
                 beat.start()
-                try:
+                try:                      # heartbeats go on while a busy coordinator waits
                     answer = self.run_task(msg)
+                    ack = self.submit(answer)
                 finally:
                     stop.set()
-                ack = self._call("Submit", answer, (M.Ack,), timeout=600.0)
                 self.tasks_done += 1
                 if not ack.ok:
                     log.warning("result of task %d refused: %s", msg.task_id, ack.reason)

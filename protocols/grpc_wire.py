@@ -9,6 +9,8 @@ A message larger than the chunk size travels as ``count`` frames of one stream a
 reassembled by :class:`Reassembler` with bounds: frames must come in order (index 0..count−1),
 all announcing the same ``count`` and ``total_bytes``; ``total_bytes`` may not exceed the
 configured maximum (checked on the first frame) and the chunks must add up to it exactly.
+Only the last frame may be empty: a stream of empty frames carries nothing and would let a
+peer keep an upload open without sending data.
 The buffer grows with the bytes that arrived, never to the announced size up front: a peer
 that announces a large message and stalls holds only what it sent. The (de)serializers
 handed to gRPC's generic method handlers are :func:`frame_bytes` and
@@ -36,6 +38,10 @@ MAGIC = b"FOP1"
 _FRAME = struct.Struct("<4sIIQ")
 #: default bytes per frame (gRPC's default message limit is 4 MiB)
 CHUNK_BYTES = 1 << 21
+#: how a ``Submit`` refused for want of an upload place (``RESOURCE_EXHAUSTED``) begins its
+#: details: the client submits the same answer again later (any other RESOURCE_EXHAUSTED, e.g. a
+#: message over gRPC's size limit, is not retried)
+BUSY = "coordinator busy"
 
 
 def method(name: str) -> str:
@@ -123,6 +129,9 @@ class Reassembler:
             raise CodecError(f"frame {frame.index}/{frame.count} ({frame.total} bytes) out of "
                              f"order: expected {self.next}/{self.count} ({self.total} bytes)")
         n = frame.chunk.nbytes
+        if n == 0 and self.next + 1 < self.count:
+            raise CodecError(f"frame {frame.index}/{frame.count} is empty (only the last frame "
+                             f"of a message may be)")
         if self.filled + n > self.total:
             raise CodecError(f"frames carry more than the announced {self.total} bytes")
         self.buf += frame.chunk

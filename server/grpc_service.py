@@ -19,9 +19,13 @@ gRPC's generic handlers (no generated code) and is driven by the executor
   session, for an outstanding task, with the task's client ids and the model's tensor names,
   shapes and dtype, finite. A stale (expired, cancelled, other epoch) or duplicate result is
   refused with ``ok: false`` and a reason, and never aggregated; a malformed one is answered
-  ``INVALID_ARGUMENT``. At most ``max_buffered`` accepted results wait to be folded into the
-  sum at once (a ``Submit`` beyond that waits before reading its frames) and at most
-  ``2 max_buffered`` tasks stream out at once: bounded memory.
+  ``INVALID_ARGUMENT``. At most ``max_buffered`` uploads and accepted results wait to be folded
+  into the sum at once (a ``Submit`` beyond that waits up to ``busy_wait_s`` before reading its
+  frames, then is answered ``RESOURCE_EXHAUSTED`` "coordinator busy": the client submits the
+  same answer again later) and at most ``2 max_buffered`` tasks stream out at once: bounded
+  memory. An upload must keep up a minimum rate: by ``t`` seconds after it began it must have
+  sent ``(t - upload_grace_s) min_upload_rate`` bytes, else it is cancelled (a stalled or
+  trickling upload cannot hold an upload place for ever and block every other client).
 * **Liveness.** Every call, every frame of a download or upload and every second of a held
   poll refresh the slot's last contact; clients heartbeat while they train. A registered slot
   silent for 3 heartbeats (:meth:`silent`) died or lost its network: the executor makes its
@@ -43,7 +47,7 @@ import numpy as np
 
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import CodecError, Limits, ParamSpec, check_params
-from fedopt.protocols.grpc_wire import TOKEN_KEY, BadFrame, Frame, join, split
+from fedopt.protocols.grpc_wire import BUSY, TOKEN_KEY, BadFrame, Frame, join, split
 
 log = logging.getLogger("server.grpc")
 
@@ -51,6 +55,10 @@ log = logging.getLogger("server.grpc")
 SILENT_HEARTBEATS = 3.0
 #: longest a Poll is held open on the coordinator
 MAX_POLL_S = 30.0
+#: an upload's allowance before any byte must have arrived (s), and the slowest rate it may
+#: then keep up (bytes/s): 64 KiB/s moves a 100 MB update in 26 minutes
+UPLOAD_GRACE_S = 30.0
+MIN_UPLOAD_RATE = float(64 << 10)
 
 
 class CoordinatorError(RuntimeError):
@@ -110,22 +118,64 @@ class ServerTask:
     arrived: float = 0.0          # time.time() when its answer was accepted
 
 
+class UploadWatch:
+    """The deadline of one upload: ``start + grace_s + received / min_rate`` (monotonic s).
+    :meth:`arrived` counts a frame's bytes and says whether the upload is still on time; a
+    watchdog thread calls ``on_late()`` (the handler's ``context.cancel``) when the deadline
+    passes with no frame arriving (a stall: the handler is blocked reading the next frame)."""
+
+    def __init__(self, grace_s: float, min_rate: float, on_late: Any):
+        self.start = time.monotonic()
+        self.grace_s, self.min_rate, self.on_late = grace_s, min_rate, on_late
+        self.received = 0
+        self.late = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="fedopt-upload-watch")
+        self._thread.start()
+
+    def deadline(self) -> float:
+        return self.start + self.grace_s + self.received / self.min_rate
+
+    def arrived(self, nbytes: int) -> bool:
+        """Count ``nbytes`` received; False when the upload is already behind its deadline."""
+        if time.monotonic() > self.deadline():
+            self.late = True
+        self.received += nbytes
+        return not self.late
+
+    def _watch(self) -> None:
+        while not self._done.wait(max(self.deadline() - time.monotonic(), 0.0) + 0.01):
+            if time.monotonic() > self.deadline():
+                self.late = True
+                self.on_late()
+                return
+
+    def close(self) -> None:
+        self._done.set()
+
+
 class Coordinator:
     """The service's state and handlers (module docstring)."""
 
     def __init__(self, tokens: list[str], *, config: dict, counts: np.ndarray, num_classes: int,
                  program: str,
                  heartbeat_s: float = 5.0, chunk_bytes: int = 1 << 21,
-                 limits: Limits = Limits(), max_buffered: int = 4):
+                 limits: Limits = Limits(), max_buffered: int = 4,
+                 busy_wait_s: float = MAX_POLL_S, upload_grace_s: float = UPLOAD_GRACE_S,
+                 min_upload_rate: float = MIN_UPLOAD_RATE):
         self.tokens = [t.encode() for t in tokens]
         self.slots = [Slot(i) for i in range(len(tokens))]
         self.config, self.program, self.num_classes = config, program, int(num_classes)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.heartbeat_s, self.chunk_bytes, self.limits = heartbeat_s, chunk_bytes, limits
+        self.busy_wait_s, self.upload_grace_s = busy_wait_s, upload_grace_s
+        self.min_upload_rate = min_upload_rate
         self.epoch = secrets.token_hex(8)
         self.owner = np.full(len(self.counts), -1, dtype=np.int64)
         self.tasks: dict[int, ServerTask] = {}
         self.cond = threading.Condition()
+        self.max_buffered = max_buffered
         self.buffer = threading.BoundedSemaphore(max_buffered)
         #: task downloads streaming at once (each holds a frame or two in gRPC's buffers)
         self.sending = threading.BoundedSemaphore(2 * max_buffered)
@@ -258,20 +308,32 @@ class Coordinator:
         import grpc
 
         slot = self._slot_of(context)
-        if not self.buffer.acquire(timeout=MAX_POLL_S):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "coordinator busy: submit again")
+        if not self.buffer.acquire(timeout=self.busy_wait_s):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{BUSY} ({self.max_buffered} uploads or unread results "
+                          f"held): submit the same answer again later")
         keep = False
+        watch = UploadWatch(self.upload_grace_s, self.min_upload_rate, context.cancel)
         try:
             def seen(frames=frames, s=self.slots[slot]):
                 for f in frames:                    # uploading: not silent
                     s.last_seen = time.monotonic()
+                    if not watch.arrived(f.chunk.nbytes if isinstance(f, Frame) else 0):
+                        break
                     yield f
 
             try:
                 payload = join(seen(), self.limits.max_message_bytes)
                 msg = M.unpack(payload, (M.Result, M.Failure), self.limits)
             except CodecError as e:
+                if watch.late:
+                    self._too_slow(slot, watch, context)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except Exception:
+                if watch.late:      # cancelled by the watchdog while waiting for a frame
+                    self._too_slow(slot, watch, context)
+                raise
+            watch.close()
             with self.cond:
                 self._session(slot, msg.session, context)
                 reason = self._stale(slot, msg)
@@ -296,8 +358,21 @@ class Coordinator:
                 self.cond.notify_all()
             return next(split(M.pack(M.Ack(ok=True)), 1 << 62))
         finally:
+            watch.close()
             if not keep:
                 self.buffer.release()
+
+    def _too_slow(self, slot: int, watch: UploadWatch, context: Any) -> None:
+        import grpc
+
+        took = time.monotonic() - watch.start
+        log.warning("grpc: slot %d: upload cancelled: %d bytes in %.1f s (below %g bytes/s "
+                    "after %g s)", slot, watch.received, took, self.min_upload_rate,
+                    self.upload_grace_s)
+        self.refused["too slow"] = self.refused.get("too slow", 0) + 1
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                      f"upload too slow: {watch.received} bytes in {took:.1f} s (at least "
+                      f"{self.min_upload_rate:g} bytes/s after {self.upload_grace_s:g} s)")
 
     def heartbeat(self, frame: Frame | BadFrame, context: Any) -> bytes:
         slot = self._slot_of(context)

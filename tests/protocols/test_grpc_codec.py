@@ -274,3 +274,19 @@ def test_a_declared_size_is_not_allocated_before_its_bytes_arrive():
     payload = bytes(range(256)) * 40
     frames = [read_frame(f) for f in split(payload, 1000)]
     assert bytes(join(frames, max_bytes=len(payload))) == payload
+
+
+def test_empty_frames_are_refused_except_the_last():
+    """A header may announce count = total + 1 frames; empty non-final frames were accepted, so
+    an authenticated peer could stream empty frames for ever and hold an upload place while
+    sending nothing. Only the last frame may be empty (the one frame of an empty message)."""
+    def frame(index, count, total, chunk=b""):
+        return read_frame(struct.pack("<4sIIQ", b"FOP1", index, count, total) + chunk)
+
+    r = Reassembler(1 << 20)
+    with pytest.raises(CodecError, match="empty"):
+        r.add(frame(0, 11, 10))
+    r = Reassembler(1 << 20)
+    assert r.add(frame(0, 2, 3, b"abc")) is None
+    assert bytes(r.add(frame(1, 2, 3))) == b"abc"          # an empty last frame is fine
+    assert bytes(join([frame(0, 1, 0)], 10)) == b""          # an empty message: one frame

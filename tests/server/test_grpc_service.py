@@ -9,7 +9,7 @@ import pytest
 
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import Limits, encode, param_spec
-from fedopt.protocols.grpc_wire import client_credentials, split
+from fedopt.protocols.grpc_wire import TOKEN_KEY, client_credentials, join, split
 from fedopt.server.grpc_executor import start_server
 from fedopt.server.grpc_service import Coordinator, read_tokens
 from tests.server.grpc_fixtures import Raw, make_certificates, write_tokens
@@ -332,3 +332,118 @@ def test_client_frames_pass_a_coordinator_with_a_smaller_chunk_bytes(coord):
     ack = a.submit(_result(wa, task, delta_sum={"w": np.ones(60_000, np.float32)}),
                    chunk=CHUNK_BYTES)
     assert ack.ok and t.state == "done"
+
+
+def test_a_stalled_upload_is_cancelled_and_frees_its_place(tmp_path):
+    """An authenticated client that opens a Submit and stops sending (or trickles) held one of
+    the max_buffered upload places with no time limit: with all places held, every other
+    client's result waited and was refused. An upload now must keep a minimum rate after a
+    grace period; the stalled one is cancelled and the next client's result is accepted."""
+    import threading
+    import time
+
+    tokens = write_tokens(tmp_path / "tokens.txt", 2)
+    c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P",
+                    heartbeat_s=5.0, max_buffered=1, upload_grace_s=1.0, min_upload_rate=1e6)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    a, b = Raw(port, tokens[0]), Raw(port, tokens[1])
+    try:
+        wa, wb = a.register([0], COUNTS[[0]]), b.register([1], COUNTS[[1]])
+        _task(c, 0, [0]), _task(c, 1, [1])
+        task_a, task_b = a.poll(wa.session), b.poll(wb.session)
+        frames = list(split(M.pack_parts(_result(wa, task_a)), 64))
+        release = threading.Event()
+        outcome = {}
+
+        def stall():
+            yield frames[0]
+            release.wait(60)              # then nothing: the stream stays open
+
+        def stalled():
+            try:
+                a.submit_frames(stall())
+            except grpc.RpcError as e:
+                outcome["code"] = e.code()
+        th = threading.Thread(target=stalled, daemon=True)
+        th.start()
+        time.sleep(0.3)                   # the stalled upload holds the only place
+        t0 = time.monotonic()
+        ack = b.submit(_result(wb, task_b))
+        took = time.monotonic() - t0
+        release.set()
+        th.join(10)
+        assert ack.ok and took < 5.0, took
+        assert outcome["code"] in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert c.refused.get("too slow") == 1
+    finally:
+        a.close(), b.close()
+        server.stop(0)
+
+
+def test_a_trickling_upload_is_cancelled_as_frames_arrive(tmp_path):
+    """Frames that keep coming, but slower than the minimum rate, are cut off at the frame that
+    arrives late (DEADLINE_EXCEEDED with the measured rate); nothing is counted."""
+    import time
+
+    tokens = write_tokens(tmp_path / "tokens.txt", 1)
+    c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P",
+                    max_buffered=1, upload_grace_s=0.5, min_upload_rate=100.0)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    a = Raw(port, tokens[0])
+    try:
+        wa = a.register([0], COUNTS[[0]])
+        t = _task(c, 0, [0])
+        task = a.poll(wa.session)
+        frames = list(split(M.pack_parts(_result(wa, task)), 16))
+
+        def trickle():
+            for f in frames:
+                yield f
+                time.sleep(0.3)           # 16 bytes per 0.3 s: ~53 bytes/s
+        with pytest.raises(grpc.RpcError) as e:
+            a.submit_frames(trickle())
+        assert e.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+        assert t.state == "sent" and c.refused.get("too slow") == 1
+        assert a.submit(_result(wa, task)).ok            # the place was freed
+    finally:
+        a.close()
+        server.stop(0)
+
+
+def test_the_client_submits_again_while_the_coordinator_is_busy(tmp_path):
+    """A "coordinator busy" refusal (every upload place held) was handled like a lost
+    connection: the client registered again and retrained the task, adding load to a
+    coordinator that was already overloaded. It now submits the same answer again after a
+    backoff, and the answer is accepted once a place frees."""
+    import threading
+
+    from fedopt.client.grpc_client import GrpcClient, Options
+
+    tokens = write_tokens(tmp_path / "tokens.txt", 2)
+    c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P",
+                    max_buffered=1, busy_wait_s=0.1)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    a = Raw(port, tokens[0])
+    client = GrpcClient.__new__(GrpcClient)     # only its transport: no data, no model
+    client.opts = Options(server=f"127.0.0.1:{port}", token=tokens[1], backoff_s=0.1,
+                          max_backoff_s=0.2, max_wait_s=30.0)
+    client.limits, client.metadata = Limits(), ((TOKEN_KEY, tokens[1]),)
+    client._channel = None
+    client._connect()
+    try:
+        wa = a.register([0], COUNTS[[0]])
+        wb = M.unpack(join([client._stubs["Register"](next(split(M.pack(M.Register(
+            client_ids=np.array([1]), counts=COUNTS[[1]])))), metadata=client.metadata)], 1 << 20))
+        ta, tb = _task(c, 0, [0]), _task(c, 1, [1])
+        task_a = a.poll(wa.session)
+        task_b = client._call("Poll", M.Poll(session=wb.session, wait_s=1.0), (M.Task,), 10.0)
+        assert a.submit(_result(wa, task_a)).ok           # a's result holds the only place
+        registrations = c.slots[1].registrations
+        threading.Timer(1.0, c.take, args=(ta,)).start()  # the server folds it in a second
+        ack = client.submit(_result(wb, task_b))
+        assert ack.ok and tb.state == "done"
+        assert c.slots[1].registrations == registrations  # no re-registration
+    finally:
+        a.close()
+        client._channel.close()
+        server.stop(0)
