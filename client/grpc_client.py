@@ -16,7 +16,8 @@
    same vectorized engine, minibatch plans keyed by (seed, key, global client id) — sending
    heartbeats while it trains, then submits the result;
 5. exits 0 when the coordinator says the run is over, 2 on a refusal it cannot fix (wrong
-   token, data that disagree), 1 when the coordinator stays unreachable for ``max_wait_s``.
+   token, data that disagree, a token another live process is using), 1 when the
+   coordinator stays unreachable for ``max_wait_s``.
 
 A lost connection or a replaced session (the coordinator restarted) leads to registering
 again; a result the coordinator refuses as stale is dropped (the coordinator never counts it).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -43,9 +45,9 @@ from fedopt.client.shard import shard_dataset
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import CodecError, Limits
-from fedopt.protocols.grpc_wire import (BUSY, CHUNK_BYTES, TOKEN_KEY, channel_options,
-                                        client_credentials, frame_bytes, join, method,
-                                        read_frame, split)
+from fedopt.protocols.grpc_wire import (BUSY, CHUNK_BYTES, RETRY_KEY, TOKEN_KEY,
+                                        channel_options, client_credentials, frame_bytes, join,
+                                        method, read_frame, split)
 
 log = logging.getLogger("client.grpc")
 
@@ -144,6 +146,7 @@ class GrpcClient:
         self._data: FederatedDataset | None = None
         self._file: FederatedDataset | None = None
         self.name = opts.name or f"{socket.gethostname()}:{os.getpid()}"
+        self.instance = secrets.token_hex(8)    # tells this process from another on its token
         self._load_data()
 
     # -- transport -------------------------------------------------------------------------
@@ -235,15 +238,28 @@ class GrpcClient:
         builds the worker from the first welcome (again if the run config changed)."""
         import grpc
 
-        waited, delay = 0.0, self.opts.backoff_s
+        waited, delay, in_use = 0.0, self.opts.backoff_s, False
         while True:
             try:
                 self._connect()
-                msg = M.Register(client_ids=self._ids, counts=self._counts, name=self.name)
+                msg = M.Register(client_ids=self._ids, counts=self._counts, name=self.name,
+                                 instance=self.instance)
                 welcome = self._call("Register", msg, (M.Welcome,), timeout=60.0)
                 break
             except grpc.RpcError as e:
                 code = e.code()
+                if code == grpc.StatusCode.ALREADY_EXISTS:
+                    # another live process holds this token; wait once until it would count
+                    # silent (it may have just died: a restarted client), then give up
+                    if in_use:
+                        raise ClientExit(2, f"the coordinator refused this client: "
+                                            f"{e.details()}") from None
+                    in_use = True
+                    after = dict(e.trailing_metadata() or ()).get(RETRY_KEY, "0")
+                    log.warning("%s; registering again in %.1f s", e.details(),
+                                float(after) + 0.5)
+                    time.sleep(float(after) + 0.5)
+                    continue
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION,
                             grpc.StatusCode.INVALID_ARGUMENT):
                     raise ClientExit(2, f"the coordinator refused this client: {code.name}: "

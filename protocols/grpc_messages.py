@@ -51,12 +51,15 @@ class Message:
 
 @dataclass(frozen=True)
 class Register(Message):
-    """A client process announces the (global) client ids it holds and their train rows."""
+    """A client process announces the (global) client ids it holds and their train rows;
+    ``instance``: a random id drawn once per process (the coordinator tells a process that
+    registers again from another process using the same token)."""
 
     type: ClassVar[str] = "register"
     client_ids: np.ndarray = _spec("ids")
     counts: np.ndarray = _spec("ids")
     name: str = _spec("str", default="")
+    instance: str = _spec("str", default="")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ CHUNK_BYTES = 1 << 21
 #: details: the client submits the same answer again later (any other RESOURCE_EXHAUSTED, e.g. a
 #: message over gRPC's size limit, is not retried)
 BUSY = "coordinator busy"
+#: trailing metadata of a Register refused ALREADY_EXISTS (another live process holds the
+#: token): seconds until that process would count as silent
+RETRY_KEY = "fedopt-retry-after-s"
 
 
 def method(name: str) -> str:

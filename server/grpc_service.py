@@ -11,7 +11,11 @@ gRPC's generic handlers (no generated code) and is driven by the executor
 * **Sessions.** ``Register`` opens a session for the slot (a new one replaces the old: a
   restarted client), claims the client ids it holds (checked against the coordinator's data:
   ids in range, row counts equal, not held by another slot) and returns the run config.
-  Calls of a replaced session are refused (``FAILED_PRECONDITION``: register again).
+  Calls of a replaced session are refused (``FAILED_PRECONDITION``: register again). Another
+  process (another ``Register.instance``) may replace a session only once it has been silent
+  for 3 heartbeats; before that it is refused ``ALREADY_EXISTS`` (two processes sharing one
+  token would otherwise replace each other's sessions for ever), with the seconds until the
+  holder would count as silent in the trailing metadata :data:`RETRY_KEY`.
 * **Tasks.** A task goes to the slot holding its clients; ``Poll`` hands it out (streamed in
   frames; a round's shared model is encoded once for all). A task handed to a session that is
   replaced before it answered is handed out again to the new session.
@@ -47,7 +51,8 @@ import numpy as np
 
 from fedopt.protocols import grpc_messages as M
 from fedopt.protocols.grpc_codec import CodecError, Limits, ParamSpec, check_params
-from fedopt.protocols.grpc_wire import BUSY, TOKEN_KEY, BadFrame, Frame, join, split
+from fedopt.protocols.grpc_wire import (BUSY, RETRY_KEY, TOKEN_KEY, BadFrame, Frame, join,
+                                        split)
 
 log = logging.getLogger("server.grpc")
 
@@ -93,6 +98,7 @@ class Slot:
     name: str = ""
     last_seen: float = 0.0
     registrations: int = 0
+    instance: str = ""
     told_shutdown: bool = False
     queue: deque = field(default_factory=deque)   # task ids to hand out
 
@@ -128,7 +134,7 @@ class UploadWatch:
         self.start = time.monotonic()
         self.grace_s, self.min_rate, self.on_late = grace_s, min_rate, on_late
         self.received = 0
-        self.late = False
+        self.late = self.counted = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True,
                                         name="fedopt-upload-watch")
@@ -248,9 +254,21 @@ class Coordinator:
             if problem is not None:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
             s = self.slots[slot]
+            quiet = time.monotonic() - s.last_seen
+            window = SILENT_HEARTBEATS * self.heartbeat_s
+            if s.session is not None and s.instance != msg.instance and quiet < window:
+                log.warning("grpc: slot %d: refused a second client process (%s) using the "
+                            "token of live process %s", slot, msg.name or "?", s.name or "?")
+                context.set_trailing_metadata(((RETRY_KEY, f"{window - quiet:.3f}"),))
+                context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                              f"the token of slot {slot} is in use by another live client "
+                              f"process ({s.name or 'unnamed'}, heard from {quiet:.1f} s ago): "
+                              f"each client process needs its own token (one line of "
+                              f"executor.tokens each); a process that died frees its token "
+                              f"after {window:g} s of silence")
             self.owner[s.clients] = -1
             self.owner[ids] = slot
-            s.clients, s.name = ids.copy(), msg.name
+            s.clients, s.name, s.instance = ids.copy(), msg.name, msg.instance
             s.session = secrets.token_hex(16)
             s.registrations += 1
             s.last_seen = time.monotonic()
@@ -313,7 +331,10 @@ class Coordinator:
                           f"{BUSY} ({self.max_buffered} uploads or unread results "
                           f"held): submit the same answer again later")
         keep = False
-        watch = UploadWatch(self.upload_grace_s, self.min_upload_rate, context.cancel)
+        def late() -> None:                 # the watchdog: count it, then cut the stream
+            self._count_slow(slot, watch)
+            context.cancel()
+        watch = UploadWatch(self.upload_grace_s, self.min_upload_rate, late)
         try:
             def seen(frames=frames, s=self.slots[slot]):
                 for f in frames:                    # uploading: not silent
@@ -362,14 +383,22 @@ class Coordinator:
             if not keep:
                 self.buffer.release()
 
+    def _count_slow(self, slot: int, watch: UploadWatch) -> None:
+        """Log and count a too slow upload, once."""
+        with self.cond:
+            if watch.counted:
+                return
+            watch.counted = True
+            self.refused["too slow"] = self.refused.get("too slow", 0) + 1
+        log.warning("grpc: slot %d: upload cancelled: %d bytes in %.1f s (below %g bytes/s "
+                    "after %g s)", slot, watch.received, time.monotonic() - watch.start,
+                    self.min_upload_rate, self.upload_grace_s)
+
     def _too_slow(self, slot: int, watch: UploadWatch, context: Any) -> None:
         import grpc
 
+        self._count_slow(slot, watch)
         took = time.monotonic() - watch.start
-        log.warning("grpc: slot %d: upload cancelled: %d bytes in %.1f s (below %g bytes/s "
-                    "after %g s)", slot, watch.received, took, self.min_upload_rate,
-                    self.upload_grace_s)
-        self.refused["too slow"] = self.refused.get("too slow", 0) + 1
         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                       f"upload too slow: {watch.received} bytes in {took:.1f} s (at least "
                       f"{self.min_upload_rate:g} bytes/s after {self.upload_grace_s:g} s)")

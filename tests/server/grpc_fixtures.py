@@ -53,9 +53,10 @@ class Raw:
         self.submit_stub = self.channel.stream_unary(method("Submit"), **kw)
         self.heartbeat_stub = self.channel.unary_unary(method("Heartbeat"), **kw)
 
-    def register(self, ids, counts, raw: bytes | None = None) -> M.Welcome:
+    def register(self, ids, counts, raw: bytes | None = None, instance: str = "") -> M.Welcome:
         msg = raw if raw is not None else next(split(M.pack(M.Register(
-            client_ids=np.asarray(ids, np.int64), counts=np.asarray(counts, np.int64)))))
+            client_ids=np.asarray(ids, np.int64), counts=np.asarray(counts, np.int64),
+            instance=instance))))
         return M.unpack(join([self.register_stub(msg, metadata=self.md, timeout=10)], 1 << 30))
 
     def poll(self, session: str, wait_s: float = 2.0) -> M.Message:

@@ -417,18 +417,12 @@ def test_the_client_submits_again_while_the_coordinator_is_busy(tmp_path):
     backoff, and the answer is accepted once a place frees."""
     import threading
 
-    from fedopt.client.grpc_client import GrpcClient, Options
-
     tokens = write_tokens(tmp_path / "tokens.txt", 2)
     c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P",
                     max_buffered=1, busy_wait_s=0.1)
     server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
     a = Raw(port, tokens[0])
-    client = GrpcClient.__new__(GrpcClient)     # only its transport: no data, no model
-    client.opts = Options(server=f"127.0.0.1:{port}", token=tokens[1], backoff_s=0.1,
-                          max_backoff_s=0.2, max_wait_s=30.0)
-    client.limits, client.metadata = Limits(), ((TOKEN_KEY, tokens[1]),)
-    client._channel = None
+    client = _client_on(port, tokens[1])
     client._connect()
     try:
         wa = a.register([0], COUNTS[[0]])
@@ -446,4 +440,70 @@ def test_the_client_submits_again_while_the_coordinator_is_busy(tmp_path):
     finally:
         a.close()
         client._channel.close()
+        server.stop(0)
+
+
+def _client_on(port: int, token: str):
+    """A GrpcClient with only its transport (no data, no model)."""
+    from fedopt.client.grpc_client import GrpcClient, Options
+
+    client = GrpcClient.__new__(GrpcClient)
+    client.opts = Options(server=f"127.0.0.1:{port}", token=token, backoff_s=0.1,
+                          max_backoff_s=0.2, max_wait_s=30.0)
+    client.limits, client.metadata = Limits(), ((TOKEN_KEY, token),)
+    client._channel, client.welcome, client.name = None, None, "second"
+    client.instance = "b" * 16
+    return client
+
+
+def test_a_second_process_on_a_live_token_is_refused_not_swapped_in(tmp_path):
+    """Two processes sharing one token replaced each other's session at every registration
+    (each then saw 'session replaced' and registered again), for ever and with no error. A
+    registration from another process while the slot's session is live (heard from within 3
+    heartbeats) is refused ALREADY_EXISTS, the live session is untouched, and the refused
+    process exits 2 naming executor.tokens; once the holder is silent, a newcomer (a
+    restarted process) takes over."""
+    import threading
+    import time
+
+    from fedopt.client.grpc_client import ClientExit
+
+    tokens = write_tokens(tmp_path / "tokens.txt", 1)
+    c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P",
+                    heartbeat_s=0.5)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    a = Raw(port, tokens[0])
+    second = _client_on(port, tokens[0])
+    second._ids, second._counts = np.array([0]), COUNTS[[0]]
+    try:
+        wa = a.register([0], COUNTS[[0]], instance="a" * 16)
+        assert a.register([0], COUNTS[[0]], instance="a" * 16).slot == 0   # itself: fine
+        wa = c.slots[0].session
+        stop = threading.Event()
+
+        def alive():                        # the holder keeps a poll open (refreshes contact)
+            while not stop.is_set():
+                try:
+                    a.poll(wa, wait_s=0.5)
+                except grpc.RpcError:
+                    return
+        th = threading.Thread(target=alive, daemon=True)
+        th.start()
+        t0 = time.monotonic()
+        with pytest.raises(ClientExit) as e:
+            second.register()
+        assert e.value.code == 2 and "executor.tokens" in str(e.value)
+        assert "in use by another live client process" in str(e.value)
+        assert time.monotonic() - t0 < 5.0
+        assert c.slots[0].session == wa and c.slots[0].registrations == 2
+        stop.set()
+        th.join(5)
+        time.sleep(1.6)                     # the holder is silent for 3 heartbeats
+        w = a.register([0], COUNTS[[0]], instance="c" * 16)
+        assert w.session != wa and c.slots[0].instance == "c" * 16
+    finally:
+        stop.set()
+        a.close()
+        if second._channel is not None:
+            second._channel.close()
         server.stop(0)
