@@ -23,8 +23,18 @@ variances summed over tensors (cross-tensor covariances dropped; V and the norm 
 same either way).
 
 Everything is batched over C clients: per-example gradients ``[C, W, ...]`` with a row mask
-``[C, W]`` (padding rows excluded). :class:`AdaptiveBatchSize` is the plain-PyTorch helper
-("next batch size" for an ordinary training loop).
+``[C, W]`` (padding rows excluded).
+
+Memory: per-example gradients cost b × d numbers per client (d parameters), and b grows up to
+b_max = n_i. ``test_rows`` (default :data:`TEST_ROWS`) caps the rows the statistics are computed
+on: a client whose batch has more real rows than that runs the test on a subsample of
+``test_rows`` of them drawn without replacement, keyed by (seed, key, client, local step) on
+:data:`fedopt.rng.STREAM_BATCH_TEST_ROWS` (:func:`capped_test_rows`). The statistics are then
+the same sample estimates (V with ddof = 1, ḡ the subsample's mean) of the minibatch's
+gradient distribution with more noise; the memory of the test is at most C × test_rows × d.
+
+:class:`AdaptiveBatchSize` is the plain-PyTorch helper ("next batch size" for an ordinary
+training loop; it tests every row of the batch it is given).
 """
 from __future__ import annotations
 
@@ -32,12 +42,17 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from fedopt.rng import STREAM_BATCH_TEST_ROWS, keyed_bits
+
 #: the config's test names
 TESTS = ("norm", "inner_product")
+#: default cap on the rows of one client's test (per-example gradients: test_rows × d numbers)
+TEST_ROWS = 256
 #: below this ‖ḡ‖² the batch jumps to b_max
 TINY = 1e-30
 
@@ -106,13 +121,16 @@ class BatchSizeTest:
     """A test and its growth rule (module docstring): ``name`` ∈ :data:`TESTS`, ``eta`` η
     (θ of the inner-product test), ``nu`` ν of the orthogonality test (None: η), ``max_batch_size``
     b_max (None: unbounded; the engine caps it at each client's rows), ``blockwise``: the
-    authors' per-tensor variant. ValueError naming the field for a bad value."""
+    authors' per-tensor variant, ``test_rows``: the most rows a client's statistics are
+    computed on (a keyed subsample above it, :func:`capped_test_rows`; None: every row of the
+    batch). ValueError naming the field for a bad value."""
 
     name: str = "norm"
     eta: float = 0.1
     nu: float | None = None
     max_batch_size: int | None = None
     blockwise: bool = False
+    test_rows: int | None = TEST_ROWS
 
     def __post_init__(self) -> None:
         if self.name not in TESTS:
@@ -123,6 +141,9 @@ class BatchSizeTest:
                 raise ValueError(f"{field}: must be a finite number > 0, got {v!r}")
         if self.max_batch_size is not None and int(self.max_batch_size) < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {self.max_batch_size!r}")
+        if self.test_rows is not None and int(self.test_rows) < 2:
+            raise ValueError(f"test_rows: must be >= 2 (the tests need a sample variance), got "
+                             f"{self.test_rows!r}")
 
     def proposed(self, stats: BatchStats) -> Tensor:
         """float64 [C]: the test's batch size ⌈·⌉ (b_norm, or max(b_ip, b_orth)); +inf where
@@ -153,6 +174,35 @@ class BatchSizeTest:
         return torch.where(keep, b, grown)
 
 
+def capped_test_rows(weight: np.ndarray, test_rows: int | None, seed: int, keys: np.ndarray,
+                client_ids: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of each client's batch the test reads: positions int64 [C, W'] into the batch's
+    W columns and their mask float64 [C, W'] (1: a real row; padding repeats a real position
+    with 0), W' = min(W, test_rows). ``weight`` [C, W]: nonzero marks a real row. A client with
+    at most ``test_rows`` real rows keeps all of them, in order; one with more keeps the
+    ``test_rows`` real rows of smallest keyed bits (seed, STREAM_BATCH_TEST_ROWS, keys[c],
+    client_ids[c], step, position), i.e. a uniform subsample without replacement, in position
+    order. ``test_rows`` None: every row (positions 0..W−1, the mask = weight ≠ 0)."""
+    w = np.asarray(weight) != 0
+    C, W = w.shape
+    if test_rows is None or W <= test_rows:
+        return np.broadcast_to(np.arange(W), (C, W)).copy(), w.astype(np.float64)
+    m = int(test_rows)
+    pos = np.zeros((C, m), dtype=np.int64)
+    mask = np.zeros((C, m), dtype=np.float64)
+    for c in range(C):
+        real = np.flatnonzero(w[c])
+        if len(real) > m:
+            bits = keyed_bits(seed, STREAM_BATCH_TEST_ROWS, int(keys[c]), int(client_ids[c]),
+                              int(step), real)
+            real = np.sort(real[np.argsort(bits, kind="stable")[:m]])
+        k = len(real)
+        pos[c, :k] = real
+        pos[c, k:] = real[-1] if k else 0
+        mask[c, :k] = 1.0
+    return pos, mask
+
+
 def per_example_grads(module_or_fn: nn.Module | Callable, params: Mapping[str, Tensor],
                       x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],
                       batched: bool = False) -> dict[str, Tensor]:
@@ -171,6 +221,31 @@ def per_example_grads(module_or_fn: nn.Module | Callable, params: Mapping[str, T
     if batched:
         f = vmap(f, in_dims=(0, 0, 0))
     return f(dict(params), x, y)
+
+
+def subsampled_statistics(forward: Callable, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                          params: Mapping[str, Tensor], x: Tensor, y: Tensor, weight: Tensor,
+                          test: BatchSizeTest, seed: int, keys: np.ndarray,
+                          client_ids: np.ndarray, step: int) -> tuple[BatchStats, np.ndarray]:
+    """:func:`batch_statistics` of C clients' batches (``params`` stacked [C, ...], x [C, W, ...],
+    y [C, W, ...], ``weight`` [C, W], nonzero: a real row) on at most ``test.test_rows`` rows
+    each (:func:`capped_test_rows` of the keys, client ids and local step): per-example
+    gradients of ``forward(params, x)`` and per-sample ``loss_fn`` on the kept rows only, so the
+    memory is C × min(W, test_rows) × d. Returns the statistics [C] and the kept positions
+    int64 [C, W'] (padding positions repeat a kept row and are masked out)."""
+    pos, mask = capped_test_rows(weight.detach().cpu().numpy(), test.test_rows, seed, keys,
+                            client_ids, step)
+    dev = x.device
+    pos_t = torch.as_tensor(pos, device=dev)
+
+    def take(t: Tensor) -> Tensor:
+        idx = pos_t.view(pos_t.shape + (1,) * (t.dim() - 2)).expand(pos_t.shape + t.shape[2:])
+        return t.gather(1, idx)
+
+    pe = per_example_grads(forward, params, take(x), take(y), loss_fn, batched=True)
+    stats = batch_statistics(pe, torch.as_tensor(mask, device=dev), test.blockwise,
+                             inner_product=test.name == "inner_product")
+    return stats, pos
 
 
 class AdaptiveBatchSize:

@@ -2,7 +2,7 @@
 
     client:
       batch_size: 8                       # b₀, the first batch size
-      batch_size_test: {name: norm, eta: 0.1, max_batch_size: 512}   # AdAdaGrad's tests
+      batch_size_test: {name: norm, eta: 0.1, max_batch_size: 512, test_rows: 256}  # AdAdaGrad
       lr_batch_scaling: sqrt              # none | linear | sqrt (needs batch_size_test)
       sso: {inner_steps: 10, eta: 1.0}    # target-based surrogates around the client optimizer
       curriculum: {order: curriculum, score: global, pacing: linear, a: 0.8, b: 0.2}
@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from fedopt.local.batch_test import TESTS, BatchSizeTest
+from fedopt.local.batch_test import TEST_ROWS, TESTS, BatchSizeTest
 from fedopt.local.client_order import ClientCurriculumConfig, check_client_curriculum
 from fedopt.local.curriculum import ORDERS, PACINGS, SCORES
 from fedopt.local.lr_scaling import RULES
@@ -40,6 +40,11 @@ class BatchSizeTestConfig(Schema):
         None, description="b_max (null: each client's rows; always capped there)")
     blockwise: Bool = Field(False, description="the authors' per-tensor statistics instead of "
                                                "the whole-vector ones")
+    test_rows: Optional[PositiveInt] = Field(
+        TEST_ROWS, description="the most rows of a client's batch the test computes per-example "
+                               "gradients on (memory: clients × test_rows × parameters numbers); "
+                               "a larger batch is tested on a uniform subsample keyed by seed, "
+                               "round, client and local step; >= 2; null: every row")
 
 
 class SSOConfig(Schema):
@@ -129,6 +134,9 @@ def from_client(client: dict[str, Any]) -> LocalTraining | None:
         if client.get("batch_size", 2) < 2:
             raise ConfigError("client.batch_size_test: the tests need a sample variance; start "
                               "from client.batch_size >= 2")
+        if test.get("test_rows") is not None and test["test_rows"] < 2:
+            raise ConfigError("client.batch_size_test.test_rows: the tests need a sample "
+                              f"variance; must be >= 2, got {test['test_rows']}")
         cap = test.get("max_batch_size")
         if cap is not None and cap < client.get("batch_size", 1):
             raise ConfigError(f"client.batch_size_test.max_batch_size: {cap} is below "

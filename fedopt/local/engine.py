@@ -12,8 +12,9 @@ clients together:
    G + μ(y − y₀) + c_i, or, with SSO, one outer step of m inner steps
    (:func:`fedopt.local.sso.sso_step`);
 3. the batch-size test at the step's iterate and batch (per-example gradients, one vmapped
-   pass over the clients still below b_max): b_i ← min(b_max,i, max(b_i, test)), b_max,i =
-   min(max_batch_size, n_i).
+   pass over the clients still below b_max, on at most ``test_rows`` rows of each batch, a
+   keyed subsample above that: :func:`fedopt.local.batch_test.capped_test_rows`):
+   b_i ← min(b_max,i, max(b_i, test)), b_max,i = min(max_batch_size, n_i).
 
 Per-client state (b_i, pass cursor, optimizer state) lives for one local job: every round starts
 again from b₀ = ``client.batch_size`` and the received model, so results depend only on
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from fedopt.engine.batches import BatchPlan, BatchStream
 from fedopt.engine.program import StepKeys
-from fedopt.local.batch_test import batch_statistics, per_example_grads
+from fedopt.local.batch_test import subsampled_statistics
 from fedopt.local.config import LocalTraining
 from fedopt.local.curriculum import order_rows, prefix_size
 from fedopt.local.lr_scaling import BatchScaledLR
@@ -160,13 +161,13 @@ def train_adaptive(trainer, start: Params, x: Tensor, y_labels: Tensor, plan: Ba
         if test is not None:
             grow = active_np & (b < cap)
             if grow.any():
-                sel = torch.as_tensor(np.flatnonzero(grow), device=dev)
-                pe = per_example_grads(trainer.fmodel.forward,
-                                       {n: v.index_select(0, sel) for n, v in y.items()},
-                                       xb.index_select(0, sel), yb.index_select(0, sel),
-                                       trainer._loss_fn, batched=True)
-                stats = batch_statistics(pe, w.index_select(0, sel), test.blockwise,
-                                         inner_product=test.name == "inner_product")
+                g_idx = np.flatnonzero(grow)
+                sel = torch.as_tensor(g_idx, device=dev)
+                stats, _ = subsampled_statistics(
+                    trainer.fmodel.forward, trainer._loss_fn,
+                    {n: v.index_select(0, sel) for n, v in y.items()},
+                    xb.index_select(0, sel), yb.index_select(0, sel), w.index_select(0, sel),
+                    test, src.seed, np.array([src.key(i) for i in g_idx]), ids[g_idx], k)
                 nxt = test.next_batch_size(torch.as_tensor(b[grow]), stats,
                                            torch.as_tensor(cap[grow])).cpu().numpy()
                 b[grow] = nxt

@@ -30,7 +30,8 @@ def test_validate_fills_the_defaults():
     c = validate(cfg(batch_size_test={"name": "inner_product"}, sso={},
                      curriculum={"order": "anti"}))["client"]
     assert c["batch_size_test"] == {"name": "inner_product", "eta": 0.1, "nu": None,
-                                    "max_batch_size": None, "blockwise": False}
+                                    "max_batch_size": None, "blockwise": False,
+                                    "test_rows": 256}
     assert c["sso"] == {"inner_steps": 1, "eta": 1.0}
     assert c["curriculum"]["pacing"] == "linear" and c["curriculum"]["score"] == "global"
 
@@ -41,6 +42,7 @@ def test_validate_fills_the_defaults():
     ({"batch_size_test": {"name": "norm"}, "batch_size": 1}, "client.batch_size_test"),
     ({"batch_size_test": {"max_batch_size": 2}}, "client.batch_size_test.max_batch_size"),
     ({"batch_size_test": {"eta": 0}}, "client.batch_size_test.eta"),
+    ({"batch_size_test": {"test_rows": 1}}, "client.batch_size_test.test_rows"),
     ({"sso": {"inner_steps": 0}}, "client.sso.inner_steps"),
     ({"curriculum": {"order": "sideways"}}, "client.curriculum.order"),
     ({"curriculum": {"b": 2.0}}, "client.curriculum.b"),
