@@ -3,7 +3,8 @@
     client:
       batch_size: 8                       # b₀, the first batch size
       batch_size_test: {name: norm, eta: 0.1, max_batch_size: 512, test_rows: 256}  # AdAdaGrad
-      lr_batch_scaling: sqrt              # none | linear | sqrt (needs batch_size_test)
+      lr_batch_scaling: sqrt              # none | linear | sqrt (needs batch_size_test), or
+                                          # {rule: sqrt, max_lr: 0.5}: lr = min(max_lr, lr·scale)
       sso: {inner_steps: 10, eta: 1.0}    # target-based surrogates around the client optimizer
       curriculum: {order: curriculum, score: global, pacing: linear, a: 0.8, b: 0.2}
 
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from fedopt.local.batch_test import TEST_ROWS, TESTS, BatchSizeTest
 from fedopt.local.client_order import ClientCurriculumConfig, check_client_curriculum
@@ -45,6 +46,28 @@ class BatchSizeTestConfig(Schema):
                                "gradients on (memory: clients × test_rows × parameters numbers); "
                                "a larger batch is tested on a uniform subsample keyed by seed, "
                                "round, client and local step; >= 2; null: every row")
+
+
+class LrBatchScalingConfig(Schema):
+    """``client.lr_batch_scaling`` in its long form: the rule and a cap on the scaled lr
+    (fedopt.local.lr_scaling; the short form ``lr_batch_scaling: sqrt`` is ``{rule: sqrt}``)."""
+
+    what = "client.lr_batch_scaling"
+    rule: Literal[RULES] = Field("sqrt", description="linear: lr × b/b₀; sqrt: lr × (b/b₀)^½; "
+                                                     "none: lr")
+    max_lr: Optional[PositiveFloat] = Field(
+        None, description="max_lr: the scaled lr is min(max_lr, lr × scale(b)) (Granziol et al. "
+                          "§2's cap; null: uncapped); at least client.optimizer.lr")
+
+
+def _short_or_long(v: Any) -> str:
+    return "@long" if isinstance(v, (Mapping, LrBatchScalingConfig)) else "@short"
+
+
+#: ``client.lr_batch_scaling``: a rule name (the short form) or {rule, max_lr}
+LR_BATCH_SCALING = Annotated[Union[Annotated[Literal[RULES], Tag("@short")],
+                                   Annotated[LrBatchScalingConfig, Tag("@long")]],
+                             Discriminator(_short_or_long)]
 
 
 class SSOConfig(Schema):
@@ -78,8 +101,10 @@ CLIENT_FIELDS: dict[str, Any] = {
         None, description="adaptive batch size {name: norm|inner_product, eta, max_batch_size} "
                           "(AdAdaGrad; null: fixed client.batch_size); b restarts from "
                           "client.batch_size every round")),
-    "lr_batch_scaling": (Literal[RULES], Field(
-        "none", description="client lr × (b/b₀) (linear) or (b/b₀)^½ (sqrt) as the batch grows")),
+    "lr_batch_scaling": (LR_BATCH_SCALING, Field(
+        "none", description="client lr × (b/b₀) (linear) or (b/b₀)^½ (sqrt) as the batch grows "
+                            "(none: unscaled); or {rule: linear|sqrt, max_lr} to cap the scaled "
+                            "lr at max_lr")),
     "sso": (Optional[SSOConfig], Field(
         None, description="target-based surrogates {inner_steps: m, eta} around the client "
                           "optimizer (null: off)")),
@@ -107,11 +132,13 @@ class Curriculum:
 @dataclass(frozen=True)
 class LocalTraining:
     """How a client trains locally beyond plain minibatch steps: an adaptive batch size
-    (``batch_test``), the learning rate's batch scaling rule (``lr_scaling``), SSO outer steps
+    (``batch_test``), the learning rate's batch scaling rule (``lr_scaling``) and its cap
+    (``lr_max``, None: uncapped), SSO outer steps
     (``sso_steps`` m ≥ 1 with ``sso_eta``; None: off) and a ``curriculum``."""
 
     batch_test: BatchSizeTest | None = None
     lr_scaling: str = "none"
+    lr_max: float | None = None
     sso_steps: int | None = None
     sso_eta: float = 1.0
     curriculum: Curriculum | None = None
@@ -122,11 +149,28 @@ class LocalTraining:
         return self.batch_test is not None or self.curriculum is not None
 
 
+def lr_rule(client: dict[str, Any]) -> tuple[str, float | None]:
+    """(rule, max_lr) of ``client.lr_batch_scaling`` in either form. ConfigError naming the
+    field for a cap without a rule or below the client optimizer's lr (lr(b₀) must be lr₀)."""
+    value = client.get("lr_batch_scaling") or "none"
+    if isinstance(value, str):
+        return value, None
+    rule, cap = value.get("rule", "sqrt"), value.get("max_lr")
+    if cap is not None and rule == "none":
+        raise ConfigError("client.lr_batch_scaling.max_lr: caps the scaled lr; with rule: none "
+                          "nothing is scaled (set a rule or drop max_lr)")
+    lr0 = (client.get("optimizer") or {}).get("lr")
+    if cap is not None and isinstance(lr0, (int, float)) and cap < lr0:
+        raise ConfigError(f"client.lr_batch_scaling.max_lr: {cap} is below client.optimizer.lr "
+                          f"({lr0}); the cap must leave lr(b₀) = lr")
+    return rule, cap
+
+
 def from_client(client: dict[str, Any]) -> LocalTraining | None:
     """The :class:`LocalTraining` of a validated ``client:`` section (None when all are off)."""
     test, sso, cur = (client.get("batch_size_test"), client.get("sso"),
                       client.get("curriculum"))
-    rule = client.get("lr_batch_scaling") or "none"
+    rule, lr_max = lr_rule(client)
     if rule != "none" and test is None:
         raise ConfigError("client.lr_batch_scaling: scales the lr as the batch size adapts; "
                           "set client.batch_size_test too (or lr_batch_scaling: none)")
@@ -146,6 +190,7 @@ def from_client(client: dict[str, Any]) -> LocalTraining | None:
     return LocalTraining(
         batch_test=None if test is None else BatchSizeTest(**test),
         lr_scaling=rule,
+        lr_max=lr_max,
         sso_steps=None if sso is None else int(sso["inner_steps"]),
         sso_eta=1.0 if sso is None else float(sso["eta"]),
         curriculum=None if cur is None else Curriculum(**cur))

@@ -8,7 +8,8 @@ clients together:
    :class:`~fedopt.engine.batches.BatchStream` (keyed passes, paced prefixes); otherwise the
    executor's fixed plan. A client stops after the fixed plan's number of samples (equal
    samples: an adaptive batch size takes fewer, larger steps);
-2. the step: the client optimizer (its lr × scale(b_i/b₀) per client with ``lr_scaling``) on
+2. the step: the client optimizer (its lr min(max_lr, lr × scale(b_i/b₀)) per client with
+   ``lr_scaling`` and its cap ``lr_max``) on
    G + μ(y − y₀) + c_i, or, with SSO, one outer step of m inner steps
    (:func:`fedopt.local.sso.sso_step`);
 3. the batch-size test at the step's iterate and batch (per-example gradients, one vmapped
@@ -101,8 +102,8 @@ def train_adaptive(trainer, start: Params, x: Tensor, y_labels: Tensor, plan: Ba
     b = np.full(C, B0, dtype=np.int64)
     cap = src.counts.astype(np.int64) if test is None or test.max_batch_size is None \
         else np.minimum(src.counts, int(test.max_batch_size)).astype(np.int64)
-    scaled = BatchScaledLR(opt, B0, training.lr_scaling) if training.lr_scaling != "none" \
-        else None
+    scaled = (BatchScaledLR(opt, B0, training.lr_scaling, max_lr=training.lr_max)
+              if training.lr_scaling != "none" else None)
     stream = None
     if training.online_batches:
         pass_rows = None

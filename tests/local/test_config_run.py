@@ -39,6 +39,14 @@ def test_validate_fills_the_defaults():
 @pytest.mark.parametrize("client, field", [
     ({"lr_batch_scaling": "sqrt"}, "client.lr_batch_scaling"),
     ({"lr_batch_scaling": "cubic"}, "client.lr_batch_scaling"),
+    ({"lr_batch_scaling": {"rule": "cubic"}}, "client.lr_batch_scaling.rule"),
+    ({"lr_batch_scaling": {"max_lr": 1.0}}, "client.lr_batch_scaling"),
+    ({"lr_batch_scaling": {"rule": "sqrt", "max_lr": 0}, "batch_size_test": {}},
+     "client.lr_batch_scaling.max_lr"),
+    ({"lr_batch_scaling": {"rule": "sqrt", "max_lr": 1e-4}, "batch_size_test": {}},
+     "client.lr_batch_scaling.max_lr"),
+    ({"lr_batch_scaling": {"rule": "none", "max_lr": 1.0}, "batch_size_test": {}},
+     "client.lr_batch_scaling.max_lr"),
     ({"batch_size_test": {"name": "norm"}, "batch_size": 1}, "client.batch_size_test"),
     ({"batch_size_test": {"max_batch_size": 2}}, "client.batch_size_test.max_batch_size"),
     ({"batch_size_test": {"eta": 0}}, "client.batch_size_test.eta"),
@@ -51,6 +59,21 @@ def test_bad_values_name_the_field(client, field):
     with pytest.raises(ConfigError) as e:
         validate(cfg(**client))
     assert str(e.value).startswith(field)
+
+
+def test_lr_batch_scaling_takes_the_short_and_the_long_form():
+    from fedopt.local.config import from_client
+
+    short = validate(cfg(lr_batch_scaling="sqrt", batch_size_test={}))["client"]
+    assert short["lr_batch_scaling"] == "sqrt"
+    t = from_client(short)
+    assert (t.lr_scaling, t.lr_max) == ("sqrt", None)
+    long = validate(cfg(lr_batch_scaling={"rule": "linear", "max_lr": 0.2},
+                        batch_size_test={}))["client"]
+    t = from_client(long)
+    assert (t.lr_scaling, t.lr_max) == ("linear", 0.2)
+    assert from_client(validate(cfg(lr_batch_scaling={"max_lr": 0.2}, batch_size_test={}))[
+        "client"]).lr_scaling == "sqrt"                 # the long form's default rule
 
 
 def test_algorithms_with_other_oracles_are_refused_at_validate_and_run():

@@ -141,3 +141,40 @@ def test_curriculum_prefix_visits_the_easiest_rows_first():
     s = row_scores(LocalTrainer(fm, make("sgd", lr=0.1)), start, x, y, int(offsets[2]), 40)
     easiest = set((np.argsort(s)[:10] + offsets[2]).tolist())
     assert set(visited[0] + visited[1]) == easiest         # the first pass: g(0) = 10 rows
+
+
+def test_lr_batch_scaling_cap_reaches_the_engine(monkeypatch):
+    """lr(b) = min(max_lr, lr₀·(b/b₀)^½) per client at every step (direct formula on the
+    recorded batch sizes), and a cap at lr₀ is the unscaled run."""
+    from fedopt.local.lr_scaling import BatchScaledLR
+
+    fm, x, y, offsets, start = problem()
+    p = plan(offsets, [0, 1, 2, 3], 2, [40, 20, 60, 30])
+    lr0, cap = 0.05, 0.08
+    seen = []
+    real_at = BatchScaledLR.at
+
+    def spy(self, b):
+        out = real_at(self, b)
+        seen.append((b.cpu().numpy().copy(), torch.as_tensor(out.lr).cpu().numpy(), self.max_lr))
+        return out
+
+    monkeypatch.setattr(BatchScaledLR, "at", spy)
+    test = BatchSizeTest("norm", 0.3, max_batch_size=24)
+
+    def run(**kw):
+        return LocalTrainer(fm, make("adagrad", lr=lr0), LocalProgram(
+            training=LocalTraining(batch_test=test, **kw))).train(start, x, y, p)
+
+    run(lr_scaling="sqrt", lr_max=cap)
+    assert seen and all(m == cap for _, _, m in seen)
+    b = np.concatenate([s[0] for s in seen])
+    lr = np.concatenate([np.broadcast_to(s[1], s[0].shape) for s in seen])
+    np.testing.assert_allclose(lr, np.minimum(cap, lr0 * np.sqrt(b / 2)), rtol=1e-12)
+    assert (lr == cap).any() and (lr < cap).any()          # both sides of the cap were hit
+    plain = run()
+    at_lr0 = run(lr_scaling="sqrt", lr_max=lr0)
+    uncapped = run(lr_scaling="sqrt")
+    for k in start:
+        torch.testing.assert_close(at_lr0.params[k], plain.params[k], rtol=0, atol=1e-12)
+    assert any(not torch.allclose(uncapped.params[k], plain.params[k]) for k in start)
