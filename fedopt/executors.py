@@ -28,12 +28,17 @@ GROUP = "fedopt.executors"
 class ExecutorEntry:
     """One executor: ``schema`` (its ``executor:`` section, a :class:`ExecutorConfig`),
     ``factory(config, dataset, trainer) -> executor`` and, for executors that run the
-    asynchronous algorithms in real time, ``realtime`` (``driver(algorithm, config)``)."""
+    asynchronous algorithms in real time, ``realtime`` (``driver(algorithm, config)``).
+    ``host_check(executor_section)``: checks that only hold on the host that runs the
+    executor (files it reads: a coordinator's tokens, certificates), ValueError naming the
+    field; ``fedopt validate`` and the executor's own start run them, a config merely loaded
+    elsewhere (a gRPC client reading the run's config) does not."""
 
     name: str
     schema: str
     factory: str
     realtime: str | None = None
+    host_check: str | None = None
 
     def load_schema(self) -> type["ExecutorConfig"]:
         return load(self.schema)
@@ -97,6 +102,15 @@ def realtime_driver(name: str) -> Any:
     if entry.realtime is None:
         raise TypeError(f"executor {name!r} has no real-time driver")
     return load(entry.realtime)
+
+
+def check_host(config: dict) -> None:
+    """Run the ``host_check`` of ``config``'s executor (:class:`ExecutorEntry`), if it has
+    one; ValueError naming the field."""
+    section = config.get("executor") or {}
+    entry = executor_entries().get(section.get("name", LOCAL.name))
+    if entry is not None and entry.host_check is not None:
+        load(entry.host_check)(section)
 
 
 def executor_schemas() -> list[type[ExecutorConfig]]:

@@ -81,6 +81,25 @@ class GrpcExecutorConfig(ExecutorConfig):
         return self
 
 
+def check_files(ex: dict) -> list[str]:
+    """The coordinator host's checks of a valid ``executor:`` section ``ex``: the tokens file
+    is readable and usable, holds at least ``min_clients`` tokens, and the TLS files are
+    readable; returns the tokens. ValueError naming the field (``executor.tokens``,
+    ``executor.min_clients``, ``executor.tls.cert`` ...). Run by ``fedopt validate``,
+    ``fedopt serve`` and the executor's start, not by ``fedopt client`` (whose host lacks them)."""
+    from fedopt.protocols.grpc_wire import read_pem
+    from fedopt.server.grpc_service import read_tokens
+
+    tokens = read_tokens(ex["tokens"])
+    if ex["min_clients"] > len(tokens):
+        raise ValueError(f"executor.min_clients: {ex['min_clients']} client processes "
+                         f"wanted but {ex['tokens']!r} holds {len(tokens)} tokens")
+    for k in ("cert", "key", "ca"):
+        read_pem((ex.get("tls") or {}).get(k), f"executor.tls.{k}")
+    return tokens
+
+
 ENTRY = ExecutorEntry("grpc", "fedopt.server.grpc_config:GrpcExecutorConfig",
                       "fedopt.server.grpc_executor:GrpcExecutor.from_config",
-                      realtime="fedopt.server.realtime:RealTimeAsync.from_config")
+                      realtime="fedopt.server.realtime:RealTimeAsync.from_config",
+                      host_check="fedopt.server.grpc_config:check_files")

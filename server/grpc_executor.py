@@ -57,8 +57,9 @@ from fedopt.protocols.ray_messages import to_arrays, to_tensors
 from fedopt.server.dispatch import (Action, Call, CallFailed, DispatchPolicy, gather,
                                     renormalise)
 from fedopt.server.faults import FaultLog, WorkerFailedError
+from fedopt.server.grpc_config import check_files
 from fedopt.server.grpc_service import (SILENT_HEARTBEATS, Coordinator, CoordinatorError,
-                                        ServerTask, read_tokens)
+                                        ServerTask)
 
 log = logging.getLogger("server.grpc")
 
@@ -168,10 +169,7 @@ class GrpcExecutor:
         for ``executor.min_clients`` client processes. ``port_file``: write the bound port
         there (tests bind port 0)."""
         ex = config["executor"]
-        tokens = read_tokens(ex["tokens"])
-        if ex["min_clients"] > len(tokens):
-            raise ValueError(f"executor.min_clients: {ex['min_clients']} client processes "
-                             f"wanted but {ex['tokens']!r} holds {len(tokens)} tokens")
+        tokens = check_files(ex)
         M.optimizer_spec(trainer.optimizer)       # refuses an optimizer that cannot travel
         limits = Limits(max_message_bytes=int(ex["max_message_mb"] * (1 << 20)))
         coordinator = Coordinator(tokens, config=config,

@@ -224,7 +224,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
+    from fedopt.executors import check_host
+
     config = _load(args)
+    try:
+        check_host(config)      # what the executor's start checks too (files it reads)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     print(yaml.safe_dump(config, sort_keys=False, default_flow_style=False).rstrip())
     print(f"# {args.config}: valid", file=sys.stderr)
     return EXIT_OK

@@ -54,6 +54,7 @@ def _has_key(path: str, key: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fedopt.records import holds_run
+    from fedopt.server.grpc_config import check_files
     from fedopt.server.grpc_service import CoordinatorError
     from fedopt.simulations import cli
 
@@ -63,6 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise cli.CLIError(f"executor.name: 'fedopt serve' runs a gRPC coordinator, the config "
                            f"says {config['executor']['name']!r} (use 'fedopt run', or set "
                            f"executor: {{name: grpc, address: HOST:PORT, tokens: FILE}})")
+    try:
+        check_files(config["executor"])     # before the data set is built
+    except ValueError as e:
+        raise cli.CLIError(str(e)) from None
     out_dir = args.out
     resume = holds_run(out_dir)
     if resume:

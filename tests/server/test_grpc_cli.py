@@ -76,3 +76,43 @@ def test_half_a_client_certificate_pair_is_a_value_error():
         client_credentials(None, cert=QUICKSTART, key=None)
     with pytest.raises(ValueError, match="--cert and --key"):
         client_credentials(None, cert=None, key=QUICKSTART)
+
+
+def test_validate_and_serve_check_the_coordinators_files(tmp_path, capsys):
+    """`fedopt validate` called a gRPC config valid when its tokens file or TLS files were
+    missing (only the coordinator's start read them), breaking "validate runs every check
+    run does". The coordinator-only check runs in validate and serve, naming the field; a
+    client process loading the same config (a host without those files) does not run it."""
+    import yaml
+
+    from fedopt.simulations import cli
+    from tests.server.grpc_fixtures import grpc_config, make_certificates, write_tokens
+
+    cfg = grpc_config(tmp_path / "missing_tokens.txt", 50051)
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for cmd in (["validate", str(path)], ["serve", str(path), "--out", str(tmp_path / "r")]):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert "executor.tokens: cannot read" in err and "missing_tokens.txt" in err, cmd
+    assert not (tmp_path / "r").exists()
+    assert cli.load_config(str(path))["executor"]["tokens"].endswith("missing_tokens.txt")
+
+    write_tokens(tmp_path / "tokens.txt", 1)                 # min_clients is 2
+    cfg["executor"]["tokens"] = str(tmp_path / "tokens.txt")
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(path)]) == 2
+    assert "executor.min_clients: 2 client processes" in capsys.readouterr().err
+
+    write_tokens(tmp_path / "tokens.txt", 2)
+    pem = make_certificates(tmp_path)
+    for missing in ("cert", "key", "ca"):
+        tls = {"cert": pem["server_cert"], "key": pem["server_key"], "ca": pem["ca_cert"]}
+        tls[missing] = str(tmp_path / "absent.pem")
+        cfg["executor"]["tls"] = tls
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["validate", str(path)]) == 2
+        assert f"executor.tls.{missing}: cannot read" in capsys.readouterr().err
+    cfg["executor"]["tls"] = {"cert": pem["server_cert"], "key": pem["server_key"]}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(path)]) == 0
