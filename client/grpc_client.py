@@ -14,7 +14,9 @@
    (:func:`embed_clients`: the file's client k is global client ``clients[k]``);
 4. polls for tasks and runs each with :class:`~fedopt.client.ray_worker.ShardWorker` — the
    same vectorized engine, minibatch plans keyed by (seed, key, global client id) — sending
-   heartbeats while it trains, then submits the result;
+   heartbeats while it trains, then submits the result (unless a heartbeat's answer said the
+   task is no longer wanted: a timed-out round; then the answer is dropped unsent — training
+   itself is not interrupted);
 5. exits 0 when the coordinator says the run is over, 2 on a refusal it cannot fix (wrong
    token, data that disagree, a token another live process is using), 1 when the
    coordinator stays unreachable for ``max_wait_s``.
@@ -322,11 +324,13 @@ class GrpcClient:
             return M.Failure(session=s.session, epoch=s.epoch, task_id=task.task_id,
                              error=f"{type(e).__name__}: {e}"[:500])
 
-    def submit(self, answer: M.Message) -> M.Ack:
+    def submit(self, answer: M.Message, unwanted: threading.Event | None = None
+               ) -> M.Ack | None:
         """Submit ``answer``; while the coordinator is busy (``RESOURCE_EXHAUSTED`` with
         :data:`~fedopt.protocols.grpc_wire.BUSY`) submit the same answer again after an
         exponential backoff (``backoff_s`` doubling to ``max_backoff_s``) for up to
-        ``max_wait_s``; any other error is raised (grpc.RpcError)."""
+        ``max_wait_s``, unless ``unwanted`` is set meanwhile (None returned); any other error
+        is raised (grpc.RpcError)."""
         import grpc
 
         waited, delay = 0.0, self.opts.backoff_s
@@ -338,21 +342,46 @@ class GrpcClient:
                         and (e.details() or "").startswith(BUSY))
                 if not busy or waited >= self.opts.max_wait_s:
                     raise
+                if unwanted is not None and unwanted.is_set():
+                    return None
                 log.info("coordinator busy (%s); submitting task %d again in %.1f s",
                          e.details(), answer.task_id, delay)
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, self.opts.max_backoff_s)
 
-    def _heartbeats(self, task_id: int, stop: threading.Event) -> None:
+    def _heartbeats(self, task_id: int, stop: threading.Event, unwanted: threading.Event
+                    ) -> None:
+        """Heartbeat every ``heartbeat_s`` until ``stop``; set ``unwanted`` when the
+        coordinator answers that the task is no longer wanted (cancelled, timed out)."""
         import grpc
 
         while not stop.wait(self.welcome.heartbeat_s):
             try:
-                self._call("Heartbeat", M.Heartbeat(session=self.welcome.session,
-                                                    task_id=task_id), (M.Ack,), timeout=10.0)
+                ack = self._call("Heartbeat", M.Heartbeat(session=self.welcome.session,
+                                                          task_id=task_id), (M.Ack,),
+                                 timeout=10.0)
             except (grpc.RpcError, CodecError):
-                pass
+                continue
+            if not ack.ok and not unwanted.is_set():
+                log.info("task %d: %s (its answer will not be sent)", task_id, ack.reason)
+                unwanted.set()
+
+    def work(self, task: M.Task) -> M.Ack | None:
+        """Run ``task`` with heartbeats and submit its answer; None when the coordinator said
+        meanwhile that it no longer wants it (the answer is not sent: it would be refused as
+        stale after taking an upload place and the upload's time)."""
+        stop, unwanted = threading.Event(), threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(task.task_id, stop, unwanted),
+                                daemon=True)
+        beat.start()
+        try:                              # heartbeats go on while a busy coordinator waits
+            answer = self.run_task(task)
+            if unwanted.is_set():
+                return None
+            return self.submit(answer, unwanted)
+        finally:
+            stop.set()
 
     def serve(self) -> int:
         """Register, then work until told to shut down; returns the exit code."""
@@ -370,17 +399,9 @@ class GrpcClient:
                     return 0
                 if isinstance(msg, M.Idle):
                     continue
-                stop = threading.Event()
-                beat = threading.Thread(target=self._heartbeats, args=(msg.task_id, stop),
-                                        daemon=True)
-                beat.start()
-                try:                      # heartbeats go on while a busy coordinator waits
-                    answer = self.run_task(msg)
-                    ack = self.submit(answer)
-                finally:
-                    stop.set()
+                ack = self.work(msg)
                 self.tasks_done += 1
-                if not ack.ok:
+                if ack is not None and not ack.ok:
                     log.warning("result of task %d refused: %s", msg.task_id, ack.reason)
             except grpc.RpcError as e:
                 code = e.code()

@@ -507,3 +507,38 @@ def test_a_second_process_on_a_live_token_is_refused_not_swapped_in(tmp_path):
         if second._channel is not None:
             second._channel.close()
         server.stop(0)
+
+
+def test_a_task_cancelled_while_training_is_not_sent(tmp_path):
+    """The heartbeat's answer "task no longer wanted" (the round timed out, the task was
+    re-sent) was ignored: the client finished and uploaded an answer the coordinator could
+    only refuse as stale, after it took an upload place. The client now drops it unsent."""
+    import time
+
+    tokens = write_tokens(tmp_path / "tokens.txt", 1)
+    c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P",
+                    heartbeat_s=0.1)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    a = Raw(port, tokens[0])
+    client = _client_on(port, tokens[0])
+    client._connect()
+    try:
+        client.welcome = a.register([0], COUNTS[[0]])
+        t = _task(c, 0, [0])
+        task = a.poll(client.welcome.session)
+
+        def run_task(msg):                  # training, during which the round times out
+            c.cancel(t)
+            time.sleep(0.5)                 # several heartbeats
+            return _result(client.welcome, msg)
+        client.run_task = run_task
+        assert client.work(task) is None
+        assert c.refused == {} and t.state == "cancelled"   # nothing was uploaded
+        t2 = _task(c, 0, [0])                               # a wanted task is still sent
+        client.run_task = lambda msg: _result(client.welcome, msg)
+        ack = client.work(a.poll(client.welcome.session))
+        assert ack.ok and t2.state == "done"
+    finally:
+        a.close()
+        client._channel.close()
+        server.stop(0)
