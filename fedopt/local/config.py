@@ -87,8 +87,13 @@ class CurriculumConfig(Schema):
     order: Literal[ORDERS] = Field("curriculum", description="curriculum (easy first), anti "
                                                              "or random")
     score: Literal[SCORES] = Field(
-        "global", description="per-example loss of the received model (global) or of the "
-                              "client's current local model, re-scored each pass (local)")
+        "global", description="the per-example loss that orders the rows: global = of the "
+                              "received model, scored once at the job's start (the paper's 'G'); "
+                              "local = of the client's live iterate within this job, re-scored "
+                              "at the start of every pass after the first (the first pass uses "
+                              "the received model). local is NOT the paper's 'L' (the client's "
+                              "model from its previous visit): fedopt keeps no per-client model "
+                              "across rounds; 'L', 'LG' and 'E' are not implemented")
     pacing: Literal[PACINGS] = Field("linear", description="pacing function g")
     a: PositiveFloat = Field(0.8, description="fraction of the local steps until all data")
     b: Probability = Field(0.2, description="fraction of the data at the start")

@@ -1,7 +1,11 @@
 r"""Curricula in federated learning (Vahidian et al., "When Do Curricula Work in Federated
 Learning?", ICCV 2023; the authors' code sreevatsank1999/Curriculum-FL as executed).
 
-Client i orders its n_i rows by a score s (the per-example loss of a model): ``curriculum``
+Client i orders its n_i rows by a score s (the per-example loss of a model; ``score: global``:
+the received model's, the authors' 'G'; ``score: local``: the client's live iterate of this job,
+re-scored at the start of every pass after the first — not the authors' 'L', which scores with
+the client's model from its previous visit, per-client state across rounds that fedopt does not
+keep; 'LG' and the expert 'E' are not implemented): ``curriculum``
 ascending (easy first), ``anti`` descending, ``random`` a keyed random order. Ties, and the whole
 ``random`` order, are broken by keyed random bits of (seed, key, client, row), so a constant score
 gives exactly the ``random`` order. Training walks through passes over the prefix
