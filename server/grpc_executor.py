@@ -187,7 +187,7 @@ class GrpcExecutor:
         if port_file:
             with open(port_file, "w") as f:
                 f.write(str(port))
-        log.warning("grpc coordinator listening on %s (port %d, %s); waiting for %d client "
+        log.info("grpc coordinator listening on %s (port %d, %s); waiting for %d client "
                     "process(es)", ex["address"], port, "TLS" if ex["tls"] else "plaintext",
                     ex["min_clients"])
         client = config["client"]

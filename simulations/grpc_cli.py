@@ -24,6 +24,12 @@ import numpy as np
 TOKEN_ENV = "FEDOPT_TOKEN"
 
 
+def quiet_grpc() -> None:
+    """gRPC's C core logs at ERROR only, unless the user set ``GRPC_VERBOSITY`` (it is read
+    when grpc is first imported: call before that)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def parse_ids(text: str) -> np.ndarray:
     """``"0,1,5-7"`` -> int64 [0, 1, 5, 6, 7]; ValueError naming ``--clients``."""
     ids: list[int] = []
@@ -53,6 +59,7 @@ def _has_key(path: str, key: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    quiet_grpc()
     from fedopt.records import holds_run
     from fedopt.server.grpc_config import check_files
     from fedopt.server.grpc_service import CoordinatorError
@@ -73,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if resume:
         print(f"{out_dir} holds this run: resuming from its latest checkpoint", file=sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("server.grpc").setLevel(logging.INFO)  # listening on, who registered
     try:
         result = cli.run_experiment(config, out_dir=out_dir, progress=not args.no_progress,
                                     resume=resume)
@@ -90,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    quiet_grpc()
     from fedopt.client.grpc_client import ClientExit, GrpcClient, Options
     from fedopt.simulations import cli
 

@@ -116,3 +116,31 @@ def test_validate_and_serve_check_the_coordinators_files(tmp_path, capsys):
     cfg["executor"]["tls"] = {"cert": pem["server_cert"], "key": pem["server_key"]}
     path.write_text(yaml.safe_dump(cfg))
     assert main(["validate", str(path)]) == 0
+
+
+def test_serve_and_client_quiet_grpcs_core_unless_the_user_set_it(monkeypatch, capsys):
+    """gRPC's C core printed its own INFO/debug lines (fork support, keepalive, ...) into the
+    coordinator's and clients' output; both commands now set GRPC_VERBOSITY=ERROR unless the
+    user chose a level."""
+    import os
+
+    import fedopt.client.grpc_client as gc
+
+    class Fake:
+        def __init__(self, opts):
+            pass
+
+        def serve(self):
+            return 0
+
+    monkeypatch.setattr(gc, "GrpcClient", Fake)
+    args = ["client", "--server", "127.0.0.1:1", "--token", "t" * 32, "--config", QUICKSTART,
+            "--clients", "0"]
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    assert main(args) == 0 and os.environ["GRPC_VERBOSITY"] == "ERROR"
+    monkeypatch.delenv("GRPC_VERBOSITY")
+    main(["serve", QUICKSTART, "--out", "unused"])           # refused (local executor), after
+    assert os.environ["GRPC_VERBOSITY"] == "ERROR"
+    monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")
+    assert main(args) == 0 and os.environ["GRPC_VERBOSITY"] == "DEBUG"
+    capsys.readouterr()

@@ -6,6 +6,7 @@ order, the in-process executor in chunk order, so results agree to ~1e-12 (check
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -92,7 +93,7 @@ def test_full_gradients_and_evaluation_equal_in_process(fleet, local_sim):
                                       {"round_timeout_s": None, "heartbeat_s": 1.0}],
                          ids=["round_timeout", "missed_heartbeats"])
 def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(local_sim, tmp_path,
-                                                                            timeouts):
+                                                                            timeouts, caplog):
     """Slot 1 registers, takes its task and never answers (a process that died mid-round):
     after round_timeout_s — or, without one, once it missed 3 heartbeats — its jobs are
     dropped and the sum renormalised over slot 0's jobs, checked against the in-process
@@ -121,7 +122,10 @@ def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(loca
 
     th = threading.Thread(target=die_mid_round, daemon=True)
     th.start()
+    caplog.set_level(logging.INFO, logger="server.grpc")
     ex = GrpcExecutor.from_config(cfg, local_sim.data, local_sim.trainer)
+    # the normal start is INFO, not a WARNING (fedopt serve shows server.grpc's INFO lines)
+    assert [r.levelno for r in caplog.records if "listening on" in r.message] == [logging.INFO]
     try:
         ids = np.array([0, 1, 2, 3, 4, 6])
         w = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 1.0])
