@@ -95,7 +95,8 @@ class CurriculumConfig(Schema):
                               "model from its previous visit): fedopt keeps no per-client model "
                               "across rounds; 'L', 'LG' and 'E' are not implemented")
     pacing: Literal[PACINGS] = Field("linear", description="pacing function g")
-    a: PositiveFloat = Field(0.8, description="fraction of the local steps until all data")
+    a: PositiveFloat = Field(0.8, description="fraction of the local steps until all data "
+                                              "(of the samples, with client.batch_size_test)")
     b: Probability = Field(0.2, description="fraction of the data at the start")
     min_prefix: PositiveInt = Field(32, description="smallest prefix of a pass")
 

@@ -9,8 +9,9 @@ keep; 'LG' and the expert 'E' are not implemented): ``curriculum``
 ascending (easy first), ``anti`` descending, ``random`` a keyed random order. Ties, and the whole
 ``random`` order, are broken by keyed random bits of (seed, key, client, row), so a constant score
 gives exactly the ``random`` order. Training walks through passes over the prefix
-``order[0 : clip(max(g(t), min_prefix), 1, n_i)]``, t the local step at which the pass starts,
-each pass a fresh keyed shuffle of the prefix (:class:`fedopt.engine.batches.BatchStream`).
+``order[0 : clip(max(g(t), min_prefix), 1, n_i)]``, t the local step at which the pass starts
+(T the job's local steps; with an adaptive batch size the engine paces over samples instead: t
+the samples processed before the pass, T the job's sample budget), each pass a fresh keyed shuffle of the prefix (:class:`fedopt.engine.batches.BatchStream`).
 
 Pacing functions g(t) (Wu, Dyer & Neyshabur, ICLR 2021, as in the authors' code), with N rows,
 T total steps, b̃ = b·N, ã = a·T, c = 10, truncated to an int and clipped to [1, N]:

@@ -7,7 +7,10 @@ clients together:
 1. batches: with an adaptive batch size or a curriculum, each client's next b_i rows come from a
    :class:`~fedopt.engine.batches.BatchStream` (keyed passes, paced prefixes); otherwise the
    executor's fixed plan. A client stops after the fixed plan's number of samples (equal
-   samples: an adaptive batch size takes fewer, larger steps);
+   samples: an adaptive batch size takes fewer, larger steps). A curriculum paces its prefixes
+   over the local steps t of the fixed plan's u_i (the paper's); with an adaptive batch size too
+   it paces over samples instead (t = samples processed, T = the sample budget), since the
+   larger steps end the job before step u_i and the prefix would never reach all rows;
 2. the step: the client optimizer (its lr min(max_lr, lr × scale(b_i/b₀)) per client with
    ``lr_scaling`` and its cap ``lr_max``) on
    G + μ(y − y₀) + c_i, or, with SSO, one outer step of m inner steps
@@ -50,10 +53,12 @@ def row_scores(trainer, params: Params, x: Tensor, y: Tensor, first: int, n: int
 class _CurriculumRows:
     """``pass_rows`` of a :class:`BatchStream`: client i's paced prefix of its ordered rows."""
 
-    def __init__(self, cur, source, trainer, x, y, model_of):
+    def __init__(self, cur, source, trainer, x, y, model_of, by_samples: bool = False):
         self.cur, self.src, self.trainer, self.x, self.y = cur, source, trainer, x, y
         self.model_of = model_of              # i -> client i's current (unstacked) model
         self.order: dict[int, np.ndarray] = {}
+        self.by_samples = by_samples          # pace over samples (an adaptive batch size)
+        self.stream: BatchStream | None = None
 
     def _order(self, i: int) -> np.ndarray:
         src = self.src
@@ -68,7 +73,14 @@ class _CurriculumRows:
         if i not in self.order or (self.cur.score == "local" and epoch > 0):
             self.order[i] = self._order(i)
         c, n = self.cur, int(self.src.counts[i])
-        size = prefix_size(step, int(self.src.steps[i]), n, c.pacing, c.a, c.b, c.min_prefix)
+        if self.by_samples:
+            # t = samples client i has processed, T = its sample budget: with a growing batch
+            # the job ends in fewer steps than the fixed plan's u_i, so pacing over u_i steps
+            # would never reach g = n_i
+            t, total = int(self.stream.samples[i]), int(self.stream.budget[i])
+        else:
+            t, total = step, int(self.src.steps[i])
+        size = prefix_size(t, total, n, c.pacing, c.a, c.b, c.min_prefix)
         return self.order[i][:size]
 
 
@@ -115,8 +127,11 @@ def train_adaptive(trainer, start: Params, x: Tensor, y_labels: Tensor, plan: Ba
             def model_of(i: int) -> Params:
                 return {k: v[i] for k, v in scoring["y"].items()}
 
-            pass_rows = _CurriculumRows(training.curriculum, src, trainer, x, y_labels, model_of)
+            pass_rows = _CurriculumRows(training.curriculum, src, trainer, x, y_labels, model_of,
+                                        by_samples=test is not None)
         stream = BatchStream(src, pass_rows, device=dev, dtype=dtype)
+        if pass_rows is not None:
+            pass_rows.stream = stream
     state = opt.init(y, batch_shape=(C,))
     loss_sum = torch.zeros(C, dtype=dtype, device=dev)
     steps = np.zeros(C, dtype=np.int64)

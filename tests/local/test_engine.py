@@ -178,3 +178,28 @@ def test_lr_batch_scaling_cap_reaches_the_engine(monkeypatch):
     for k in start:
         torch.testing.assert_close(at_lr0.params[k], plain.params[k], rtol=0, atol=1e-12)
     assert any(not torch.allclose(uncapped.params[k], plain.params[k]) for k in start)
+
+
+def test_curriculum_with_a_growing_batch_reaches_all_rows():
+    """Pacing over the fixed plan's u_i steps never reaches g = n_i when the batch grows (the
+    job ends in far fewer steps); paced over samples, the late passes cover every row."""
+    fm, x, y, offsets, start = problem()
+    passes = []
+    real_next = BatchStream.next
+
+    def spy(self, b, width):
+        out = real_next(self, b, width)
+        if self._pass[0] is not None:
+            passes.append(len(self._pass[0]))
+        return out
+
+    BatchStream.next = spy
+    try:
+        cur = Curriculum(order="curriculum", a=0.5, b=0.2, min_prefix=1)
+        res = LocalTrainer(fm, make("sgd", lr=0.05), LocalProgram(training=LocalTraining(
+            curriculum=cur, batch_test=BatchSizeTest("norm", 0.05, max_batch_size=40)))).train(
+            start, x, y, plan(offsets, [2], 2, [80]))          # n = 40 rows, 4 epochs of b₀ = 2
+    finally:
+        BatchStream.next = real_next
+    assert res.steps[0] < 40                                   # the batch did grow
+    assert passes[0] == 8 and max(passes) == 40                # g(0) = 0.2·40, then all rows
