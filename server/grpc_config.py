@@ -55,6 +55,11 @@ class GrpcExecutorConfig(ExecutorConfig):
     max_message_mb: PositiveFloat = Field(1024.0, description="largest message accepted (MiB)")
     max_buffered_results: PositiveInt = Field(
         4, description="client results held undecoded-into-the-sum at once (memory bound)")
+    upload_grace_s: PositiveFloat = Field(
+        30.0, description="seconds an upload may take before min_upload_kib_s applies")
+    min_upload_kib_s: PositiveFloat = Field(
+        64.0, description="slowest upload kept (KiB/s, averaged from its start after "
+                          "upload_grace_s): a stalled upload cannot hold a result place")
     shutdown_grace_s: PositiveFloat = Field(
         10.0, description="seconds clients get to hear the shutdown before the server stops")
     realtime: Bool = Field(False, description="asynchronous algorithms on the client processes "

@@ -177,7 +177,9 @@ class GrpcExecutor:
                                   num_classes=int(dataset.num_classes or 0),
                                   program=M.describe(trainer.program),
                                   heartbeat_s=ex["heartbeat_s"], chunk_bytes=ex["chunk_bytes"],
-                                  limits=limits, max_buffered=ex["max_buffered_results"])
+                                  limits=limits, max_buffered=ex["max_buffered_results"],
+                                  upload_grace_s=ex["upload_grace_s"],
+                                  min_upload_rate=ex["min_upload_kib_s"] * 1024.0)
         host = ex["address"].rpartition(":")[0].strip("[]")
         if not ex["tls"] and host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("executor.tls is not set and executor.address %s is not loopback: tokens "

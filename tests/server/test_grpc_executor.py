@@ -100,7 +100,7 @@ def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(loca
     executor run on those jobs alone."""
     tokens = write_tokens(tmp_path / "tokens.txt", 2)
     cfg = load_config(grpc_config(tmp_path / "tokens.txt", free_port(), max_retries=0,
-                                  **timeouts))
+                                  min_upload_kib_s=32.0, upload_grace_s=20.0, **timeouts))
     evens = np.arange(0, 24, 2)
     threads = _start_clients(cfg, tokens[:1], [evens])
     dead = Raw(int(cfg["executor"]["address"].rsplit(":")[1]), tokens[1])
@@ -126,6 +126,8 @@ def test_a_silent_client_is_a_straggler_dropped_and_its_late_answer_refused(loca
     ex = GrpcExecutor.from_config(cfg, local_sim.data, local_sim.trainer)
     # the normal start is INFO, not a WARNING (fedopt serve shows server.grpc's INFO lines)
     assert [r.levelno for r in caplog.records if "listening on" in r.message] == [logging.INFO]
+    c = ex.coordinator
+    assert (c.upload_grace_s, c.min_upload_rate) == (20.0, 32.0 * 1024)   # the config's keys
     try:
         ids = np.array([0, 1, 2, 3, 4, 6])
         w = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 1.0])
