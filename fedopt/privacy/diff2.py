@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from fedopt.engine.program import Batch, ClipUpdateNorm, OracleContext
-from fedopt.privacy.postprocess import STREAM_DP_DIFF2, keyed_gaussian
+from fedopt.privacy.postprocess import keyed_gaussian
+from fedopt.rng import STREAM_DP_DIFF2
 
 Params = dict[str, Tensor]
 

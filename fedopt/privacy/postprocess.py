@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from fedopt.engine.program import UpdateInfo
-from fedopt.rng import STREAM_DP_CLIENT, STREAM_DP_CENTRAL, STREAM_DP_DIFF2, keyed_normal
+from fedopt.rng import STREAM_DP_CENTRAL, STREAM_DP_CLIENT, keyed_normal
 
 Params = dict[str, Tensor]
 

@@ -13,7 +13,8 @@ from fedopt.config import validate
 from fedopt.engine.contract import SharedStart
 from fedopt.privacy import accounting
 from fedopt.privacy.diff2 import pair_start
-from fedopt.privacy.postprocess import STREAM_DP_DIFF2, keyed_gaussian
+from fedopt.privacy.postprocess import keyed_gaussian
+from fedopt.rng import STREAM_DP_DIFF2
 from fedopt.schema import ConfigError
 from fedopt.simulation import Simulation
 
