@@ -372,7 +372,7 @@ def test_a_stalled_upload_is_cancelled_and_frees_its_place(tmp_path):
         took = time.monotonic() - t0
         release.set()
         th.join(10)
-        assert ack.ok and took < 5.0, took
+        assert ack.ok and took < 10.0, took          # before: refused busy after 30 s
         assert outcome["code"] in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
         assert c.refused.get("too slow") == 1
     finally:
@@ -494,7 +494,7 @@ def test_a_second_process_on_a_live_token_is_refused_not_swapped_in(tmp_path):
             second.register()
         assert e.value.code == 2 and "executor.tokens" in str(e.value)
         assert "in use by another live client process" in str(e.value)
-        assert time.monotonic() - t0 < 5.0
+        assert time.monotonic() - t0 < 10.0          # one wait of ~2 s, then the error
         assert c.slots[0].session == wa and c.slots[0].registrations == 2
         stop.set()
         th.join(5)
@@ -527,12 +527,26 @@ def test_a_task_cancelled_while_training_is_not_sent(tmp_path):
         t = _task(c, 0, [0])
         task = a.poll(client.welcome.session)
 
+        refusals = []
+        call = client._call
+
+        def recording_call(name, msg, expect, timeout):
+            out = call(name, msg, expect, timeout)
+            if name == "Heartbeat" and not out.ok:
+                refusals.append(out.reason)
+            return out
+        client._call = recording_call
+
         def run_task(msg):                  # training, during which the round times out
             c.cancel(t)
-            time.sleep(0.5)                 # several heartbeats
+            deadline = time.monotonic() + 20.0
+            while not refusals and time.monotonic() < deadline:   # a heartbeat hears it
+                time.sleep(0.05)
+            time.sleep(0.2)
             return _result(client.welcome, msg)
         client.run_task = run_task
         assert client.work(task) is None
+        assert refusals and refusals[0] == "task no longer wanted"
         assert c.refused == {} and t.state == "cancelled"   # nothing was uploaded
         t2 = _task(c, 0, [0])                               # a wanted task is still sent
         client.run_task = lambda msg: _result(client.welcome, msg)
