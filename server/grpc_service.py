@@ -125,15 +125,17 @@ class ServerTask:
 
 
 class UploadWatch:
-    """The deadline of one upload: ``start + grace_s + received / min_rate`` (monotonic s).
+    """The deadline of one upload (monotonic s): ``start + grace_s + received / min_rate`` (the
+    average rate), and at most ``grace_s + last / min_rate`` after the last frame of ``last``
+    bytes (no long stall after a fast burst: the next frame, of about that size, must follow).
     :meth:`arrived` counts a frame's bytes and says whether the upload is still on time; a
     watchdog thread calls ``on_late()`` (the handler's ``context.cancel``) when the deadline
     passes with no frame arriving (a stall: the handler is blocked reading the next frame)."""
 
     def __init__(self, grace_s: float, min_rate: float, on_late: Any):
-        self.start = time.monotonic()
+        self.start = self.last_at = time.monotonic()
         self.grace_s, self.min_rate, self.on_late = grace_s, min_rate, on_late
-        self.received = 0
+        self.received = self.last = 0
         self.late = self.counted = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True,
@@ -141,13 +143,16 @@ class UploadWatch:
         self._thread.start()
 
     def deadline(self) -> float:
-        return self.start + self.grace_s + self.received / self.min_rate
+        return min(self.start + self.grace_s + self.received / self.min_rate,
+                   self.last_at + self.grace_s + self.last / self.min_rate)
 
     def arrived(self, nbytes: int) -> bool:
         """Count ``nbytes`` received; False when the upload is already behind its deadline."""
-        if time.monotonic() > self.deadline():
+        now = time.monotonic()
+        if now > self.deadline():
             self.late = True
         self.received += nbytes
+        self.last, self.last_at = nbytes, now
         return not self.late
 
     def _watch(self) -> None:

@@ -380,6 +380,41 @@ def test_a_stalled_upload_is_cancelled_and_frees_its_place(tmp_path):
         server.stop(0)
 
 
+def test_a_stall_after_a_fast_burst_is_cancelled_soon(tmp_path):
+    """The average-rate deadline alone let a client send a burst fast and then stall for
+    burst / min_rate seconds (up to max_message_mb / min_rate: hours) while holding a place.
+    After a frame of n bytes the next must follow within grace_s + n / min_rate."""
+    import threading
+    import time
+
+    tokens = write_tokens(tmp_path / "tokens.txt", 1)
+    c = Coordinator(tokens, config={}, counts=COUNTS, num_classes=2, program="P",
+                    max_buffered=1, upload_grace_s=1.0, min_upload_rate=1e9)
+    server, port = start_server(c, "127.0.0.1:0", None, 1 << 16)
+    a = Raw(port, tokens[0])
+    release = threading.Event()
+    try:
+        wa = a.register([0], COUNTS[[0]])
+        _task(c, 0, [0])
+        task = a.poll(wa.session)
+        frames = list(split(M.pack_parts(_result(wa, task)), 16))
+        c.min_upload_rate = sum(len(f) for f in frames) / 10.0   # the average allows ~11 s
+        sent = {}
+
+        def burst_then_stall():
+            yield from frames[:-1]
+            sent["at"] = time.monotonic()
+            release.wait(60)
+        with pytest.raises(grpc.RpcError):
+            a.submit_frames(burst_then_stall())
+        assert time.monotonic() - sent["at"] < 5.0         # ~1 s, not ~10 s
+        assert c.refused.get("too slow") == 1
+    finally:
+        release.set()
+        a.close()
+        server.stop(0)
+
+
 def test_a_trickling_upload_is_cancelled_as_frames_arrive(tmp_path):
     """Frames that keep coming, but slower than the minimum rate, are cut off at the frame that
     arrives late (DEADLINE_EXCEEDED with the measured rate); nothing is counted."""
