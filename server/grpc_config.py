@@ -59,7 +59,8 @@ class GrpcExecutorConfig(ExecutorConfig):
         30.0, description="seconds an upload may take before min_upload_kib_s applies")
     min_upload_kib_s: PositiveFloat = Field(
         64.0, description="slowest upload kept (KiB/s, averaged from its start after "
-                          "upload_grace_s): a stalled upload cannot hold a result place")
+                          "upload_grace_s; each frame within upload_grace_s + its size at "
+                          "this rate): a stalled upload cannot hold a result place")
     shutdown_grace_s: PositiveFloat = Field(
         10.0, description="seconds clients get to hear the shutdown before the server stops")
     realtime: Bool = Field(False, description="asynchronous algorithms on the client processes "

@@ -28,8 +28,10 @@ gRPC's generic handlers (no generated code) and is driven by the executor
   frames, then is answered ``RESOURCE_EXHAUSTED`` "coordinator busy": the client submits the
   same answer again later) and at most ``2 max_buffered`` tasks stream out at once: bounded
   memory. An upload must keep up a minimum rate: by ``t`` seconds after it began it must have
-  sent ``(t - upload_grace_s) min_upload_rate`` bytes, else it is cancelled (a stalled or
-  trickling upload cannot hold an upload place for ever and block every other client).
+  sent ``(t - upload_grace_s) min_upload_rate`` bytes, and a frame of ``n`` bytes must follow
+  the previous one within ``upload_grace_s + n / min_upload_rate``, else it is cancelled (a
+  stalled or trickling upload cannot hold an upload place for ever and block every other
+  client).
 * **Liveness.** Every call, every frame of a download or upload and every second of a held
   poll refresh the slot's last contact; clients heartbeat while they train. A registered slot
   silent for 3 heartbeats (:meth:`silent`) died or lost its network: the executor makes its
