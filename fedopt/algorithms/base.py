@@ -88,6 +88,29 @@ class Algorithm(Protocol):
                   ) -> tuple[ServerState, dict[str, Any]]: ...
 
 
+
+class WrapsBase:
+    """For an algorithm built around another (``self.base``, e.g. a :class:`FedAvg`): the run
+    reads the wrapped algorithm's client count, seed and server optimizer, and the server state
+    starts as the base's (DP-FedAvg, DIFF2)."""
+
+    base: Any
+
+    @property
+    def num_clients(self) -> int:
+        return self.base.num_clients
+
+    @property
+    def seed(self) -> int:
+        return self.base.seed
+
+    @property
+    def server_optimizer(self) -> Any:
+        return self.base.server_optimizer
+
+    def init(self, params: Params) -> ServerState:
+        return self.base.init(params)
+
 @dataclass(frozen=True)
 class Requirement:
     """A server-optimizer setting that an algorithm's name fixes: ``ok(value)`` must hold for

@@ -20,13 +20,12 @@ the restart share ρ); every round's statistics carry ``epsilon_spent``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from fedopt.algorithms.base import AlgorithmSpec, Params, ServerState
+from fedopt.algorithms.base import AlgorithmSpec, ServerState, WrapsBase
 from fedopt.algorithms.fedavg import FedAvg
 from fedopt.algorithms.server_opt import ServerOptimizer
 from fedopt.engine.contract import Executor, SharedStart
@@ -38,7 +37,7 @@ from fedopt.schema import ConfigError
 STATE_KEY = "diff2"
 
 
-class DIFF2:
+class DIFF2(WrapsBase):
     """DIFF2-GD's server (module docstring). ``restart_period`` T; ``clip``/``clip_diff``
     C1/C2 (None: no clipping, only without noise); ``z1``/``z2`` the noise multipliers;
     ``delta``/``accountant`` for ``epsilon_spent``. ValueError naming the field otherwise."""
@@ -58,21 +57,6 @@ class DIFF2:
         self.delta = float(delta)
         self.accountant = accountant
         self.client_optimizer = make_optimizer("sgd", lr=1.0)
-
-    @property
-    def num_clients(self) -> int:
-        return self.base.num_clients
-
-    @property
-    def seed(self) -> int:
-        return self.base.seed
-
-    @property
-    def server_optimizer(self) -> ServerOptimizer:
-        return self.base.server_optimizer
-
-    def init(self, params: Params) -> ServerState:
-        return self.base.init(params)
 
     def local_program(self) -> LocalProgram:
         """Clients compute the DIFF2 message (one full-batch step of SGD with lr 1)."""

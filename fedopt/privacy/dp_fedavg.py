@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedopt.algorithms.base import Params, ServerState
+from fedopt.algorithms.base import ServerState, WrapsBase
 from fedopt.algorithms.fedavg import FedAvg, dropped_stats, local_loss
 from fedopt.engine.contract import Executor
 from fedopt.engine.program import ClipUpdateNorm, LocalProgram
@@ -45,7 +45,7 @@ NOISE_PLACES = ("central", "local")
 NOISE_KEY = "dp_noise_multiplier"
 
 
-class DPFedAvg:
+class DPFedAvg(WrapsBase):
     """A :class:`~fedopt.algorithms.fedavg.FedAvg` algorithm made user-level private (module
     docstring). ``clip``: C > 0, or None (no clipping: only with ``noise_multiplier`` 0, the
     exact reduction to FedAvg with uniform weights); ``clip_per_layer``: C split equally over
@@ -78,26 +78,10 @@ class DPFedAvg:
         self.m = base.clients_per_round
         self.sampling_rate = self.m / base.num_clients
 
-    # the wrapped algorithm's facts (the run reads these)
-    @property
-    def num_clients(self) -> int:
-        return self.base.num_clients
-
-    @property
-    def seed(self) -> int:
-        return self.base.seed
-
-    @property
-    def server_optimizer(self) -> Any:
-        return self.base.server_optimizer
-
     @property
     def aggregate_std(self) -> float:
         """σC/m: the standard deviation of the noise on each coordinate of Δ̃_t."""
         return 0.0 if self.clip is None else self.noise_multiplier * self.clip / self.m
-
-    def init(self, params: Params) -> ServerState:
-        return self.base.init(params)
 
     def local_program(self) -> LocalProgram:
         """The wrapped algorithm's program with ``clip`` (then, for local noise, the client's
