@@ -6,7 +6,7 @@ against ADOM+ (multi-consensus), D-SGD and asynchronous gossip SGD on ridge regr
 Every (n, graph, algorithm, seed) runs on the virtual clock through :class:`fedopt.simulation.
 Simulation` (the same code as ``fedopt run``), stepping one time unit at a time until the
 suboptimality reaches the target or the time budget ends. Data: ``data.name: regression``
-(heterogeneity 1, 40 rows a node), linear model, ``model.l2 = 0.1``; graphs: ring, complete and
+(heterogeneity 1, 50 rows a node), linear model, ``model.l2 = 0.1``; graphs: ring, complete and
 a random geometric graph (radius 2·√(log n / n), keyed by the seed). The baselines use the step
 1/L with the data's L (the largest stable constant step); with a constant step D-SGD and gossip
 converge only to a neighbourhood of x*, so they may never reach the target (they run for
