@@ -92,3 +92,34 @@ def test_cli_block_runs_in_order(reader_dir):
     rounds = [json.loads(r)["round"] for r in rows]
     assert rounds == list(range(1, 101))
     assert list((reader_dir / "runs/q/plots").glob("*.png"))
+
+
+def test_layout_names_every_top_level_module():
+    """The Layout block lists what is really there: every file it names exists, and every
+    top-level module or subpackage of the five package folders is named (as ``name.py``,
+    ``name/`` or by a pattern such as ``grpc_*.py``)."""
+    import fnmatch
+
+    block = README.split("## Layout", 1)[1].split("```", 2)[1]
+    patterns = set(re.findall(r"[\w*]+\.py", block))
+    dirs = set(re.findall(r"(\w+)/", block))
+    missing = []
+    for folder in ("fedopt", "server", "client", "protocols", "simulations"):
+        for entry in sorted((REPO / folder).iterdir()):
+            name = entry.name
+            if name.startswith(("_", ".")) or name == "py.typed":
+                continue
+            if entry.is_dir():
+                if not any(entry.rglob("*.py")) and name != "configs":
+                    continue
+                if name not in dirs:
+                    missing.append(f"{folder}/{name}/")
+            elif entry.suffix == ".py":
+                if not any(fnmatch.fnmatch(name, pat) for pat in patterns):
+                    missing.append(f"{folder}/{name}")
+    assert not missing, f"README's Layout does not mention {missing}"
+    for pat in patterns - {"*.py"}:
+        if "*" not in pat:
+            hits = [q for folder in ("fedopt", "server", "client", "protocols", "simulations")
+                    for q in (REPO / folder).rglob(pat)]
+            assert hits, f"README's Layout names {pat}, which is not in the repository"
