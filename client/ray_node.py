@@ -42,8 +42,9 @@ class NodeAborted(RuntimeError):
 class NodeShard:
     """Owns nodes ``owner == shard`` of a bound decentralized algorithm (module docstring).
 
-    ``alg``: the bound :class:`~fedopt.decentralized.engine.NodeAlgorithm` (its objective holds
-    the nodes' rows); ``owner``: int64 ``[n]`` shard of every node; ``rows``: this shard's node
+    ``alg``: the bound :class:`~fedopt.decentralized.engine.NodeAlgorithm`, its objective
+    restricted to this shard's nodes (:func:`fedopt.server.ray_nodes.shard_algorithm`: only
+    their rows); ``owner``: int64 ``[n]`` shard of every node; ``rows``: this shard's node
     states ``{key: [m, ...]}`` (``m`` own nodes, in node order)."""
 
     def __init__(self, alg: Any, shard: int, owner: np.ndarray, rows: dict[str, np.ndarray],
@@ -79,6 +80,10 @@ class NodeShard:
 
     def ping(self) -> int:
         return self.shard
+
+    def held_rows(self) -> int:
+        """Train rows of the data this actor holds (its objective's)."""
+        return int(self.alg.objective.x.shape[0])
 
     # -- messages ------------------------------------------------------------------------------
     def deliver(self, k: int, node: int, state: dict[str, np.ndarray]) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fedopt.protocols.ray_messages import Arrays, ShardResult, to_arrays, to_tensors
-from fedopt.client.shard import data_fingerprint, shard_dataset
+from fedopt.client.shard import data_fingerprint, release_freed_memory, shard_dataset
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.engine.contract import SharedStart
 from fedopt.engine.executor import VectorizedExecutor
@@ -99,21 +99,27 @@ class ShardWorker:
         self._held = np.zeros(full.num_clients, dtype=bool)
         self._held[np.asarray(shard_ids, dtype=np.int64)] = True
         self.data_rebuilds = 0
+        shard = self._cut(full)
+        del full                    # the whole data set is not kept: only the shard's rows
+        release_freed_memory()
 
         model = build_model(spec.model if spec.model is not None else cfg["model"],
-                            tuple(full.feature_shape), full.num_classes, seed=self.seed,
+                            tuple(shard.feature_shape), shard.num_classes, seed=self.seed,
                             device=self.device, dtype=self.dtype)
         self.trainer = spec.trainer_class(FunctionalModel(model), spec.optimizer,
                                           spec.program, seed=spec.trainer_seed)
-        self.executor = self._make_executor(full, cfg["executor"]["chunk_size"])
+        self.executor = self._make_executor(shard, cfg["executor"]["chunk_size"])
 
     # -- data ---------------------------------------------------------------------------------
     def _build_full(self) -> FederatedDataset:
         """The whole federated data set, built from the config on this worker (CPU, run dtype)."""
         return build_dataset(self.spec.config["data"], seed=self.seed).to("cpu", dtype=self.dtype)
 
-    def _make_executor(self, full: FederatedDataset, chunk_size: int | None) -> VectorizedExecutor:
-        shard = shard_dataset(full, np.flatnonzero(self._held)).to(self.device)
+    def _cut(self, full: FederatedDataset) -> FederatedDataset:
+        """The train rows of the held clients (a copy; no test rows), on the worker's device."""
+        return shard_dataset(full, np.flatnonzero(self._held)).to(self.device)
+
+    def _make_executor(self, shard: FederatedDataset, chunk_size: int | None) -> VectorizedExecutor:
         client = self.spec.config["client"]
         return VectorizedExecutor(shard, self.trainer, batch_size=client["batch_size"],
                                   local_steps=client["local_steps"],
@@ -130,7 +136,9 @@ class ShardWorker:
         if missing.size == 0:
             return 0
         self._held[missing] = True
-        self.executor = self._make_executor(self._build_full(), self.executor.chunk_size)
+        shard = self._cut(self._build_full())       # the rebuilt whole set is freed here
+        release_freed_memory()
+        self.executor = self._make_executor(shard, self.executor.chunk_size)
         self.data_rebuilds += 1
         return int(np.unique(missing).size)
 
@@ -156,6 +164,35 @@ class ShardWorker:
 
     def ping(self) -> float:
         return time.time()
+
+    def memory(self) -> dict[str, Any]:
+        """What this worker holds, in bytes: ``rows`` / ``test_rows`` of its data set (its
+        shard: the held clients' train rows, no test rows — evaluation runs on the
+        coordinator), ``data_bytes`` (that data set's tensors), ``tensor_bytes`` (every live
+        tensor storage of the process, each counted once: data, model, buffers — a stray copy
+        of the whole data set would show here), and the process's ``rss`` / ``uss`` (resident
+        and unique set sizes; None where psutil is missing)."""
+        import gc
+
+        data = self.executor.data
+        tensors = (data.x, data.y, data.offsets, data.x_test, data.y_test, data.client_test)
+        gc.collect()
+        storages: dict[int, int] = {}
+        for obj in gc.get_objects():
+            if (issubclass(type(obj), torch.Tensor) and obj.layout is torch.strided
+                    and obj.device.type != "meta"):
+                st = obj.untyped_storage()
+                storages[st.data_ptr()] = st.nbytes()
+        try:
+            import psutil
+
+            mem = psutil.Process(os.getpid()).memory_full_info()
+            rss, uss = int(mem.rss), int(mem.uss)
+        except ImportError:
+            rss = uss = None
+        return {"rows": int(data.x.shape[0]), "test_rows": int(data.x_test.shape[0]),
+                "data_bytes": sum(t.numel() * t.element_size() for t in tensors),
+                "tensor_bytes": sum(storages.values()), "rss": rss, "uss": uss}
 
     def run_jobs(self, starts: Arrays, rows: np.ndarray | None, client_ids: np.ndarray,
                  keys: np.ndarray, weights: np.ndarray,

