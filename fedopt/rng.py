@@ -83,6 +83,73 @@ def keyed_normal(seed: int, *coords: int | np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
+# -- the same draws computed by torch on any device (the plan and probes of a GPU run are made
+# where they are used): int64 arithmetic wraps like uint64, and >> on int64 is made logical by
+# masking, so every bit equals keyed_bits's (tests/test_rng_torch.py)
+def _signed(u: np.uint64) -> int:
+    return int(u) - (1 << 64) if int(u) >= 1 << 63 else int(u)
+
+
+_T_GOLDEN, _T_M1, _T_M2 = _signed(_GOLDEN), _signed(_M1), _signed(_M2)
+
+
+def shr_logical(z: "torch.Tensor", s: int) -> "torch.Tensor":
+    """Logical right shift of int64 bit patterns (as on uint64)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix_t(z: "torch.Tensor") -> "torch.Tensor":
+    z = (z ^ shr_logical(z, 30)) * _T_M1
+    z = (z ^ shr_logical(z, 27)) * _T_M2
+    return z ^ shr_logical(z, 31)
+
+
+def keyed_bits_torch(seed: int, *coords: "int | torch.Tensor", device=None) -> "torch.Tensor":
+    """:func:`keyed_bits` as an int64 tensor of the same 64 bits (two's complement), computed
+    on ``device`` (default: the first tensor coordinate's, else CPU); coordinates are ints or
+    integer tensors, broadcast together. Raises ValueError for a floating coordinate."""
+    import torch
+
+    if device is None:
+        device = next((c.device for c in coords if isinstance(c, torch.Tensor)), "cpu")
+    h = _mix_t(torch.tensor(_signed(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)), dtype=torch.int64,
+                            device=device) + _T_GOLDEN)
+    for c in coords:
+        if isinstance(c, torch.Tensor):
+            if c.is_floating_point() or c.is_complex():
+                raise ValueError(f"keyed_bits_torch: integer coordinates expected, got {c.dtype}")
+            c = c.to(device=device, dtype=torch.int64)
+        else:
+            c = torch.tensor(int(c), dtype=torch.int64, device=device)
+        h = _mix_t(h ^ ((c + _T_GOLDEN) + (h << 6) + shr_logical(h, 2)))
+    return h
+
+
+def keyed_rademacher_torch(seed: int, *coords: "int | torch.Tensor", device=None,
+                           dtype=None) -> "torch.Tensor":
+    """The Rademacher probes ``where(keyed_uniform(...) < 0.5, -1, 1)`` bit for bit, on
+    ``device``: the uniform is below one half exactly when the top random bit is 0."""
+    import torch
+
+    bits = keyed_bits_torch(seed, *coords, device=device)     # top bit = the int64 sign bit
+    return torch.where(bits >= 0, -1.0, 1.0).to(dtype or torch.float64)
+
+
+def keyed_normal_torch(seed: int, *coords: "int | torch.Tensor", device=None) -> "torch.Tensor":
+    """:func:`keyed_normal` in float64 on ``device``: the uniforms are bit for bit those of
+    :func:`keyed_uniform`; log1p, sqrt and cos are the device's (equal to numpy's within an ulp
+    or two, not bit for bit)."""
+    import math
+
+    import torch
+
+    def uniform(*c):
+        return shr_logical(keyed_bits_torch(seed, *c, device=device), 11).double() * (1.0 / (1 << 53))
+
+    u1, u2 = uniform(*coords, 0), uniform(*coords, 1)
+    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * math.pi * u2)
+
+
 def round_generator(seed: int, stream: int, round_idx: int) -> np.random.Generator:
     """A numpy Generator for one (stream, round): e.g. which clients are sampled in a round."""
     return np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32, stream, round_idx])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fedopt.memory import available_memory_bytes
-from fedopt.rng import STREAM_BATCHES, keyed_bits
+from fedopt.rng import STREAM_BATCHES, keyed_bits, keyed_bits_torch, shr_logical
 
 
 @dataclass
@@ -112,14 +112,33 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
     C, B = len(client_ids), int(batch_size)
     K = int(steps.max()) if C else 0
     need = plan_bytes(K, C, B)
-    if need > _free_memory():
+    if need > _free_memory(torch.device(device)):
         raise ValueError(f"client.batch_size: a minibatch plan of {K} local steps x {C} clients "
                          f"x batch {B} needs {need / 2**30:.1f} GiB, more than the free memory; "
                          f"lower client.batch_size (above the largest client's rows it only "
                          f"pads, see capped_batch_size), the local steps or executor.chunk_size")
     per_epoch = -(-n // B)                                     # s_i
     epochs = np.maximum(-(-steps // per_epoch), 1)             # epochs each client starts
+    make = _plan_numpy if torch.device(device).type == "cpu" else _plan_torch
+    rows, weight, active = make(seed, round_idx if per_client_key else int(round_idx),
+                                client_ids, offsets[client_ids].astype(np.int64), n, per_epoch,
+                                epochs, steps.astype(np.int64), K, B, torch.device(device))
+    return BatchPlan(
+        rows=rows, weight=weight.to(dtype), active=active,
+        steps=torch.from_numpy(steps.astype(np.int64)).to(device),
+        source=PlanSource(seed=int(seed), keys=round_idx, client_ids=client_ids,
+                          first_row=offsets[client_ids].astype(np.int64), counts=n,
+                          batch_size=B, steps=steps.astype(np.int64)),
+    )
 
+
+def _plan_numpy(seed: int, key: int | np.ndarray, client_ids: np.ndarray, first_row: np.ndarray,
+                n: np.ndarray, per_epoch: np.ndarray, epochs: np.ndarray, steps: np.ndarray,
+                K: int, B: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plan's ``rows`` [K, C, B], 0/1 ``weight`` (float64) and ``active`` [K, C] made with
+    numpy on the host and copied to ``device`` (the CPU path of :func:`plan_batches`)."""
+    C = len(client_ids)
     # One flat permutation segment of length n_i per (client, epoch), sorted by random keys.
     seg_client = np.repeat(np.arange(C), epochs)
     seg_epoch = np.arange(len(seg_client)) - np.repeat(np.cumsum(epochs) - epochs, epochs)
@@ -128,8 +147,8 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
     total = int(seg_len.sum())
     seg_of = np.repeat(np.arange(len(seg_len)), seg_len)
     within = np.arange(total) - seg_start[seg_of]
-    key = round_idx[seg_client][seg_of] if per_client_key else round_idx
-    bits = keyed_bits(seed, STREAM_BATCHES, key, client_ids[seg_client][seg_of],
+    seg_key = key[seg_client][seg_of] if np.ndim(key) > 0 else key
+    bits = keyed_bits(seed, STREAM_BATCHES, seg_key, client_ids[seg_client][seg_of],
                       seg_epoch[seg_of], within)
     # sort by (segment, top 32 random bits) as one exact integer key; stable, so the rare equal
     # keys keep their within-segment order: the permutation never depends on the chunk
@@ -146,17 +165,54 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
     active = k < steps[None, :]
     seg = first_seg[None, :] + np.minimum(epoch, epochs[None, :] - 1)
     flat = seg_start[seg][..., None] + np.minimum(pos, n[None, :, None] - 1)
-    rows = offsets[client_ids][None, :, None] + perm[flat]
+    rows = first_row[None, :, None] + perm[flat]
     weight = (valid & active[..., None]).astype(np.float64)
-    return BatchPlan(
-        rows=torch.from_numpy(rows).to(device),
-        weight=torch.from_numpy(weight).to(device=device, dtype=dtype),
-        active=torch.from_numpy(active).to(device),
-        steps=torch.from_numpy(steps.astype(np.int64)).to(device),
-        source=PlanSource(seed=int(seed), keys=round_idx, client_ids=client_ids,
-                          first_row=offsets[client_ids].astype(np.int64), counts=n,
-                          batch_size=B, steps=steps.astype(np.int64)),
-    )
+    return (torch.from_numpy(rows).to(device), torch.from_numpy(weight).to(device),
+            torch.from_numpy(active).to(device))
+
+
+def _plan_torch(seed: int, key: int | np.ndarray, client_ids: np.ndarray, first_row: np.ndarray,
+                n: np.ndarray, per_epoch: np.ndarray, epochs: np.ndarray, steps: np.ndarray,
+                K: int, B: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_plan_numpy`'s arrays computed by torch on ``device`` (a GPU run's plan is made
+    where it is used: only the C-sized inputs cross the bus). Every step is the numpy path's in
+    exact integer arithmetic (:func:`fedopt.rng.keyed_bits_torch`, a stable sort of the same
+    composite keys), so the plan is the same bit for bit; sizes known on the host are passed
+    as ``output_size`` so that nothing waits for the device."""
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+
+    C = len(client_ids)
+    n_t, ep_t, pe_t, steps_t = t(n), t(epochs), t(per_epoch), t(steps)
+    num_seg, total = int(epochs.sum()), int((n * epochs).sum())
+    seg_client = torch.repeat_interleave(torch.arange(C, device=device), ep_t,
+                                         output_size=num_seg)
+    first_seg = torch.cumsum(ep_t, 0) - ep_t                   # segment index of epoch 0
+    seg_epoch = (torch.arange(num_seg, device=device)
+                 - torch.repeat_interleave(first_seg, ep_t, output_size=num_seg))
+    seg_len = n_t[seg_client]
+    seg_start = torch.cumsum(seg_len, 0) - seg_len
+    seg_of = torch.repeat_interleave(torch.arange(num_seg, device=device), seg_len,
+                                     output_size=total)
+    within = torch.arange(total, device=device) - seg_start[seg_of]
+    seg_key = t(key)[seg_client][seg_of] if np.ndim(key) > 0 else int(key)
+    bits = keyed_bits_torch(seed, STREAM_BATCHES, seg_key, t(client_ids)[seg_client][seg_of],
+                            seg_epoch[seg_of], within, device=device)
+    composite = (seg_of << 32) | shr_logical(bits, 32)         # < 2^63: signed order = unsigned
+    perm = within[torch.sort(composite, stable=True).indices]
+
+    k = torch.arange(K, device=device)[:, None]
+    epoch = k // pe_t[None, :]
+    batch = k % pe_t[None, :]
+    pos = batch[..., None] * B + torch.arange(B, device=device)[None, None, :]
+    valid = pos < n_t[None, :, None]
+    active = k < steps_t[None, :]
+    seg = first_seg[None, :] + torch.minimum(epoch, ep_t[None, :] - 1)
+    flat = seg_start[seg][..., None] + torch.minimum(pos, n_t[None, :, None] - 1)
+    rows = t(first_row)[None, :, None] + perm[flat]
+    weight = (valid & active[..., None]).to(torch.float64)
+    return rows, weight, active
 
 
 @dataclass(frozen=True)
@@ -276,5 +332,6 @@ class BatchStream:
                 torch.from_numpy(weight).to(device=self.device, dtype=self.dtype), take)
 
 
-def _free_memory() -> int:
-    return available_memory_bytes(torch.device("cpu"))
+def _free_memory(device: torch.device) -> int:
+    """Free bytes where the plan is built: the host's for the numpy path, else the device's."""
+    return available_memory_bytes(device if device.type != "cpu" else torch.device("cpu"))

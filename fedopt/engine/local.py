@@ -27,7 +27,8 @@ from fedopt.engine.batches import BatchPlan
 from fedopt.engine.program import (Batch, LocalProgram, PerSample, StepKeys, UpdateInfo,
                                    cross_entropy)
 from fedopt.optim.core import FunctionalOptimizer, masked_select
-from fedopt.rng import STREAM_PROBES, keyed_normal, keyed_uniform
+from fedopt.rng import (STREAM_PROBES, keyed_normal, keyed_normal_torch, keyed_rademacher_torch,
+                        keyed_uniform)
 from fedopt.tree import take_rows
 
 Params = dict[str, Tensor]
@@ -167,16 +168,25 @@ class LocalTrainer:
         num = int(getattr(opt, "num_samples", 1))
         dist = getattr(opt, "hessian_distribution", "rademacher")
         probes = []
+        on_host = next(iter(y.values())).device.type == "cpu"
         for s in range(num):
             z = {}
             for j, (name, v) in enumerate(y.items()):
                 key = round_idx[:, None] if np.ndim(round_idx) > 0 else round_idx
                 coords = (key, client_ids[:, None], step, s, j, np.arange(v[0].numel())[None, :])
-                if dist == "gaussian":
-                    r = keyed_normal(self.seed, STREAM_PROBES, *coords)
-                else:
-                    r = np.where(keyed_uniform(self.seed, STREAM_PROBES, *coords) < 0.5, -1.0, 1.0)
-                z[name] = torch.from_numpy(r).to(v).view_as(v)
+                if on_host:
+                    if dist == "gaussian":
+                        r = keyed_normal(self.seed, STREAM_PROBES, *coords)
+                    else:
+                        r = np.where(keyed_uniform(self.seed, STREAM_PROBES, *coords) < 0.5,
+                                     -1.0, 1.0)
+                    z[name] = torch.from_numpy(r).to(v).view_as(v)
+                else:   # drawn where they are used: Rademacher bit for bit, Gaussian to an ulp
+                    dev = [torch.as_tensor(c, device=v.device) if isinstance(c, np.ndarray)
+                           else c for c in coords]
+                    draw = keyed_normal_torch if dist == "gaussian" else keyed_rademacher_torch
+                    z[name] = draw(self.seed, STREAM_PROBES, *dev, device=v.device
+                                   ).to(v.dtype).view_as(v)
             probes.append(z)
         loss, loss_fn = self.fmodel.loss, self._loss_fn
 

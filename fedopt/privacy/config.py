@@ -91,12 +91,12 @@ def resolve_privacy(config: dict[str, Any], num_clients: int | None) -> dict[str
     ``algorithm.rounds``. ``num_clients`` None (not known before the data, e.g. LEAF): dp_fedavg
     is left for the run; diff2 (q = 1) is calibrated all the same.
     ConfigError naming the field for a section that does not fit the run."""
-    from fedopt.privacy import accounting
-
     p = config.get("privacy")
     alg = config["algorithm"]
     if p is None:
         return None
+    from fedopt.privacy import accounting      # dp-accounting: only for runs with privacy
+
     if config.get("on_nonfinite") == "drop":
         raise ConfigError("on_nonfinite: drop renormalises the average over the clients kept, "
                           "which changes the sensitivity the privacy noise is calibrated to; "

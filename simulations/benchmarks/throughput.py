@@ -11,8 +11,11 @@ of the same training are timed in one run, on one machine:
 * centralized — minibatch SGD of the same model on the pooled training rows, batch = m·B (one
                 centralized step processes as many samples as one vectorized local step).
 
-Workloads: ``logreg`` (the quickstart: Synthetic(1,1), 100 clients), ``mlp`` and ``cnn`` (the
-bundled 8x8 digits over 100 clients, the models' default sizes); K = 20 local steps, B = 10.
+Workloads: ``logreg`` (the quickstart: Synthetic(1,1)), ``mlp`` and ``cnn`` (the bundled 8x8
+digits, the models' default sizes), over max(100, m) clients (digits at m = 1,000: 1-2 rows a
+client, so B is capped at 2); K = 20 local steps, B = 10. Above ``--loop-max-clients`` clients
+per round the per-client loop is not timed (minutes a round); ``--profile`` prints
+torch.profiler's top ops of one engine round per row (scripts/gpu-check uses both).
 On a machine shared with other work use ``--threads 1``: torch's default threads spin-wait when
 the cores are oversubscribed (measured 30x slower rounds at load 16 on 2 cores).
 
@@ -246,19 +249,37 @@ def _med(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+def profile_round(sim: Simulation, rows: int = 12) -> str:
+    """torch.profiler's table of one engine round (after a warm-up round), the ``rows`` ops with
+    the most self time on the device (CUDA) or the CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sim.step()
+    cuda = sim.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        sim.step()
+        _sync(sim.device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def bench(workload: str, m: int, window: float, repeats: int, device: str,
-          num_clients: int | None = None) -> dict:
+          num_clients: int | None = None, loop_max_clients: int = 1000,
+          profile: bool = False) -> dict:
     overrides = WORKLOADS[workload] + [f"algorithm.clients_per_round={m}",
                                        f"executor.device={device}"]
     if num_clients is not None:
         overrides.append(f"data.num_clients={num_clients}")
-    elif workload == "logreg":
-        overrides.append(f"data.num_clients={max(100, m)}")
+    else:   # at least one client per sampled client (digits: 1,797 rows, so 1-2 rows each
+        overrides.append(f"data.num_clients={max(100, m)}")     # at 1,000 clients)
     sim = Simulation(load_config(QUICKSTART, overrides))
     dev = sim.device
     row = {"workload": workload, "clients/round": m, "population": sim.data.num_clients}
     if num_clients is not None:     # population scale: the engine only
         runs = interleaved({"vec": Vectorized(sim)}, window, repeats)
+    elif m > loop_max_clients:      # a per-client loop of this many clients takes minutes
+        runs = interleaved({"vec": Vectorized(sim), "cen": Centralized(sim)}, window, repeats)
     else:
         row["max|vec-loop|"] = agreement(sim, 20_000)
         runs = interleaved({"vec": Vectorized(sim), "loop": PlainLoop(sim),
@@ -270,10 +291,14 @@ def bench(workload: str, m: int, window: float, repeats: int, device: str,
     row["vec samples/s"] = _med(rate["vec"])
     if "loop" in runs:
         row["loop samples/s"] = _med(rate["loop"])
-        row["cen samples/s"] = _med(rate["cen"])
         row["vec/loop"] = _med([v / lp for v, lp in zip(rate["vec"], rate["loop"])])
+    if "cen" in runs:
+        row["cen samples/s"] = _med(rate["cen"])
         row["vec/cen"] = _med([v / c for v, c in zip(rate["vec"], rate["cen"])])
     row["peak MB"] = _peak_mb(dev)
+    if profile:
+        print(f"\n### profile of one round: {workload}, {m} clients/round, {dev}\n")
+        print(profile_round(sim), flush=True)
     sim.executor.close()
     return row
 
@@ -308,6 +333,10 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch's default); 1 on an oversubscribed machine")
+    ap.add_argument("--loop-max-clients", type=int, default=1000,
+                    help="time the per-client loop only up to this many clients per round")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print torch.profiler's top ops of one engine round per row")
     ap.add_argument("--scale", type=int, default=0,
                     help="also time the engine on a logreg population of this many clients")
     args = ap.parse_args(argv)
@@ -315,8 +344,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load0 = os.getloadavg()[0]
-    rows = [bench(w, m, args.window, args.repeats, args.device)
-            for w in args.workloads for m in args.clients_per_round]
+    rows = []
+    for w in args.workloads:
+        for m in args.clients_per_round:
+            rows.append(bench(w, m, args.window, args.repeats, args.device,
+                              loop_max_clients=args.loop_max_clients, profile=args.profile))
+            print(table(rows[-1:]), flush=True)     # each row as it is done
     if args.scale:
         rows += [bench("logreg", m, args.window, args.repeats, args.device, args.scale)
                  for m in (100, 1000)]

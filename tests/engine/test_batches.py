@@ -1,8 +1,12 @@
 """The minibatch plan: epochs are permutations, partial last batches, executor independence."""
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fedopt.engine.batches import local_step_counts, plan_batches
+from fedopt.engine.batches import (_plan_numpy, _plan_torch, local_step_counts,
+                                  plan_batches)
 
 
 def _offsets(sizes):
@@ -164,3 +168,25 @@ def test_executor_from_config_caps_the_batch_at_the_largest_client():
     trainer = LocalTrainer(FunctionalModel(build_model({"name": "logreg"}, (5,), 3)),
                            from_config({"name": "sgd", "lr": 0.1}), seed=0)
     assert VectorizedExecutor.from_config(cfg, data, trainer).batch_size == 7
+
+
+# -- the device path of the plan (torch, used on a GPU) equals the host path bit for bit ---------
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(1, 60), min_size=1, max_size=12), batch=st.integers(1, 70),
+       local_steps=st.integers(0, 9), per_client_key=st.booleans(), seed=st.integers(0, 2**40),
+       data=st.data())
+def test_torch_plan_equals_numpy_plan(counts, batch, local_steps, per_client_key, seed, data):
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    C = len(counts)
+    ids = np.asarray(data.draw(st.permutations(range(C))), dtype=np.int64)
+    n = np.diff(offsets)[ids]
+    per_epoch = -(-n // batch)
+    steps = (np.full(C, local_steps, dtype=np.int64) if local_steps
+             else 2 * per_epoch)                               # 0: epochs mode, E = 2
+    epochs = np.maximum(-(-steps // per_epoch), 1)
+    key = (np.asarray(data.draw(st.lists(st.integers(0, 10**6), min_size=C, max_size=C)),
+                      dtype=np.int64) if per_client_key else 3)
+    args = (seed, key, ids, offsets[ids], n, per_epoch, epochs, steps, int(steps.max()), batch,
+            torch.device("cpu"))
+    for a, b in zip(_plan_numpy(*args), _plan_torch(*args)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
