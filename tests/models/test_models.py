@@ -182,3 +182,27 @@ def test_batched_forward_equals_vmap_and_its_gradients_too(spec, shape):
     g2 = torch.autograd.grad((ref * w).sum(), list(params.values()))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("C, B, c_in, H, W, c_out, k, pad", [(3, 4, 1, 8, 8, 6, 5, 2),
+                                                            (2, 3, 4, 4, 4, 8, 3, 1),
+                                                            (5, 2, 3, 7, 5, 2, 1, 0)])
+def test_im2col_convolution_equals_the_grouped_convolution(C, B, c_in, H, W, c_out, k, pad):
+    """The GPU's per-client convolution (unfold + bmm) is the CPU's grouped convolution, in value
+    and in the gradients autograd takes through it (float64, to rounding)."""
+    from fedopt.models import batched
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(C, B, c_in, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C, c_out, c_in, k, k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(C, c_out, generator=g, dtype=torch.float64, requires_grad=True)
+    grouped, unfold = batched.conv2d_same(x, w, b, pad), batched.conv2d_unfold(x, w, b, pad)
+    torch.testing.assert_close(unfold, grouped, rtol=1e-12, atol=1e-12)
+    r = torch.randn(grouped.shape, generator=g, dtype=torch.float64)
+    for a, u in zip(torch.autograd.grad((grouped * r).sum(), [x, w, b]),
+                    torch.autograd.grad((unfold * r).sum(), [x, w, b])):
+        torch.testing.assert_close(u, a, rtol=1e-12, atol=1e-12)
+    # and against an independent per-client loop of torch's own conv2d
+    for c in range(C):
+        ref = torch.nn.functional.conv2d(x[c], w[c], b[c], padding=pad)
+        torch.testing.assert_close(unfold[c], ref, rtol=1e-12, atol=1e-12)
