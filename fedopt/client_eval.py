@@ -47,6 +47,8 @@ LOWER_IS_BETTER = frozenset({"loss", "mse"})
 TAIL = 0.1
 #: clients trained at once by personalised evaluation
 PERSONAL_CHUNK = 256
+#: rows of ``client_test`` that :class:`ClientRows` reads at once
+SCAN_ROWS = 1 << 22
 
 
 class PerClientEvalConfig(Schema):
@@ -87,15 +89,28 @@ def draw_clients(seed: int, num_clients: int, m: int | None, coord: int) -> np.n
 
 
 class ClientRows:
-    """Each client's test rows of a FederatedDataset: ``order`` (test row indices sorted by
-    client, stable) and ``offsets`` ``[K+1]`` (client i's rows are
-    ``order[offsets[i]:offsets[i+1]]``), built once."""
+    """Each client's test rows of a FederatedDataset: ``offsets`` ``[K+1]`` (client i's rows
+    are ``order[offsets[i]:offsets[i+1]]``) and ``order``, the test row indices sorted by
+    client (stable), or None when ``client_test`` is already sorted (fedopt's builders sort
+    it; the order is then the identity and is not stored: a memory-mapped test set of any size
+    costs ``[K+1]`` offsets here). Built once, reading ``client_test`` in chunks of
+    :data:`SCAN_ROWS`."""
 
     def __init__(self, client_test: Tensor, num_clients: int):
-        ct = client_test.cpu().numpy().astype(np.int64)
-        self.order = np.argsort(ct, kind="stable")
-        counts = np.bincount(ct, minlength=num_clients)[:num_clients]
+        ct = client_test.cpu().numpy()   # int64 (FederatedDataset's layout); a view on CPU
+        counts = np.zeros(num_clients, dtype=np.int64)
+        in_order, last = True, None
+        for lo in range(0, ct.shape[0], SCAN_ROWS):
+            part = ct[lo:lo + SCAN_ROWS]
+            counts += np.bincount(part, minlength=num_clients)[:num_clients]
+            in_order = in_order and bool(np.all(part[1:] >= part[:-1])) and (
+                last is None or bool(part[0] >= last))
+            last = part[-1]
+        self.order = None if in_order else np.argsort(ct, kind="stable")
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def _take(self, positions: np.ndarray) -> np.ndarray:
+        return positions if self.order is None else self.order[positions]
 
     def counts(self, ids: np.ndarray) -> np.ndarray:
         return self.offsets[ids + 1] - self.offsets[ids]
@@ -105,7 +120,7 @@ class ClientRows:
         lo, n = self.offsets[ids], self.counts(ids)
         group = np.repeat(np.arange(len(ids), dtype=np.int64), n)
         starts = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
-        return self.order[starts + np.arange(int(n.sum()))], group
+        return self._take(starts + np.arange(int(n.sum()))), group
 
     def padded(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Test rows of clients ``ids`` (each with at least one) as ``[len(ids), width]``
@@ -114,7 +129,7 @@ class ClientRows:
         n = self.counts(ids)
         width = max(int(n.max()), 1) if len(ids) else 1
         pos = np.arange(width)[None, :]
-        rows = self.order[self.offsets[ids][:, None] + np.minimum(pos, n[:, None] - 1)]
+        rows = self._take(self.offsets[ids][:, None] + np.minimum(pos, n[:, None] - 1))
         return rows, pos < n[:, None]
 
 

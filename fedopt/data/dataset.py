@@ -22,6 +22,9 @@ from fedopt.schema import ConfigError
 
 #: the largest ``[K, C]`` histogram :meth:`FederatedDataset.label_counts` builds (2 GiB of int64)
 MAX_LABEL_COUNTS = 2**28
+#: rows read at once by the passes over all rows (:meth:`FederatedDataset.label_counts`,
+#: :func:`check_values`), so a memory-mapped data set is read, not copied
+SCAN_ROWS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -107,18 +110,21 @@ class FederatedDataset:
         if self.is_regression:
             raise ValueError(f"label_counts: {self.name} is a regression data set (float "
                              f"targets), it has no class labels")
-        if split == "train":
-            client, y = self.client_index, self.y
-        elif split == "test":
-            client, y = self.client_test, self.y_test
-        else:
+        if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         k, c = self.num_clients, self.num_classes
         if k * c > MAX_LABEL_COUNTS:
             raise ValueError(f"label_counts: {k} clients x {c} classes (num_classes) is more "
                              f"than {MAX_LABEL_COUNTS:,} entries; count the classes per client "
                              f"another way (e.g. np.unique over (client, label) pairs)")
-        return torch.bincount(client * c + y, minlength=k * c).reshape(k, c)
+        y = self.y if split == "train" else self.y_test
+        out = torch.zeros(k * c, dtype=torch.int64, device=y.device)
+        for lo in range(0, y.shape[0], SCAN_ROWS):   # O(K·C + SCAN_ROWS) memory at any size
+            rows = torch.arange(lo, min(lo + SCAN_ROWS, y.shape[0]), device=y.device)
+            client = (torch.searchsorted(self.offsets, rows, right=True) - 1 if split == "train"
+                      else self.client_test[lo:lo + SCAN_ROWS])
+            out += torch.bincount(client * c + y[lo:lo + SCAN_ROWS], minlength=k * c)
+        return out.reshape(k, c)
 
     def to(self, device: torch.device | str | None = None,
            dtype: torch.dtype | None = None) -> FederatedDataset:
@@ -217,8 +223,11 @@ def check_values(d: FederatedDataset) -> None:
     """The value checks a data set built by fedopt's own loaders has passed, for one a user
     built directly: ValueError naming ``FederatedDataset.x`` or ``x_test`` when a feature is
     NaN or infinite. (Shapes, dtypes, offsets and label ranges are checked on construction.)
-    One pass over the features; :class:`~fedopt.simulation.Simulation` runs it once."""
+    One pass over the features in chunks (a memory-mapped data set is read, not copied);
+    :class:`~fedopt.simulation.Simulation` runs it once."""
     for field in ("x", "x_test") + (("y", "y_test") if d.is_regression else ()):
         t = getattr(d, field)
-        if t.numel() and not bool(torch.isfinite(t).all()):
-            raise ConfigError(f"FederatedDataset.{field} contains NaN or inf values")
+        step = max(1, SCAN_ROWS * 4 // max(1, t[:1].numel()))   # 2^24 entries a chunk
+        for lo in range(0, t.shape[0], step):
+            if not bool(torch.isfinite(t[lo:lo + step]).all()):
+                raise ConfigError(f"FederatedDataset.{field} contains NaN or inf values")

@@ -21,9 +21,15 @@ clients would not fit in memory; with the defaults the mean is ≈ 240 rows, so 
 
 Labels are computed in float64 from the stored float32 features, so
 ``y == argmax(W_k x + b_k)`` holds exactly for the returned tensors.
+
+Populations larger than memory: ``storage: mmap`` writes the arrays to a store on disk
+(``cache_dir``, :mod:`fedopt.data.store`) and the tensors are memory-mapped views of it, with
+the same numbers; building then holds one chunk of clients in memory, never ``W [K, C, d]``
+(:class:`ModelStream`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -31,9 +37,12 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from fedopt.data.assemble import assemble, held_out_mask, split_counts
+from fedopt.data.assemble import split_counts
 from fedopt.data.checks import TestFraction, seed_streams
 from fedopt.data.dataset import FederatedDataset
+from fedopt.data.store import (CACHE_DIR_FIELD, STORAGE_FIELD, CacheDir, Destination,
+                               MemoryDestination, Storage, as_tensors, build_stored, check_store,
+                               disk_free_bytes, store_path, store_request)
 from fedopt.memory import available_memory_bytes
 from fedopt.schema import (Bool, ConfigError, Float, NonNegativeFloat, PositiveInt, Schema, fail,
                            parse)
@@ -55,12 +64,16 @@ class SyntheticData(Schema):
     max_samples: Optional[PositiveInt] = Field(1000, description="null: uncapped")
     lognormal_mean: Float = 4.0
     lognormal_sigma: NonNegativeFloat = 2.0
+    storage: Storage = STORAGE_FIELD
+    cache_dir: CacheDir = CACHE_DIR_FIELD
 
     @model_validator(mode="after")
     def _sizes(self) -> "SyntheticData":
         if self.max_samples is not None and self.max_samples < self.min_samples:
             raise fail("max_samples", f"must be >= data.min_samples ({self.min_samples}), "
                                       f"got {self.max_samples}")
+        if self.cache_dir is not None and self.storage != "mmap":
+            raise fail("cache_dir", "read only with data.storage: mmap")
         return self
 
 
@@ -108,125 +121,252 @@ def check_synthetic(*, alpha: float = 1.0, beta: float = 1.0, num_clients: int =
                     iid: bool = False, num_features: int = 60, num_classes: int = 10,
                     test_fraction: float = 0.2, min_samples: int = 50,
                     max_samples: int | None = 1000, lognormal_mean: float = 4.0,
-                    lognormal_sigma: float = 2.0) -> dict:
+                    lognormal_sigma: float = 2.0, storage: str = "memory",
+                    cache_dir: str | None = None) -> dict:
     """The keys of :func:`synthetic_with_model`, checked by :class:`SyntheticData` and
     normalised without drawing any data (the config validator runs the same schema).
     ConfigError naming ``data.<key>``: α, β and the log-normal σ must be finite and >= 0,
-    counts positive integers, ``test_fraction`` in [0, 1), ``max_samples >= min_samples``."""
+    counts positive integers, ``test_fraction`` in [0, 1), ``max_samples >= min_samples``,
+    ``storage`` memory or mmap, ``cache_dir`` only with mmap."""
     keys = {"alpha": alpha, "beta": beta, "num_clients": num_clients, "iid": iid,
             "num_features": num_features, "num_classes": num_classes,
             "test_fraction": test_fraction, "min_samples": min_samples,
             "max_samples": max_samples, "lognormal_mean": lognormal_mean,
-            "lognormal_sigma": lognormal_sigma}
+            "lognormal_sigma": lognormal_sigma, "storage": storage, "cache_dir": cache_dir}
     return parse(SyntheticData, keys, "data").model_dump(exclude={"name"})
 
 
 #: rows drawn at once while streaming Synthetic into its final arrays (≈ 60 MB of float32
-#: features at d = 60: the only transient that scales with the data)
+#: features at d = 60)
 BUILD_CHUNK_ROWS = 1 << 18
+#: bytes of generating parameters (float64 ``W_k, b_k, v_k``) drawn at once: a chunk holds at
+#: most this many bytes of them (and at least one client)
+MODEL_CHUNK_BYTES = 1 << 26
+#: the version of the builder's numbers recorded in a data store (bump when they change)
+STORE_VERSION = 1
+
+
+class ModelStream:
+    """The generating parameters of consecutive clients, drawn a chunk of clients at a time
+    with the numbers of :func:`draw_model` (the same generator, values in the same order).
+
+    ``Generator.normal`` called on consecutive pieces of an array draws what one call over the
+    whole array draws (the sampler takes its values from the bit stream one after another;
+    ``tests/data/test_data_store.py`` checks it), but :func:`draw_model` draws all ``W``, then
+    all ``b``, then all ``v``: so three copies of the generator are positioned at the three
+    sections, by drawing (and discarding) ``W`` and ``b`` once in chunks of
+    :data:`MODEL_CHUNK_BYTES`. Memory: ``u``, ``B`` ``[K]`` and one chunk, not ``W [K, C, d]``
+    (4.8 GB of float64 at 10^6 clients with the defaults); time: ``W`` is drawn twice."""
+
+    def __init__(self, rng: np.random.Generator, num_clients: int, alpha: float, beta: float,
+                 iid: bool, num_features: int, num_classes: int):
+        k, d, c = num_clients, num_features, num_classes
+        self.num_clients, self.d, self.c, self.iid, self.next = k, d, c, iid, 0
+        self.cov_diag = np.arange(1, d + 1, dtype=np.float64) ** -1.2
+        rng = copy.deepcopy(rng)
+        if iid:
+            self.W = rng.normal(0.0, 1.0, size=(c, d))
+            self.b = rng.normal(0.0, 1.0, size=c)
+            return
+        self.u = rng.normal(0.0, alpha, size=k)
+        self.B = rng.normal(0.0, beta, size=k)
+        self.rng_W = copy.deepcopy(rng)
+        self._skip(rng, self.u, (c, d))
+        self.rng_b = copy.deepcopy(rng)
+        self._skip(rng, self.u, (c,))
+        self.rng_v = rng
+
+    def _skip(self, rng: np.random.Generator, loc: np.ndarray, shape: tuple[int, ...]) -> None:
+        """Advance ``rng`` past ``normal(loc, 1, size=(K, *shape))``, drawn in chunks."""
+        step = max(1, MODEL_CHUNK_BYTES // (8 * int(np.prod(shape))))
+        for lo in range(0, self.num_clients, step):
+            n = min(step, self.num_clients - lo)
+            rng.normal(loc[lo:lo + n].reshape((n,) + (1,) * len(shape)), 1.0, size=(n, *shape))
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(W [n, C, d], b [n, C], v [n, d])`` of the next ``n`` clients (float64)."""
+        lo, hi = self.next, self.next + n
+        if hi > self.num_clients:
+            raise ValueError(f"ModelStream.take: clients {lo}..{hi - 1} of {self.num_clients}")
+        self.next = hi
+        c, d = self.c, self.d
+        if self.iid:
+            return (np.broadcast_to(self.W, (n, c, d)), np.broadcast_to(self.b, (n, c)),
+                    np.zeros((n, d)))
+        return (self.rng_W.normal(self.u[lo:hi, None, None], 1.0, size=(n, c, d)),
+                self.rng_b.normal(self.u[lo:hi, None], 1.0, size=(n, c)),
+                self.rng_v.normal(self.B[lo:hi, None], 1.0, size=(n, d)))
+
+
+def chunk_held_out(sizes: np.ndarray, first_client: int, test_fraction: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """The test-row mask of consecutive clients ``first_client, ...`` with ``sizes`` rows:
+    :func:`~fedopt.data.assemble.held_out_mask` restricted to them, drawn from ``rng`` where
+    that function, called on all clients, reaches their rows (it sorts the keys
+    ``client + U/2``, ``U ~ U[0,1)`` one per row in row order, and sends each client's first
+    ``t_i`` rows of that order to test; the keys of different clients cannot mix, so sorting
+    a chunk of whole clients sorts them as the whole array does). Ties between equal keys of
+    one client go to the earlier row (a stable sort)."""
+    k = sizes.shape[0]
+    local = np.repeat(np.arange(k, dtype=np.int64), sizes)
+    order = np.argsort((local + first_client) + 0.5 * rng.random(local.shape[0]), kind="stable")
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rank = np.arange(local.shape[0]) - starts[local[order]]
+    mask = np.empty(local.shape[0], dtype=bool)
+    mask[order] = rank < split_counts(sizes, test_fraction)[local[order]]
+    return mask
 
 
 def synthetic_nbytes(num_clients: int, num_features: int, num_classes: int, iid: bool,
-                     rows: float) -> float:
-    """Bytes that building Synthetic needs at its peak for ``rows`` rows in all: the generating
-    parameters (float64 ``W [K, C, d]``, ``b``, ``v``; ``v`` only for the iid variant), the
-    row counts, and per row the float32 features once (they are streamed into the final
-    arrays, :func:`synthetic_with_model`), the int64 labels and the split's per-row int64 and
-    float64 temporaries (six); plus one chunk of :data:`BUILD_CHUNK_ROWS` rows held up to
-    three times more (drawn, and its train and test selections)."""
+                     rows: float, storage: str = "memory") -> float:
+    """Bytes of memory that building Synthetic needs at its peak for ``rows`` rows in all:
+    per client a few int64/float64 arrays (sizes, splits, offsets, ``u``, ``B``); with
+    ``storage`` ``"memory"`` per row the float32 features, the int64 label and the test rows'
+    int64 client index (the final arrays, which the rows are streamed into); and one chunk of
+    at most :data:`BUILD_CHUNK_ROWS` rows held about three times (drawn, its train and test
+    selections, the split's per-row int64/float64 temporaries) plus its generating parameters
+    (:data:`MODEL_CHUNK_BYTES`, twice). With ``"mmap"`` the final arrays are on disk:
+    :func:`synthetic_disk_bytes`."""
     k, d, c = num_clients, num_features, num_classes
-    per_client = 8 * ((d + 2) if iid else (c * d + c + d + 2)) + 24
-    per_row = 4 * d + 7 * 8
-    rows = float(rows) + min(float(rows), BUILD_CHUNK_ROWS) * 3
-    return float(k) * per_client + float(rows) * per_row
+    per_row = 4 * d + 16
+    chunk = min(float(rows), BUILD_CHUNK_ROWS)
+    per_client_model = 8 * (c * d + c + d)
+    model = 0 if iid else 2 * max(MODEL_CHUNK_BYTES, per_client_model)
+    resident = float(rows) * per_row if storage == "memory" else 0.0
+    return float(k) * 64 + resident + chunk * (3 * 4 * d + 6 * 8) + model
+
+
+def synthetic_disk_bytes(num_clients: int, num_features: int, rows: float) -> float:
+    """Bytes of a Synthetic data store on disk: float32 features, int64 labels and test rows'
+    clients (at most one per row), ``K + 1`` offsets."""
+    return float(rows) * (4 * num_features + 16) + 8.0 * (num_clients + 1)
+
+
+def _store_request(seed: int, keys: dict) -> dict:
+    return store_request("synthetic", STORE_VERSION, seed, keys)
 
 
 def check_synthetic_memory(seed: int, keys: dict) -> np.ndarray:
     """The rows of each client (:func:`draw_sizes`, the builder's stream), once Synthetic is
-    known to fit in free memory; ConfigError naming ``data.num_clients`` otherwise. Checked
-    before anything is allocated for the clients: first with ``min_samples`` rows each (a lower
-    bound, so a billion clients are refused without drawing a billion sizes), then with the
-    drawn sizes. ``keys``: checked keys (:func:`check_synthetic`)."""
+    known to fit in free memory (and, with ``storage: mmap``, its store on the free disk
+    unless it exists; an existing store must match: :func:`~fedopt.data.store.check_store`);
+    ConfigError naming ``data.num_clients`` otherwise. Checked before anything is allocated for
+    the clients: first with ``min_samples`` rows each (a lower bound, so a billion clients are
+    refused without drawing a billion sizes), then with the drawn sizes. ``keys``: checked keys
+    (:func:`check_synthetic`)."""
     k, d, c, iid = keys["num_clients"], keys["num_features"], keys["num_classes"], keys["iid"]
+    storage = keys.get("storage", "memory")
     free = available_memory_bytes(torch.device("cpu"))
-    lower = synthetic_nbytes(k, d, c, iid, float(k) * keys["min_samples"])
+    lower = synthetic_nbytes(k, d, c, iid, float(k) * keys["min_samples"], storage)
     if lower > free:
         raise ConfigError(f"data.num_clients: {k} clients of at least {keys['min_samples']} rows "
                           f"(data.min_samples) with {d} features and {c} classes need at least "
                           f"{lower / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of free "
-                          f"memory")
+                          f"memory" + ("" if storage == "mmap" else
+                                       " (data.storage: mmap keeps them on disk)"))
     sizes = draw_sizes(seed_streams(seed, 4)[1], k, keys["min_samples"], keys["max_samples"],
                        keys["lognormal_mean"], keys["lognormal_sigma"])
     rows = float(sizes.sum(dtype=np.float64))
-    need = synthetic_nbytes(k, d, c, iid, rows)
+    need = synthetic_nbytes(k, d, c, iid, rows, storage)
     if need > free:
         raise ConfigError(f"data.num_clients: {k} clients draw {rows:.4g} rows (data.min_samples, "
                           f"data.max_samples, data.lognormal_*) with {d} features: about "
                           f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of free "
-                          f"memory")
+                          f"memory" + ("" if storage == "mmap" else
+                                       " (data.storage: mmap keeps them on disk)"))
+    if storage == "mmap" and not check_store(_store_request(seed, keys), keys["cache_dir"]):
+        path = store_path(_store_request(seed, keys), keys["cache_dir"])
+        disk, free_disk = synthetic_disk_bytes(k, d, rows), disk_free_bytes(path)
+        if disk > free_disk:
+            raise ConfigError(f"data.num_clients: {k} clients draw {rows:.4g} rows with {d} "
+                              f"features: a store of {disk / 2**30:.1f} GiB, more than the "
+                              f"{free_disk / 2**30:.1f} GiB free on the disk of "
+                              f"{str(path)!r} (data.cache_dir)")
     return sizes
 
 
-def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, SyntheticModel]:
-    """Synthetic(α, β) and the parameters that generated it (for tests and oracles); keys and
-    defaults as in :func:`check_synthetic` (which raises ValueError naming a bad key).
-
-    Streams: ``seed_streams(seed, 4)`` gives the model (W, b, v), the sizes, the features and
-    the test split. The features are drawn client after client in chunks of about
-    :data:`BUILD_CHUNK_ROWS` rows (the same stream as one draw of all rows) straight into the
-    final train and test arrays, whose split (:func:`~fedopt.data.assemble.held_out_mask`) is
-    drawn first; so the peak is the data set plus one chunk, not the data set twice."""
-    k = check_synthetic(**keys)
-    alpha, beta, num_clients, iid = k["alpha"], k["beta"], k["num_clients"], k["iid"]
-    num_features, num_classes, test_fraction = k["num_features"], k["num_classes"], k["test_fraction"]
-    # rows per client (stream 1 of seed_streams(seed, 4)), drawn after the memory bound
-    sizes = check_synthetic_memory(seed, k)
+def _stream_synthetic(seed: int, k: dict, sizes: np.ndarray, dest: Destination) -> None:
+    """Draw Synthetic client after client into ``dest``'s columns ``x_train``, ``y_train``,
+    ``x_test``, ``y_test``, ``client_test`` (rows in client order) and ``offsets``; streams as
+    in :func:`build_synthetic`."""
+    num_clients, d, f = k["num_clients"], k["num_features"], k["test_fraction"]
     rng_model, _, rng_x, rng_split = seed_streams(seed, 4)
-    model = draw_model(rng_model, num_clients, alpha, beta, iid, num_features, num_classes)
-    is_test = held_out_mask(np.repeat(np.arange(num_clients, dtype=np.int64), sizes),
-                            num_clients, test_fraction, rng_split)
-    n_test = int(is_test.sum())
-    x_train = np.empty((is_test.shape[0] - n_test, num_features), dtype=np.float32)
-    x_test = np.empty((n_test, num_features), dtype=np.float32)
-    y_train = np.empty(x_train.shape[0], dtype=np.int64)
-    y_test = np.empty(n_test, dtype=np.int64)
+    model = ModelStream(rng_model, num_clients, k["alpha"], k["beta"], k["iid"], d,
+                        k["num_classes"])
+    n_held = split_counts(sizes, f)
+    n_train = sizes - n_held
+    x_train = dest.column("x_train", (int(n_train.sum()), d), np.float32)
+    y_train = dest.column("y_train", (int(n_train.sum()),), np.int64)
+    x_test = dest.column("x_test", (int(n_held.sum()), d), np.float32)
+    y_test = dest.column("y_test", (int(n_held.sum()),), np.int64)
+    client_test = dest.column("client_test", (int(n_held.sum()),), np.int64)
+    dest.column("offsets", (num_clients + 1,), np.int64).append(
+        np.concatenate(([0], np.cumsum(n_train))))
     scale = np.sqrt(model.cov_diag).astype(np.float32)
-    v32 = model.v.astype(np.float32)
+    per_chunk = max(1, MODEL_CHUNK_BYTES // (8 * (k["num_classes"] * (d + 1) + d)))
     ends = np.cumsum(sizes)
-    at_train = at_test = 0
-    lo_client = 0
-    while lo_client < num_clients:   # a chunk of whole clients (at least one)
-        row0 = int(ends[lo_client] - sizes[lo_client])
-        hi_client = max(lo_client + 1,
-                        int(np.searchsorted(ends, row0 + BUILD_CHUNK_ROWS, side="right")))
-        hi_client = min(hi_client, num_clients)
-        x = rng_x.standard_normal((int(ends[hi_client - 1]) - row0, num_features),
-                                  dtype=np.float32)
+    lo = 0
+    while lo < num_clients:   # a chunk of whole clients (at least one)
+        row0 = int(ends[lo] - sizes[lo])
+        hi = max(lo + 1, int(np.searchsorted(ends, row0 + BUILD_CHUNK_ROWS, side="right")))
+        hi = min(hi, num_clients, lo + per_chunk)
+        W, b, v = model.take(hi - lo)
+        v32 = v.astype(np.float32)
+        x = rng_x.standard_normal((int(ends[hi - 1]) - row0, d), dtype=np.float32)
         x *= scale
         y = np.empty(x.shape[0], dtype=np.int64)
-        for c in range(lo_client, hi_client):  # cheap per-client numpy ops (≈ 20 µs each)
-            rows = slice(int(ends[c] - sizes[c]) - row0, int(ends[c]) - row0)
+        for c in range(hi - lo):  # cheap per-client numpy ops (≈ 20 µs each)
+            rows = slice(int(ends[lo + c] - sizes[lo + c]) - row0, int(ends[lo + c]) - row0)
             x[rows] += v32[c]
-            logits = x[rows].astype(np.float64) @ model.W[c].T + model.b[c]
+            logits = x[rows].astype(np.float64) @ W[c].T + b[c]
             y[rows] = logits.argmax(axis=1)
-        test = is_test[row0:row0 + x.shape[0]]
-        n_tr = x.shape[0] - int(test.sum())
-        x_train[at_train:at_train + n_tr] = x[~test]
-        y_train[at_train:at_train + n_tr] = y[~test]
-        x_test[at_test:at_test + x.shape[0] - n_tr] = x[test]
-        y_test[at_test:at_test + x.shape[0] - n_tr] = y[test]
-        at_train, at_test = at_train + n_tr, at_test + x.shape[0] - n_tr
-        lo_client = hi_client
-    del x, y
-    n_held = split_counts(sizes, test_fraction)
-    clients = np.arange(num_clients, dtype=np.int64)
-    name = "synthetic_iid" if iid else f"synthetic({alpha:g},{beta:g})"
-    data = assemble(x_train, y_train, np.repeat(clients, sizes - n_held), num_clients,
-                    num_classes=num_classes, name=name, x_test=x_test, y_test=y_test,
-                    client_test=np.repeat(clients, n_held))
-    return data, model
+        test = chunk_held_out(sizes[lo:hi], lo, f, rng_split)
+        x_train.append(x[~test])
+        y_train.append(y[~test])
+        x_test.append(x[test])
+        y_test.append(y[test])
+        client_test.append(np.repeat(np.arange(lo, hi, dtype=np.int64), n_held[lo:hi]))
+        lo = hi
 
 
 def build_synthetic(seed: int, **keys) -> FederatedDataset:
-    """Synthetic(α, β) as a :class:`FederatedDataset` (keys as in :func:`synthetic_with_model`)."""
-    return synthetic_with_model(seed, **keys)[0]
+    """Synthetic(α, β) as a :class:`FederatedDataset`; keys and defaults as in
+    :func:`check_synthetic` (which raises ConfigError naming a bad key).
+
+    Streams: ``seed_streams(seed, 4)`` gives the model (W, b, v), the sizes, the features and
+    the test split. Clients are drawn in chunks of whole clients (about
+    :data:`BUILD_CHUNK_ROWS` rows, at most :data:`MODEL_CHUNK_BYTES` of parameters): their
+    parameters (:class:`ModelStream`), features and split (:func:`chunk_held_out`), each from
+    its stream where one draw over all clients would reach them, and the chunk's train and test
+    rows are appended to the final arrays. So the peak is the data set plus one chunk, and with
+    ``storage: mmap`` (a store on disk, :mod:`fedopt.data.store`, reused by a later run with
+    the same keys and seed) one chunk: the tensors are then views of memory-mapped files."""
+    k = check_synthetic(**keys)
+    sizes = check_synthetic_memory(seed, k)   # stream 1 of seed_streams(seed, 4)
+
+    def build(dest: Destination) -> None:
+        _stream_synthetic(seed, k, sizes, dest)
+
+    if k["storage"] == "mmap":
+        arrays = build_stored(_store_request(seed, k), k["cache_dir"], build)
+    else:
+        dest = MemoryDestination()
+        build(dest)
+        arrays = dest.arrays()
+    t = as_tensors(arrays)
+    name = "synthetic_iid" if k["iid"] else f"synthetic({k['alpha']:g},{k['beta']:g})"
+    return FederatedDataset(x=t["x_train"], y=t["y_train"], offsets=t["offsets"],
+                            x_test=t["x_test"], y_test=t["y_test"],
+                            client_test=t["client_test"], num_classes=k["num_classes"],
+                            name=name)
+
+
+def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, SyntheticModel]:
+    """Synthetic(α, β) (:func:`build_synthetic`) and the parameters that generated it, all
+    clients' at once (:func:`draw_model`: ``W`` is ``[K, C, d]`` float64; for tests and
+    oracles)."""
+    data = build_synthetic(seed, **keys)
+    k = check_synthetic(**keys)
+    model = draw_model(seed_streams(seed, 4)[0], k["num_clients"], k["alpha"], k["beta"],
+                       k["iid"], k["num_features"], k["num_classes"])
+    return data, model
