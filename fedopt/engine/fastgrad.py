@@ -23,8 +23,8 @@ transposed ``bmm(xᵀ, G)`` would be faster but round differently (float32: up t
 
 :func:`eligible` says when a trainer may use it: the built-in :class:`LogisticRegression` (its
 own ``batched_forward``, no buffers) with the built-in ``cross_entropy`` loss; :func:`applies`
-checks one call's tensors (float32/float64 throughout, int64 class labels [C, B], plain tensors
-outside any torch.func transform). Everything else takes the autograd path.
+checks one call's tensors (CPU, float32/float64 throughout, int64 class labels [C, B], plain
+tensors outside any torch.func transform). Everything else takes the autograd path.
 """
 from __future__ import annotations
 
@@ -50,8 +50,11 @@ def eligible(module: nn.Module, loss_fn: PerSample) -> bool:
 def applies(y: dict[str, Tensor], x: Tensor, t: Tensor, wn: Tensor) -> bool:
     """Whether this call's tensors fit :func:`linear_cross_entropy_grad`: parameters exactly
     ``linear.weight`` [C, k, d] and ``linear.bias`` [C, k], x [C, B, ...], labels int64 [C, B],
-    weights [C, B], one float dtype (float32/float64) and device for x, W, b and wn, no empty
-    dimension, and no tensor wrapped by a torch.func transform (vmap, grad) or a subclass."""
+    weights [C, B], one float dtype (float32/float64) for x, W, b and wn, all on the CPU, no
+    empty dimension, and no tensor wrapped by a torch.func transform (vmap, grad) or a subclass.
+    CPU only: there autograd runs its backward kernels on the calling thread, as this does; on
+    CUDA it runs them on its own device thread, whose cuBLAS handle and workspace could choose
+    another GEMM algorithm, so equality there is not established."""
     if len(y) != 2:
         return False
     w, b = y.get(WEIGHT), y.get(BIAS)
@@ -66,6 +69,7 @@ def applies(y: dict[str, Tensor], x: Tensor, t: Tensor, wn: Tensor) -> bool:
             and t.ndim == 2 and wn.ndim == 2 and w.numel() > 0 and x.numel() > 0
             and t.shape == wn.shape == x.shape[:2] and b.shape == w.shape[:2]
             and w.shape[0] == x.shape[0]
+            and w.device.type == "cpu"
             and w.device == b.device == x.device == t.device == wn.device)
 
 
