@@ -51,11 +51,12 @@ def applies(y: dict[str, Tensor], x: Tensor, t: Tensor, wn: Tensor) -> bool:
     """Whether this call's tensors fit :func:`linear_cross_entropy_grad`: parameters exactly
     ``linear.weight`` [C, k, d] and ``linear.bias`` [C, k], x [C, B, ...], labels int64 [C, B],
     weights [C, B], one float dtype (float32/float64) for x, W, b and wn, all on the CPU, no
-    empty dimension, and no tensor wrapped by a torch.func transform (vmap, grad) or a subclass.
+    empty dimension, no tensor wrapped by a torch.func transform (vmap, grad) or a subclass, and
+    autograd's anomaly detection off (it raises on NaN gradients, which this would not).
     CPU only: there autograd runs its backward kernels on the calling thread, as this does; on
     CUDA it runs them on its own device thread, whose cuBLAS handle and workspace could choose
     another GEMM algorithm, so equality there is not established."""
-    if len(y) != 2:
+    if len(y) != 2 or torch.is_anomaly_enabled():   # anomaly mode checks backward outputs
         return False
     w, b = y.get(WEIGHT), y.get(BIAS)
     if w is None or b is None:

@@ -106,6 +106,8 @@ def test_applies_only_to_plain_float_tensors():
     assert not fastgrad.applies({**y, "extra": y["linear.bias"]}, x, t, wn)
     assert not fastgrad.applies({"w": y["linear.weight"], "b": y["linear.bias"]}, x, t, wn)
     assert not fastgrad.applies(y, x[:, :0], t[:, :0], wn[:, :0])      # empty batch
+    with torch.autograd.detect_anomaly(check_nan=True):
+        assert not fastgrad.applies(y, x, t, wn)
     meta = [v.to("meta") for v in (x, t, wn)]
     assert not fastgrad.applies({k: v.to("meta") for k, v in y.items()}, *meta)  # not the CPU
     seen = []
