@@ -43,7 +43,8 @@ def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``;
     nothing where the C library lacks it: macOS, musl). A worker builds the whole data set to
     cut its shard from it; without this, pages freed with the whole set stay in the process
-    (measured: 10 MiB of a worker's USS for a 57 MiB Synthetic set of 1,000 clients)."""
+    (measured, A/B: USS 221.8 → 207.2 MiB for a worker holding 500 of 1,000 Synthetic
+    clients, a 22.6 MiB shard of a 57 MiB set)."""
     import ctypes
     import ctypes.util
 

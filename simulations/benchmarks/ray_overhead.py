@@ -11,7 +11,11 @@ Columns: ms per round (timed server steps, no evaluation), client-updates/s, spe
 ray W=1, and the Ray overhead per round — the round's wall time minus its slowest shard's
 training time on the workers (ray.put of the model, dispatch, result transfer, summation).
 ``max|Δ|`` is the largest difference of the final parameters from the in-process run (the
-executors must agree). W workers can only run in parallel on ≥ W cores: on a 2-core machine
+executors must agree). Worker memory (largest worker): ``data MiB`` — the data set it holds
+(:meth:`~fedopt.client.ray_worker.ShardWorker.memory`), next to ``shard MiB``, the bytes of the
+train rows of the clients it owns (``i ≡ j mod W``, from the coordinator's data set), and its
+process's ``USS MiB`` (unique set size; the header gives an idle worker's, Python + torch +
+Ray, for comparison). W workers can only run in parallel on ≥ W cores: on a 2-core machine
 W = 4 shares 2 cores (and the coordinator and Ray's own processes use them too).
 
     python -m fedopt.simulations.benchmarks.ray_overhead                    # 100 clients/round
@@ -53,6 +57,37 @@ def timed_rounds(sim: Simulation, rounds: int) -> tuple[float, int, list[float]]
     return time.perf_counter() - t, sim.client_updates - u0, overheads
 
 
+def worker_memory(sim: Simulation) -> dict[str, float]:
+    """Largest worker's held data MiB, its owned shard's MiB and its process USS MiB."""
+    import ray
+
+    pool = sim.executor.pool
+    data = sim.data
+    counts = data.counts.cpu().numpy()
+    row = (data.x[:1].numel() * data.x.element_size() + data.y[:1].numel() * data.y.element_size())
+    mems = ray.get([s.actor.memory.remote() for s in pool.slots])
+    mib = 2.0 ** -20
+    return {"data MiB": mib * max(m["data_bytes"] for m in mems),
+            "shard MiB": mib * row * max(counts[j::pool.num_workers].sum()
+                                         for j in range(pool.num_workers)),
+            "USS MiB": mib * max(m["uss"] or 0 for m in mems)}
+
+
+def idle_uss_mib() -> float:
+    """USS of a Ray worker process with the workers' imports that holds nothing (MiB)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def uss() -> int:
+        import psutil
+
+        import fedopt.client.ray_worker  # noqa: F401 - the worker's imports
+
+        return psutil.Process(os.getpid()).memory_full_info().uss
+
+    return ray.get(uss.remote()) * 2.0 ** -20
+
+
 def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].cpu() - b[k].cpu()).abs().max()) for k in a)
 
@@ -67,6 +102,8 @@ def bench(overrides: list[str], rounds: int, label: str, reference: dict | None)
             row["overhead p90 ms"] = 1e3 * sorted(overheads)[int(0.9 * (len(overheads) - 1))]
         if reference is not None:
             row["max|Δ|"] = max_diff(reference, sim.state.params)
+        if getattr(sim.executor, "pool", None) is not None:
+            row.update(worker_memory(sim))
         return row, sim.state.params
     finally:
         sim.executor.close()
@@ -85,6 +122,7 @@ def main(argv=None) -> None:
     import ray
 
     cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]           # 1-minute load average before and after the runs
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
@@ -100,6 +138,7 @@ def main(argv=None) -> None:
         row, _ = bench(base + [f"executor.num_threads={cores}", f"executor.device={device}"],
                        args.rounds, f"in-process, {cores} threads", ref)
         rows.append(row)
+        idle = idle_uss_mib()
         ray_1 = None
         for w in args.workers:
             cpus = min(1.0, cores / w)
@@ -117,9 +156,11 @@ def main(argv=None) -> None:
 
     print(f"cores={cores} torch={torch.__version__} ray={ray.__version__} "
           f"clients/round={args.clients_per_round} rounds={args.rounds} "
-          f"gpus/worker={args.gpus_per_worker:g} overrides={args.overrides}")
+          f"gpus/worker={args.gpus_per_worker:g} overrides={args.overrides} "
+          f"idle worker USS={idle:.0f} MiB load={load:.2f}->{os.getloadavg()[0]:.2f}")
     print(results_table(rows, ["executor", "ms/round", "upd/s", "speed-up", "overhead ms",
-                               "overhead p90 ms", "max|Δ|"]))
+                               "overhead p90 ms", "max|Δ|", "data MiB", "shard MiB",
+                               "USS MiB"]))
     w1 = next((r for r in rows if r["executor"] == "ray W=1"), None)
     if w1 is not None:
         print(f"ray W=1 minus in-process (1 thread): "
