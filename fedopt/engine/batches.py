@@ -119,12 +119,14 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
                          f"pads, see capped_batch_size), the local steps or executor.chunk_size")
     per_epoch = -(-n // B)                                     # s_i
     epochs = np.maximum(-(-steps // per_epoch), 1)             # epochs each client starts
-    make = _plan_numpy if torch.device(device).type == "cpu" else _plan_torch
+    # on CUDA the plan is made where it is used; elsewhere (CPU, and devices such as MPS that
+    # lack float64 or where the torch path is not checked) by numpy on the host, then copied
+    make = _plan_torch if torch.device(device).type == "cuda" else _plan_numpy
     rows, weight, active = make(seed, round_idx if per_client_key else int(round_idx),
                                 client_ids, offsets[client_ids].astype(np.int64), n, per_epoch,
                                 epochs, steps.astype(np.int64), K, B, torch.device(device))
     return BatchPlan(
-        rows=rows, weight=weight.to(dtype), active=active,
+        rows=rows, weight=weight.to(device=device, dtype=dtype), active=active,
         steps=torch.from_numpy(steps.astype(np.int64)).to(device),
         source=PlanSource(seed=int(seed), keys=round_idx, client_ids=client_ids,
                           first_row=offsets[client_ids].astype(np.int64), counts=n,
@@ -137,7 +139,9 @@ def _plan_numpy(seed: int, key: int | np.ndarray, client_ids: np.ndarray, first_
                 K: int, B: int, device: torch.device
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The plan's ``rows`` [K, C, B], 0/1 ``weight`` (float64) and ``active`` [K, C] made with
-    numpy on the host and copied to ``device`` (the CPU path of :func:`plan_batches`)."""
+    numpy on the host, ``rows`` and ``active`` copied to ``device`` (the path of
+    :func:`plan_batches` off CUDA; ``weight`` stays on the host: the caller casts and moves it
+    in one call, as a device without float64, e.g. MPS, cannot hold it)."""
     C = len(client_ids)
     # One flat permutation segment of length n_i per (client, epoch), sorted by random keys.
     seg_client = np.repeat(np.arange(C), epochs)
@@ -167,7 +171,7 @@ def _plan_numpy(seed: int, key: int | np.ndarray, client_ids: np.ndarray, first_
     flat = seg_start[seg][..., None] + np.minimum(pos, n[None, :, None] - 1)
     rows = first_row[None, :, None] + perm[flat]
     weight = (valid & active[..., None]).astype(np.float64)
-    return (torch.from_numpy(rows).to(device), torch.from_numpy(weight).to(device),
+    return (torch.from_numpy(rows).to(device), torch.from_numpy(weight),
             torch.from_numpy(active).to(device))
 
 
@@ -333,5 +337,5 @@ class BatchStream:
 
 
 def _free_memory(device: torch.device) -> int:
-    """Free bytes where the plan is built: the host's for the numpy path, else the device's."""
-    return available_memory_bytes(device if device.type != "cpu" else torch.device("cpu"))
+    """Free bytes where the plan is built: the GPU's for the CUDA path, else the host's."""
+    return available_memory_bytes(device if device.type == "cuda" else torch.device("cpu"))

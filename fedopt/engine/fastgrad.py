@@ -89,8 +89,9 @@ def linear_cross_entropy_grad(y: dict[str, Tensor], x: Tensor, t: Tensor, wn: Te
         loss = (per.view_as(wn) * wn).sum(1)
         # backward of Σ_c ℓ_c: SumBackward0/SumBackward1 hand MulBackward0 ones [C, B]
         grad_per = torch.ones((), dtype=wn.dtype, device=wn.device).expand(C, B) * wn
-        grad_logp = torch.ops.aten.nll_loss_backward(grad_per.view(-1), logp, labels, None, 0,
-                                                     -100, total_weight)
+        # ViewBackward0 reshapes (a copy when wn, hence grad_per, is not contiguous)
+        grad_logp = torch.ops.aten.nll_loss_backward(grad_per.reshape(-1), logp, labels, None,
+                                                     0, -100, total_weight)
         grad_z = torch._log_softmax_backward_data(grad_logp, logp, 1, logp.dtype).view(C, B, -1)
         # BaddbmmBackward0: self's grad summed to bias.unsqueeze(1) [C, 1, k] (sum_to: no sum
         # when B = 1), mat2's grad bmm(mat1ᵀ, grad) transposed back to W's [C, k, d]

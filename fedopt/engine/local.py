@@ -168,7 +168,9 @@ class LocalTrainer:
         num = int(getattr(opt, "num_samples", 1))
         dist = getattr(opt, "hessian_distribution", "rademacher")
         probes = []
-        on_host = next(iter(y.values())).device.type == "cpu"
+        # drawn on CUDA where they are used; elsewhere by numpy (the torch copies are checked
+        # on CUDA only, and MPS lacks the float64 they draw in)
+        on_host = next(iter(y.values())).device.type != "cuda"
         for s in range(num):
             z = {}
             for j, (name, v) in enumerate(y.items()):

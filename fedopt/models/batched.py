@@ -48,9 +48,9 @@ def conv2d_unfold(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) 
     c_out, k_h, k_w = weight.shape[1], weight.shape[3], weight.shape[4]
     cols = torch.nn.functional.unfold(x.reshape(C * B, c_in, H, W), (k_h, k_w), padding=padding)
     h_out, w_out = H + 2 * padding - k_h + 1, W + 2 * padding - k_w + 1
-    L = cols.shape[-1]
-    cols = cols.reshape(C, B, c_in * k_h * k_w, L).transpose(1, 2).reshape(C, -1, B * L)
-    w = weight.reshape(C, c_out, c_in * k_h * k_w)
+    L, ckk = cols.shape[-1], c_in * k_h * k_w       # sizes spelled out: B may be 0
+    cols = cols.reshape(C, B, ckk, L).transpose(1, 2).reshape(C, ckk, B * L)
+    w = weight.reshape(C, c_out, ckk)
     out = (torch.bmm(w, cols) if bias is None
            else torch.baddbmm(bias.unsqueeze(-1), w, cols))           # [C, c_out, B·L]
     return out.reshape(C, c_out, B, h_out, w_out).transpose(1, 2)

@@ -190,3 +190,46 @@ def test_torch_plan_equals_numpy_plan(counts, batch, local_steps, per_client_key
             torch.device("cpu"))
     for a, b in zip(_plan_numpy(*args), _plan_torch(*args)):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_plan_off_cuda_is_made_on_the_host(monkeypatch):
+    """Only CUDA takes the torch path (checked there, bit for bit); any other device (MPS has
+    no float64, which the torch path's weights are made in) gets the host plan, copied, with
+    the weights cast to the requested dtype in the same call."""
+    import fedopt.engine.batches as batches
+
+    def refuse(*args):
+        raise AssertionError("the torch path was taken off CUDA")
+
+    monkeypatch.setattr(batches, "_plan_torch", refuse)
+    off = _offsets([3, 5, 2])
+    host = plan_batches(1, 4, np.arange(3), off, 2, np.array([3, 3, 3]))
+    meta = plan_batches(1, 4, np.arange(3), off, 2, np.array([3, 3, 3]), device="meta",
+                        dtype=torch.float32)
+    for f in ("rows", "weight", "active", "steps"):
+        a, b = getattr(host, f), getattr(meta, f)
+        assert b.device.type == "meta" and a.shape == b.shape and a.dtype == b.dtype, f
+
+
+def test_hessian_probes_off_cuda_are_drawn_on_the_host(monkeypatch):
+    """Likewise the Hutchinson probes: the torch draws (float64) only on CUDA; a model on any
+    other device (here the meta device) gets numpy's probes, copied in its own dtype."""
+    import fedopt.engine.local as local
+    from fedopt.engine.local import FunctionalModel, LocalTrainer
+    from fedopt.models.logreg import LogisticRegression
+    from fedopt.optim import from_config
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch probes drawn off CUDA")
+
+    monkeypatch.setattr(local, "keyed_rademacher_torch", refuse)
+    monkeypatch.setattr(local, "keyed_normal_torch", refuse)
+    model = LogisticRegression((5,), 3)
+    trainer = LocalTrainer(FunctionalModel(model), from_config({"name": "sophia", "lr": 0.05}))
+    C, B = 2, 4
+    y = {k: torch.zeros((C,) + v.shape, device="meta") for k, v in model.named_parameters()}
+    h = trainer._hessian(y, torch.zeros(C, B, 5, device="meta"),
+                         torch.zeros(C, B, dtype=torch.int64, device="meta"),
+                         torch.zeros(C, B, device="meta"), 3, np.arange(C), 0)
+    assert {k: (v.shape, v.device.type) for k, v in h.items()} == \
+        {k: (v.shape, "meta") for k, v in y.items()}

@@ -219,3 +219,21 @@ def test_simulation_trajectory_is_bitwise_the_same(alg, client, dtype, monkeypat
     for k in p_on:
         assert same_bits(p_on[k], p_off[k]), k
     assert rows_on == rows_off
+
+
+def test_non_contiguous_row_weights_are_autograds_bit_for_bit():
+    """wn laid out [B, C] transposed (applies() accepts any layout): autograd's ViewBackward
+    reshapes its gradient, so the autograd-free path must not need a contiguous wn either."""
+    gen = torch.Generator().manual_seed(5)
+    C, B, d, k = 3, 4, 6, 5
+    y = stack(gen, C, k, d, torch.float64, False)
+    x = torch.randn(C, B, d, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, k, (C, B), generator=gen)
+    wn = torch.rand(B, C, generator=gen, dtype=torch.float64).T
+    assert not wn.is_contiguous() and fastgrad.applies(y, x, t, wn)
+    model = LogisticRegression((d,), k).to(torch.float64)
+    g_fast, loss_fast = trainer(model, True)._batched_grad(y, x, t, wn)
+    g_slow, loss_slow = trainer(model, False)._batched_grad(y, x, t, wn)
+    for name in y:
+        assert same_bits(g_fast[name], g_slow[name]), name
+    assert same_bits(loss_fast, loss_slow)

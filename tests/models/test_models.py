@@ -206,3 +206,16 @@ def test_im2col_convolution_equals_the_grouped_convolution(C, B, c_in, H, W, c_o
     for c in range(C):
         ref = torch.nn.functional.conv2d(x[c], w[c], b[c], padding=pad)
         torch.testing.assert_close(unfold[c], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_im2col_convolution_of_an_empty_batch():
+    """B = 0 rows per client: the grouped convolution returns [C, 0, c_out, H', W']; so must
+    the im2col product (no size may be left for reshape to infer from 0 elements)."""
+    from fedopt.models import batched
+
+    x = torch.zeros(3, 0, 2, 6, 6, dtype=torch.float64)
+    w = torch.randn(3, 4, 2, 3, 3, dtype=torch.float64)
+    b = torch.randn(3, 4, dtype=torch.float64)
+    for bias in (b, None):
+        assert batched.conv2d_unfold(x, w, bias, 1).shape == (3, 0, 4, 6, 6)
+        assert batched.conv2d_same(x, w, bias, 1).shape == (3, 0, 4, 6, 6)
