@@ -120,7 +120,8 @@ def keyed_bits_torch(seed: int, *coords: "int | torch.Tensor", device=None) -> "
                 raise ValueError(f"keyed_bits_torch: integer coordinates expected, got {c.dtype}")
             c = c.to(device=device, dtype=torch.int64)
         else:
-            c = torch.tensor(int(c), dtype=torch.int64, device=device)
+            c = torch.tensor(_signed(np.uint64(int(c) & 0xFFFFFFFFFFFFFFFF)), dtype=torch.int64,
+                             device=device)                  # wraps to 64 bits, as numpy does
         h = _mix_t(h ^ ((c + _T_GOLDEN) + (h << 6) + shr_logical(h, 2)))
     return h
 

@@ -47,3 +47,9 @@ def test_rademacher_and_normal_copies(seed, a):
 def test_floating_coordinates_are_refused():
     with pytest.raises(ValueError, match="integer coordinates"):
         keyed_bits_torch(0, torch.ones(3))
+
+
+def test_int_coordinates_wrap_to_64_bits_as_numpy_does():
+    for c in (2**63, 2**64 - 1, -2**63, -1):
+        np.testing.assert_array_equal(keyed_bits_torch(5, c, torch.arange(3)).numpy(),
+                                      keyed_bits(5, c, np.arange(3)).view(np.int64))

@@ -1,9 +1,9 @@
 """The engine on a CUDA device computes what it computes on the CPU (skipped without one).
 
-The minibatch plan and the Rademacher Hessian probes are drawn on the device by integer
-arithmetic (fedopt.rng's torch copies), so a GPU run trains on the same rows with the same
-probes as the CPU run; what differs is floating-point rounding only, which float64 keeps far
-below the tolerances here."""
+The minibatch plan is drawn on the device by integer arithmetic (fedopt.rng's torch copies),
+so a GPU run trains on the same rows as the CPU run; Hessian probes are the same bits
+(Rademacher) or the same to an ulp (Gaussian, Sophia's default); what differs is floating-point
+rounding only, which float64 keeps far below the tolerances here."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -54,7 +54,8 @@ class SGD(FunctionalOptimizer):
         logistic-regression stack (27 vs 35 µs on CPU)."""
         lr = self.lr
         if (isinstance(lr, Tensor) or isinstance(self.dampening, Tensor)
-                or not is_zero(self.momentum) or not is_zero(self.weight_decay)):
+                or not is_zero(self.momentum) or not is_zero(self.weight_decay)
+                or type(self).update_tensor is not SGD.update_tensor):   # a subclass's rule
             return super().update(params, grads, state, hessian=hessian)
         new_params: Params = {}
         for name, x in params.items():
