@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fedopt.client_eval import ClientRows, draw_clients
+from fedopt.data.store import read_ahead
 from fedopt.engine.evaluate import EvalSums, evaluate_sums
 
 #: two-sided confidence level of the recorded intervals
@@ -86,6 +87,9 @@ class SampledEvaluator:
         K = data.num_clients
         ids = self.clients(K, round_idx)
         dev = data.x_test.device
+        if self.index.order is None:   # a memory-mapped test set: queue the clients' reads
+            read_ahead((data.x_test, data.y_test), self.index.offsets[ids],
+                       self.index.offsets[ids + 1])
         rows, group = self.index.rows(ids)
         r = torch.as_tensor(rows, device=dev)
         sums = evaluate_sums(fmodel, params, data.x_test.index_select(0, r),
@@ -94,6 +98,7 @@ class SampledEvaluator:
         row = {"eval_clients": len(ids), **_columns("test", sums, K)}
         if self.train:
             off = data.offsets.cpu().numpy()
+            read_ahead((data.x, data.y), off[ids], off[ids + 1])
             n = off[ids + 1] - off[ids]
             idx = np.repeat(off[ids] - np.concatenate([[0], np.cumsum(n)[:-1]]), n) \
                 + np.arange(int(n.sum()))

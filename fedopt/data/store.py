@@ -3,8 +3,9 @@
 With ``data: {storage: mmap}`` a builder that supports it (Synthetic) writes its arrays, in the
 order it produces them, into ``.npy`` files of one directory instead of into memory, and the
 :class:`~fedopt.data.FederatedDataset` tensors are ``torch.from_numpy`` views of read-only
-memory maps of those files (``numpy.load(mmap_mode="r")``: no copy; rows are paged in from the
-page cache when a round or an evaluation touches them). So a population larger than memory can
+memory maps of those files (shared read-only ``mmap`` maps: no copy; rows are paged in from the
+page cache when a round or an evaluation touches them, and :func:`read_ahead` asks for the
+rows of a round's clients all at once). So a population larger than memory can
 be simulated, and the process's own (anonymous) memory grows with the rows a round touches, not
 with the population; the numbers are those of the in-memory build bit for bit (the builder is
 the same code writing to another destination). The maps are read-only, not copy-on-write: a
@@ -35,10 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import secrets
 import shutil
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Annotated, Callable, Literal, Optional
 
@@ -148,7 +151,7 @@ def open_store(request: dict[str, Any], cache_dir: str | None) -> dict[str, np.n
     arrays = {}
     for name, meta in manifest["arrays"].items():
         try:
-            a = np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            a = _map_npy(path / f"{name}.npy")
         except (OSError, ValueError) as e:
             raise ConfigError(f"data.cache_dir: the store at {str(path)!r} is damaged "
                               f"({name}.npy: {e}); delete it to rebuild") from None
@@ -158,6 +161,60 @@ def open_store(request: dict[str, Any], cache_dir: str | None) -> dict[str, np.n
                               f"{meta['dtype']} {meta['shape']}); delete it to rebuild")
         arrays[name] = a
     return arrays
+
+
+#: the arrays :func:`_map_npy` mapped, by the address of their first byte (weak: an entry
+#: goes with its array)
+_MAPPED: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+
+
+def _map_npy(file: Path) -> np.ndarray:
+    """A C-order ``.npy`` file as a read-only array over a shared read-only ``mmap`` (the
+    array's ``base``), registered for :func:`read_ahead`. ValueError for a file shorter than
+    its header says."""
+    with open(file, "rb") as f:
+        version = npy_format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version}")
+        read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                       else npy_format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        if fortran or dtype.hasobject:
+            raise ValueError("not a C-order array of plain values")
+        count = int(np.prod(shape, dtype=np.int64))
+        size = os.fstat(f.fileno()).st_size
+        if size < offset + count * dtype.itemsize:
+            raise ValueError(f"{size} bytes, the header needs {offset + count * dtype.itemsize}")
+        if count == 0:
+            return np.empty(shape, dtype=dtype)
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    a = np.frombuffer(m, dtype=dtype, count=count, offset=offset).reshape(shape)
+    _MAPPED[a.ctypes.data] = a
+    return a
+
+
+def read_ahead(tensors: tuple[torch.Tensor, ...], starts: np.ndarray, stops: np.ndarray) -> None:
+    """Ask the kernel to read rows ``starts[j]:stops[j]`` of each memory-mapped tensor now
+    (``madvise(MADV_WILLNEED)``, which queues the reads and returns): the rows of a round's
+    clients then come from disk in parallel, not one page fault after another. A no-op for
+    tensors that are not views of a store's map, and where ``madvise`` is missing."""
+    if not _MAPPED or not hasattr(mmap, "MADV_WILLNEED"):
+        return
+    page = mmap.PAGESIZE
+    for t in tensors:
+        a = _MAPPED.get(t.data_ptr())
+        if a is None or t.numel() == 0 or a.nbytes != t.numel() * t.element_size():
+            continue
+        m, row = a.base, a.strides[0]
+        while not isinstance(m, mmap.mmap):   # reshape's view -> frombuffer's array -> the map
+            m = m.obj if isinstance(m, memoryview) else m.base
+        begin = a.ctypes.data - np.frombuffer(m, dtype=np.uint8, count=1).ctypes.data
+        for lo, hi in zip(np.asarray(starts).tolist(), np.asarray(stops).tolist()):
+            if hi > lo:
+                first = begin + lo * row
+                aligned = first - first % page
+                m.madvise(mmap.MADV_WILLNEED, aligned, first + (hi - lo) * row - aligned)
 
 
 def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fedopt.data import FederatedDataset
+from fedopt.data.store import read_ahead
 from fedopt.engine.batches import (capped_batch_size, local_step_counts, plan_batches,
                                    plan_bytes)
 from fedopt.engine.contract import Params, RoundOutput, SharedStart, Starts
@@ -219,6 +220,9 @@ class VectorizedExecutor:
         ``key`` the round) or one per job (``stacked`` True, ``key`` one per job)."""
         steps_all = local_step_counts(self.counts[client_ids], self.batch_size,
                                       self.local_steps, self.local_epochs)
+        # rows of a memory-mapped data set (data.storage: mmap): queue every job's reads now
+        read_ahead((self.data.x, self.data.y), self.offsets[client_ids],
+                   self.offsets[client_ids + 1])
         delta_sum = {k: v.new_zeros(v.shape[1:] if stacked else v.shape) for k, v in start.items()}
         chunk = self._chunk(delta_sum)
         locals_: list[Params] = []

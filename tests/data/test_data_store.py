@@ -294,3 +294,35 @@ def test_check_values_finds_a_nan_in_the_last_chunk(monkeypatch):
     x[-1, 1] = float("nan")
     with pytest.raises(ConfigError, match=r"^FederatedDataset\.x contains NaN"):
         check_values(copy.copy(d).__class__(**{**d.__dict__, "x": x}))
+
+
+def _resident(t: torch.Tensor, lo: int, hi: int) -> list[bool]:
+    """Whether each page of rows lo:hi of a mapped tensor is in memory (mincore(2))."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+    row = t.stride(0) * t.element_size()
+    first = (t.data_ptr() + int(lo) * row) // page * page
+    n = -(-(t.data_ptr() + int(hi) * row - first) // page)
+    vec = (ctypes.c_ubyte * n)()
+    assert libc.mincore(ctypes.c_void_p(first), ctypes.c_size_t(n * page), vec) == 0
+    return [bool(v & 1) for v in vec]
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise and mincore")
+def test_read_ahead_reads_the_rows_asked_for_and_only_those(tmp_path):
+    import time
+
+    d = build_dataset(_mmap(tmp_path, num_clients=400, min_samples=50, max_samples=50), seed=0)
+    x = d.x                                   # 400 clients x 40 rows x 240 bytes: 940 pages
+    with open(tmp_path / "store" / "x_train.npy", "rb") as f:   # drop the file's pages
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert not any(_resident(x, 0, x.shape[0]))
+    off = d.offsets.numpy()
+    store.read_ahead((x, d.y, torch.zeros(3)), off[[100, 399]], off[[101, 400]])  # two clients
+    deadline = time.time() + 5
+    while not all(_resident(x, off[100], off[101]) + _resident(x, off[399], off[400])):
+        assert time.time() < deadline, "the rows asked for were not read"
+        time.sleep(0.01)
+    assert not any(_resident(x, off[200], off[300]))   # far from both: not read
