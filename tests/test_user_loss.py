@@ -9,6 +9,7 @@ import fedopt
 from fedopt.config import ConfigError, load_config
 from fedopt.data import build_dataset
 from fedopt.simulation import Simulation
+from tests.server.ray_fixtures import ray_session  # noqa: F401
 
 
 def squared_error(outputs, targets):
@@ -98,44 +99,35 @@ def test_regression_data_set_is_keyed_by_the_seed():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_a_user_loss_and_metric_run_on_ray_as_in_process(tmp_path):
-    pytest.importorskip("ray")
+def test_a_user_loss_and_metric_run_on_ray_as_in_process(tmp_path, ray_session):
     from tests.server.ray_fixtures import TEST_CPUS_PER_WORKER, assert_metrics_close
 
-    import ray
+    cfg = _config(local_steps=3, batch_size=8)
+    cfg["algorithm"]["clients_per_round"] = 3
+    # functions of a module the workers cannot import (tests/ is not on their path) must
+    # travel by value: cloudpickle ships local functions, lambdas and __main__'s that way
+    def loss(outputs, targets):
+        return (outputs.squeeze(-1) - targets) ** 2
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        cfg = _config(local_steps=3, batch_size=8)
-        cfg["algorithm"]["clients_per_round"] = 3
-        # functions of a module the workers cannot import (tests/ is not on their path) must
-        # travel by value: cloudpickle ships local functions, lambdas and __main__'s that way
-        def loss(outputs, targets):
-            return (outputs.squeeze(-1) - targets) ** 2
+    def mae(outputs, targets):
+        return (outputs.squeeze(-1) - targets).abs()
 
-        def mae(outputs, targets):
-            return (outputs.squeeze(-1) - targets).abs()
+    kw = {"loss": loss, "metrics": {"mae": mae, "mse": "mse"}, "progress": False}
+    local = fedopt.run(cfg, **kw)
+    cfg["executor"].update({"name": "ray", "num_workers": 2, "num_threads": 1,
+                            "num_cpus_per_worker": TEST_CPUS_PER_WORKER})
+    remote = fedopt.run(cfg, out_dir=tmp_path / "ray", **kw)
+    assert_metrics_close(local.metrics, remote.metrics)
+    for k in local.final_params:
+        torch.testing.assert_close(local.final_params[k], remote.final_params[k],
+                                   rtol=0, atol=1e-12)
+    _check_user_metrics(remote, tmp_path / "ray")
+    # a metric the workers could not receive is refused before any worker starts
+    import threading
 
-        kw = {"loss": loss, "metrics": {"mae": mae, "mse": "mse"}, "progress": False}
-        local = fedopt.run(cfg, **kw)
-        cfg["executor"].update({"name": "ray", "num_workers": 2, "num_threads": 1,
-                                "num_cpus_per_worker": TEST_CPUS_PER_WORKER})
-        remote = fedopt.run(cfg, out_dir=tmp_path / "ray", **kw)
-        assert_metrics_close(local.metrics, remote.metrics)
-        for k in local.final_params:
-            torch.testing.assert_close(local.final_params[k], remote.final_params[k],
-                                       rtol=0, atol=1e-12)
-        _check_user_metrics(remote, tmp_path / "ray")
-        # a metric the workers could not receive is refused before any worker starts
-        import threading
-
-        lock = threading.Lock()
-        with pytest.raises(ValueError, match="metrics.locked: cannot be shipped"):
-            fedopt.run(cfg, **{**kw, "metrics": {"locked": lambda o, t: o[:, 0] if lock else o}})
-    finally:
-        ray.shutdown()
+    lock = threading.Lock()
+    with pytest.raises(ValueError, match="metrics.locked: cannot be shipped"):
+        fedopt.run(cfg, **{**kw, "metrics": {"locked": lambda o, t: o[:, 0] if lock else o}})
 
 
 def test_float_targets_from_arrays_and_npz_are_regression(tmp_path):

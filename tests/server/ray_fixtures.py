@@ -1,10 +1,12 @@
-"""Shared pieces of the Ray tests: one Ray session per test module, small configs, comparisons.
+"""Shared pieces of the Ray tests: one Ray instance for the test session, small configs,
+comparisons.
 
 Import the fixture into a test module with ``from tests.server.ray_fixtures import ray_session``.
 """
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -39,18 +41,55 @@ def make_config(executor: str = "local", num_workers: int = 2, algorithm: dict |
     return cfg
 
 
+#: the address of the shared test instance while it runs (None: not started, or replaced by a
+#: module that runs its own cluster)
+_SHARED: dict[str, str | None] = {"address": None}
+
+
+def _is_shared(ray) -> bool:
+    return (ray.is_initialized() and _SHARED["address"] is not None
+            and ray.get_runtime_context().gcs_address == _SHARED["address"])
+
+
+def _all_cpus_free(ray, wait_s: float = 10.0) -> bool:
+    """Whether every CPU of the instance is free again (actors release theirs asynchronously)."""
+    end = time.monotonic() + wait_s
+    while True:
+        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray instance for the whole test module (start-up costs ~4 s)."""
+    """The test session's one local Ray instance: started by the first module that needs it
+    (~5-10 s), kept for the next ones, shut down at the end of the session (tests/conftest.py).
+    A module that leaves actors holding CPUs behind gets a fresh instance after it, so every
+    module starts with all CPUs free; a module that runs its own cluster shuts this one down
+    and the next user starts it again."""
+    ray = pytest.importorskip("ray")
+    if not _is_shared(ray):
+        if ray.is_initialized():
+            ray.shutdown()
+        # address="local": never join another cluster running on this (shared) machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        _SHARED["address"] = ray.get_runtime_context().gcs_address
+    yield ray
+    if _is_shared(ray) and not _all_cpus_free(ray):
+        ray.shutdown()
+        _SHARED["address"] = None
+
+
+@pytest.fixture(scope="module")
+def no_ray_in_process():
+    """For modules that start Ray clusters of their own in other processes: stop this process's
+    instance first, so that nothing can attach to it by accident."""
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    # address="local": never join another cluster running on this (shared) machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    yield
 
 
 def assert_metrics_close(a: list[dict], b: list[dict], rtol: float = 1e-9) -> None:

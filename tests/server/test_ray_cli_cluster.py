@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 import fedopt
-from tests.server.ray_fixtures import assert_metrics_close, make_config
+from tests.server.ray_fixtures import (assert_metrics_close, make_config,  # noqa: F401
+                                       no_ray_in_process)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -120,7 +121,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, no_ray_in_process):
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("Ray's CLI is not installed (pip install 'fedopt[ray]')")
     c = Cluster(tmp_path_factory.mktemp("raycluster"))
