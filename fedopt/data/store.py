@@ -335,15 +335,21 @@ def build_stored(request: dict[str, Any], cache_dir: str | None,
     """The arrays of ``request``'s store: reused when it exists (:func:`open_store`), else
     built by ``build(destination)`` into a temporary sibling directory, flushed, given its
     manifest and renamed into place (module docstring), then opened. If another process
-    completed the same store meanwhile, that one is used and ours removed."""
+    completed the same store meanwhile, that one is used and ours removed. ConfigError naming
+    ``data.cache_dir`` when the store's folders cannot be created."""
     from fedopt import __version__
 
     path = store_path(request, cache_dir)
     if check_store(request, cache_dir):
         return open_store(request, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:   # a parent that is a file, no permission, a read-only file system
+        raise ConfigError(f"data.cache_dir: cannot create the data store at {str(path)!r} "
+                          f"({e.strerror}: {e.filename!r}); give a path in a writable "
+                          f"folder") from None
     dest = _DiskDestination(tmp)
     try:
         try:

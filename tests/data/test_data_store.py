@@ -159,6 +159,17 @@ def test_a_directory_fedopt_did_not_create_is_never_written(tmp_path, make):
     assert os.listdir(tmp_path) == ["store"]
 
 
+def test_a_store_that_cannot_be_created_is_a_config_error(tmp_path):
+    """cache_dir below a file (or in a read-only or unwritable folder): the OSError of creating
+    the store's folders becomes one ConfigError naming data.cache_dir; the file is untouched."""
+    (tmp_path / "afile").write_text("mine")
+    keys = {**SMALL, "storage": "mmap", "cache_dir": str(tmp_path / "afile" / "store")}
+    with pytest.raises(ConfigError, match=r"^data\.cache_dir: cannot create the data store at "
+                                          r".*afile/store"):
+        build_dataset(keys, seed=0)
+    assert os.listdir(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
+
+
 def test_a_failed_build_leaves_no_store_and_no_temporary_directory(tmp_path, monkeypatch):
     real = store._FileColumn._write
     calls = []
