@@ -55,16 +55,31 @@ def release_freed_memory() -> None:
     trim(0)
 
 
+#: feature elements summed at once by :func:`data_fingerprint` (2^22: 32 MiB in float64)
+FINGERPRINT_CHUNK_ELEMENTS = 1 << 22
+
+
 def data_fingerprint(data: FederatedDataset) -> dict:
     """Cheap summary that differs between two different data sets: client counts (exact) and
     float64 sums of the train features and labels (regression targets: their sums join the
     features', compared with the same tolerance)."""
-    t = data.y.double() if data.is_regression else data.y.new_zeros(0).double()
+    x_sum = x_abs_sum = 0.0
+    y_sum = 0
+    n = data.x.shape[0]
+    # a chunk of rows at a time: a memory-mapped data set (data.storage: mmap) is never copied
+    # whole (float64 of all rows would be twice the store)
+    step = max(1, FINGERPRINT_CHUNK_ELEMENTS // max(1, data.x[:1].numel()))
+    for lo in range(0, n, step):
+        x = data.x[lo:lo + step].double()
+        y = data.y[lo:lo + step]
+        t = y.double() if data.is_regression else y.new_zeros(0).double()
+        x_sum += float(x.sum()) + float(t.sum())
+        x_abs_sum += float(x.abs().sum()) + float(t.abs().sum())
+        y_sum += 0 if data.is_regression else int(y.sum())
     return {"num_clients": data.num_clients,
             "counts": data.counts.cpu().numpy().astype(np.int64).tolist(),
-            "x_sum": float(data.x.double().sum()) + float(t.sum()),
-            "x_abs_sum": float(data.x.double().abs().sum()) + float(t.abs().sum()),
-            "y_sum": int(data.y.numel()) if data.is_regression else int(data.y.sum())}
+            "x_sum": x_sum, "x_abs_sum": x_abs_sum,
+            "y_sum": int(data.y.numel()) if data.is_regression else y_sum}
 
 
 def fingerprints_match(a: dict, b: dict, rtol: float = 1e-6) -> bool:

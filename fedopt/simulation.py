@@ -25,6 +25,7 @@ from fedopt.executors import executor_entries, realtime_driver
 from fedopt.schema import ConfigError, check_clients_per_round
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.data.dataset import check_values
+from fedopt.data.store import check_mapped_copy
 from fedopt.dtypes import DTYPES
 from fedopt.engine.batches import capped_batch_size
 from fedopt.engine.contract import Executor, check_executor
@@ -98,6 +99,7 @@ class Simulation:
         alg = config["algorithm"]
         check_clients_per_round(alg["clients_per_round"], data.num_clients,
                                 "the data set's number of clients")
+        check_mapped_copy(data, self.device, self.dtype)
         self.data = data.to(self.device, dtype=self.dtype)
         # a user's module (checked by check_model: no running statistics, vmap-able, float
         # parameters, [B, num_classes] logits) or the config's built-in model (sized first)

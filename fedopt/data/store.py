@@ -107,6 +107,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise ConfigError(f"data.cache_dir: {str(path)!r} exists and is not a fedopt data store "
                           f"(no readable {MANIFEST}); fedopt writes only into a directory it "
                           f"creates: give a path that does not exist yet")
+    if (not isinstance(manifest.get("request"), dict)
+            or not isinstance(manifest.get("arrays"), dict)):
+        raise ConfigError(f"data.cache_dir: the manifest of the store at {str(path)!r} is "
+                          f"damaged (no request/arrays); delete that store to rebuild it, or "
+                          f"give another data.cache_dir")
     if manifest.get("format_version") != STORE_FORMAT_VERSION:
         raise ConfigError(f"data.cache_dir: the store at {str(path)!r} has format version "
                           f"{manifest.get('format_version')!r}, this fedopt reads "
@@ -125,7 +130,8 @@ def _mismatch(path: Path, have: dict[str, Any], want: dict[str, Any]) -> None:
     fields += [(f"data.{k}", old.get(k), new.get(k)) for k in sorted(set(old) | set(new))]
     fields.append(("data.name", f"version {have.get('builder_version')}",
                    f"version {want['builder_version']}"))
-    field, was, now = next(f for f in fields if f[1] != f[2])
+    field, was, now = next((f for f in fields if f[1] != f[2]),
+                           ("data.cache_dir", "another request", "this one"))
     raise ConfigError(f"{field}: the data store at {str(path)!r} (data.cache_dir) was built with "
                       f"{was!r}, this run asks for {now!r}; give another data.cache_dir (or "
                       f"delete that store to rebuild it there)")
@@ -194,6 +200,10 @@ def _map_npy(file: Path) -> np.ndarray:
     return a
 
 
+def _advise(m: mmap.mmap, start: int, length: int) -> None:
+    m.madvise(mmap.MADV_WILLNEED, start, length)
+
+
 def read_ahead(tensors: tuple[torch.Tensor, ...], starts: np.ndarray, stops: np.ndarray) -> None:
     """Ask the kernel to read rows ``starts[j]:stops[j]`` of each memory-mapped tensor now
     (``madvise(MADV_WILLNEED)``, which queues the reads and returns): the rows of a round's
@@ -214,7 +224,37 @@ def read_ahead(tensors: tuple[torch.Tensor, ...], starts: np.ndarray, stops: np.
             if hi > lo:
                 first = begin + lo * row
                 aligned = first - first % page
-                m.madvise(mmap.MADV_WILLNEED, aligned, first + (hi - lo) * row - aligned)
+                try:
+                    _advise(m, aligned, first + (hi - lo) * row - aligned)
+                except OSError:     # only a hint: the rows still come in by page faults
+                    return
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a whole array of a store's memory map (not a copy in memory)."""
+    a = _MAPPED.get(t.data_ptr())
+    return a is not None and a.nbytes == t.numel() * t.element_size()
+
+
+def check_mapped_copy(data: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """A memory-mapped data set (``data.storage: mmap``) stays on disk only where the run uses
+    it as stored: on the CPU in its own dtype. Another ``executor.dtype`` on the CPU copies every
+    feature into memory; ConfigError naming ``executor.dtype`` when that copy would not fit in
+    free memory (a device copy is the device's memory: its own allocator reports it)."""
+    from fedopt.memory import available_memory_bytes
+
+    x = data.x
+    if device.type != "cpu" or dtype == x.dtype or not is_mapped(x):
+        return
+    need = x.numel() * dtype.itemsize
+    free = available_memory_bytes(torch.device("cpu"))
+    if need > free:
+        raise ConfigError(f"executor.dtype: the memory-mapped data set (data.storage: mmap) is "
+                          f"stored as {str(x.dtype).removeprefix('torch.')}; running in "
+                          f"{str(dtype).removeprefix('torch.')} copies all {x.shape[0]:,} rows "
+                          f"into memory, {need / 2**30:.1f} GiB, more than the "
+                          f"{free / 2**30:.1f} GiB free; use executor.dtype: "
+                          f"{str(x.dtype).removeprefix('torch.')}")
 
 
 def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -330,6 +370,42 @@ class _DiskDestination(Destination):
             c.file.close()
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _warn_leftovers(path: Path) -> None:
+    """Warn about temporary build directories of ``path`` whose process no longer runs (a
+    build killed before it could clean up): fedopt never trusts them, and never deletes what it
+    cannot prove it owns, so it names them for the user to remove."""
+    if os.name != "posix":      # liveness by signal 0 is POSIX's (on Windows it is Ctrl-C)
+        return
+    stale = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stale.append(tmp)
+        except (ValueError, IndexError, OSError):
+            continue
+    if stale:
+        warnings.warn(f"data.cache_dir: {len(stale)} unfinished build(s) of this store left by "
+                      f"processes that no longer run, never used: "
+                      f"{', '.join(str(t) for t in stale)}; remove them to free the disk",
+                      stacklevel=3)
+
+
 def build_stored(request: dict[str, Any], cache_dir: str | None,
                  build: Callable[[Destination], None]) -> dict[str, np.ndarray]:
     """The arrays of ``request``'s store: reused when it exists (:func:`open_store`), else
@@ -342,6 +418,7 @@ def build_stored(request: dict[str, Any], cache_dir: str | None,
     path = store_path(request, cache_dir)
     if check_store(request, cache_dir):
         return open_store(request, cache_dir)
+    _warn_leftovers(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,6 +443,7 @@ def build_stored(request: dict[str, Any], cache_dir: str | None,
             os.fsync(f.fileno())
         try:
             os.rename(tmp, path)
+            _fsync_dir(path.parent)                   # the rename itself reaches the disk
         except OSError:
             if not check_store(request, cache_dir):   # not a concurrent build of the same store
                 raise

@@ -191,3 +191,18 @@ def test_worker_runs_jobs_from_its_rows_of_the_stacked_starts(sim):
     for k in ref.delta_sum:
         assert np.array_equal(res.delta_sum[k], ref.delta_sum[k].numpy())
         assert np.array_equal(res.local_params[k], ref.local_params[k].numpy())
+
+
+def test_fingerprint_in_chunks_equals_the_whole_sums(monkeypatch):
+    """The fingerprint reads a chunk of rows at a time (a memory-mapped store is never copied
+    whole) and still gives the sums of the whole data set, within the comparison's tolerance."""
+    import fedopt.client.shard as shard
+
+    data = build_dataset(CONFIG["data"], seed=5)
+    whole = {"x_sum": float(data.x.double().sum()), "x_abs_sum": float(data.x.double().abs().sum()),
+             "y_sum": int(data.y.sum())}
+    monkeypatch.setattr(shard, "FINGERPRINT_CHUNK_ELEMENTS", 7 * data.x[:1].numel())  # 7 rows
+    fp = shard.data_fingerprint(data)
+    assert fp["y_sum"] == whole["y_sum"]
+    assert fp["x_sum"] == pytest.approx(whole["x_sum"], rel=1e-12)
+    assert fp["x_abs_sum"] == pytest.approx(whole["x_abs_sum"], rel=1e-12)

@@ -337,3 +337,62 @@ def test_read_ahead_reads_the_rows_asked_for_and_only_those(tmp_path):
         assert time.time() < deadline, "the rows asked for were not read"
         time.sleep(0.01)
     assert not any(_resident(x, off[200], off[300]))   # far from both: not read
+
+
+# ----------------------------------------------------------------------------- review follow-ups
+
+@pytest.mark.parametrize("damage", [{"request": None}, {"arrays": 3}, {"request": {"seed": 0}}])
+def test_a_hand_edited_manifest_is_a_config_error(tmp_path, damage):
+    build_dataset(_mmap(tmp_path), seed=0)
+    path = tmp_path / "store" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(damage)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"data\.cache_dir"):
+        build_dataset(_mmap(tmp_path), seed=0)
+
+
+def test_an_interrupted_build_is_named_in_a_warning_and_left_alone(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    leftover = tmp_path / f".store.tmp-{int(dead.stdout)}-abcd1234"
+    leftover.mkdir()
+    (leftover / "x_train.npy").write_bytes(b"partial")
+    live = tmp_path / f".store.tmp-{os.getpid()}-00000000"      # this process: still running
+    live.mkdir()
+    with pytest.warns(UserWarning, match="unfinished build") as caught:
+        data = build_dataset(_mmap(tmp_path), seed=0)
+    message = str(caught[0].message)
+    assert str(leftover) in message and str(live) not in message
+    assert (leftover / "x_train.npy").read_bytes() == b"partial" and live.is_dir()
+    assert data.num_clients == SMALL["num_clients"]
+
+
+def test_read_ahead_survives_a_refused_hint(tmp_path, monkeypatch):
+    """madvise is only a hint: a kernel that refuses it (EINVAL, ENOMEM) never fails a round."""
+    data = build_dataset(_mmap(tmp_path), seed=0)
+    calls = []
+
+    def refuse(m, start, length):
+        calls.append((start, length))
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(store, "_advise", refuse)
+    store.read_ahead((data.x,), np.array([0, 5]), np.array([3, 9]))
+    assert calls                                   # the hint was asked for, and refused
+
+
+def test_another_dtype_of_a_mapped_data_set_must_fit_in_memory(tmp_path, monkeypatch):
+    data = build_dataset(_mmap(tmp_path), seed=0)
+    cpu = torch.device("cpu")
+    store.check_mapped_copy(data, cpu, torch.float32)          # as stored: never copied
+    store.check_mapped_copy(data, cpu, torch.float64)          # small: fits
+    monkeypatch.setattr("fedopt.memory.available_memory_bytes", lambda device: 100)
+    store.check_mapped_copy(data, cpu, torch.float32)
+    with pytest.raises(ConfigError, match=r"^executor\.dtype: the memory-mapped data set"):
+        store.check_mapped_copy(data, cpu, torch.float64)
+    in_memory = build_dataset(SMALL, seed=0)                   # not mapped: not this check's
+    store.check_mapped_copy(in_memory, cpu, torch.float64)
