@@ -42,7 +42,7 @@ def run_dir_errors(path: PathLike, action: str) -> Iterator[None]:
         raise RunDirError(f"{os.fspath(path)}: cannot {action}: {reason}") from e
 
 
-def _fsync_dir(directory: PathLike) -> None:
+def fsync_dir(directory: PathLike) -> None:
     """Best effort: make the rename itself durable (not supported on every OS)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -89,7 +89,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:

@@ -50,6 +50,7 @@ import torch
 from numpy.lib import format as npy_format
 from pydantic import BeforeValidator, Field
 
+from fedopt.runfiles import fsync_dir
 from fedopt.schema import ConfigError, Str, path_like
 
 #: ``manifest.json``'s ``format`` and ``format_version``: what this module reads
@@ -370,20 +371,6 @@ class _DiskDestination(Destination):
             c.file.close()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Flush a directory's entries (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _warn_leftovers(path: Path) -> None:
     """Warn about temporary build directories of ``path`` whose process no longer runs (a
     build killed before it could clean up): fedopt never trusts them, and never deletes what it
@@ -443,7 +430,7 @@ def build_stored(request: dict[str, Any], cache_dir: str | None,
             os.fsync(f.fileno())
         try:
             os.rename(tmp, path)
-            _fsync_dir(path.parent)                   # the rename itself reaches the disk
+            fsync_dir(path.parent)                    # the rename itself reaches the disk
         except OSError:
             if not check_store(request, cache_dir):   # not a concurrent build of the same store
                 raise
