@@ -4,7 +4,9 @@ A worker is built from the run config alone (plus the few coordinator-side objec
 in it: the client optimizer, the trainer's local program and, for a user-supplied
 model, the module itself). It generates or loads the federated data set ON the worker with
 ``build_dataset(config["data"], seed)`` and keeps only the train rows of its shard
-(:func:`fedopt.client.shard.shard_dataset`), so client data never goes through the coordinator. Each
+(:func:`fedopt.client.shard.shard_dataset`), so client data never goes through the coordinator;
+Synthetic held in memory is streamed and only the shard's rows are kept
+(:func:`fedopt.client.shard.build_shard`), so such a worker never holds the whole set. Each
 call receives the global parameters (a zero-copy object-store view), the ids to run and their
 weights, and returns the shard's weighted sum Σ_i w_i (y_{i,K} − x) — the same quantity the
 in-process :class:`~fedopt.engine.executor.VectorizedExecutor` computes, by the same code.
@@ -31,7 +33,8 @@ import torch
 from torch import nn
 
 from fedopt.protocols.ray_messages import Arrays, ShardResult, to_arrays, to_tensors
-from fedopt.client.shard import data_fingerprint, release_freed_memory, shard_dataset
+from fedopt.client.shard import (build_shard, data_fingerprint, release_freed_memory,
+                                 shard_dataset)
 from fedopt.data import FederatedDataset, build_dataset
 from fedopt.engine.contract import SharedStart
 from fedopt.engine.executor import VectorizedExecutor
@@ -94,14 +97,11 @@ class ShardWorker:
         self._lock = threading.Lock()
         self._holds: dict[str, threading.Event] = {}   # coded_tasks calls holding answers
 
-        full = self._build_full()
-        self.fingerprint = data_fingerprint(full)
-        self._held = np.zeros(full.num_clients, dtype=bool)
-        self._held[np.asarray(shard_ids, dtype=np.int64)] = True
+        ids = np.asarray(shard_ids, dtype=np.int64)
+        shard, self.fingerprint = self._load(ids)
+        self._held = np.zeros(shard.num_clients, dtype=bool)
+        self._held[ids] = True
         self.data_rebuilds = 0
-        shard = self._cut(full)
-        del full                    # the whole data set is not kept: only the shard's rows
-        release_freed_memory()
 
         model = build_model(spec.model if spec.model is not None else cfg["model"],
                             tuple(shard.feature_shape), shard.num_classes, seed=self.seed,
@@ -111,13 +111,21 @@ class ShardWorker:
         self.executor = self._make_executor(shard, cfg["executor"]["chunk_size"])
 
     # -- data ---------------------------------------------------------------------------------
-    def _build_full(self) -> FederatedDataset:
-        """The whole federated data set, built from the config on this worker (CPU, run dtype)."""
-        return build_dataset(self.spec.config["data"], seed=self.seed).to("cpu", dtype=self.dtype)
-
-    def _cut(self, full: FederatedDataset) -> FederatedDataset:
-        """The train rows of the held clients (a copy; no test rows), on the worker's device."""
-        return shard_dataset(full, np.flatnonzero(self._held)).to(self.device)
+    def _load(self, client_ids: np.ndarray) -> tuple[FederatedDataset, dict]:
+        """The train rows of ``client_ids`` (a copy; no test rows) on the worker's device in
+        the run dtype, and the whole data set's fingerprint, built from the config on this
+        worker. Synthetic in memory is streamed keeping only those rows (:func:`build_shard`:
+        the shard plus one chunk, never the whole set); any other data set is built whole on
+        the CPU (or its store reopened), fingerprinted, cut, and the rest freed."""
+        data = self.spec.config["data"]
+        built = build_shard(data, self.seed, client_ids, self.dtype)
+        if built is None:
+            full = build_dataset(data, seed=self.seed).to("cpu", dtype=self.dtype)
+            built = shard_dataset(full, client_ids), data_fingerprint(full)
+            del full                # the whole data set is not kept: only the shard's rows
+        release_freed_memory()
+        shard, fingerprint = built
+        return shard.to(self.device, dtype=self.dtype), fingerprint
 
     def _make_executor(self, shard: FederatedDataset, chunk_size: int | None) -> VectorizedExecutor:
         client = self.spec.config["client"]
@@ -127,17 +135,19 @@ class ShardWorker:
                                   chunk_size=chunk_size, on_nonfinite="report")
 
     def ensure_clients(self, client_ids: np.ndarray) -> int:
-        """Load the rows of any of ``client_ids`` this worker does not hold yet (rebuilds the
-        data set from the config once); returns how many clients were added."""
+        """Load the rows of any of ``client_ids`` this worker does not hold yet (builds the
+        shard of the enlarged held set from the config once: :meth:`_load`); returns how many
+        clients were added."""
         ids = np.asarray(client_ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self._held.size):
             raise IndexError(f"client ids must lie in 0..{self._held.size - 1}")
         missing = ids[~self._held[ids]]
         if missing.size == 0:
             return 0
-        self._held[missing] = True
-        shard = self._cut(self._build_full())       # the rebuilt whole set is freed here
-        release_freed_memory()
+        held = self._held.copy()
+        held[missing] = True
+        shard, _ = self._load(np.flatnonzero(held))
+        self._held = held
         self.executor = self._make_executor(shard, self.executor.chunk_size)
         self.data_rebuilds += 1
         return int(np.unique(missing).size)

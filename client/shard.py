@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from fedopt.data import FederatedDataset
+from fedopt.data.registry import resolve_dataset_spec
+from fedopt.data.synthetic import build_synthetic_shard
 
 
 def shard_dataset(data: FederatedDataset, client_ids: np.ndarray) -> FederatedDataset:
@@ -39,12 +41,38 @@ def shard_dataset(data: FederatedDataset, client_ids: np.ndarray) -> FederatedDa
         client_test=data.offsets.new_zeros(0), num_classes=data.num_classes, name=data.name)
 
 
+def build_shard(spec: dict, seed: int, client_ids: np.ndarray,
+                dtype: torch.dtype = torch.float32) -> tuple[FederatedDataset, dict] | None:
+    """``(shard_dataset(build_dataset(spec, seed).to(dtype=dtype), client_ids), fingerprint)``
+    without ever holding the whole set, where the builder can stream a shard: Synthetic with
+    ``data.storage: memory`` (:func:`~fedopt.data.synthetic.build_synthetic_shard`; memory:
+    the shard in ``dtype`` plus one chunk of the stream). The shard's rows are those of the
+    whole set bit for bit; ``fingerprint`` is the whole set's :func:`data_fingerprint`, its
+    sums accumulated while streaming (a chunk at a time: equal up to float64 rounding, well
+    within :func:`fingerprints_match`'s tolerance; counts and labels exact). None for any
+    other data set or storage: build it whole (or reopen its store) and cut. Raises
+    ValueError for a ``dtype`` other than float32/float64, IndexError for ids outside
+    0..K−1, ConfigError naming the ``data`` key as the builder does."""
+    full = resolve_dataset_spec(spec)
+    if full["name"] != "synthetic" or full["storage"] != "memory":
+        return None
+    x_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    if x_dtype is None:
+        raise ValueError(f"build_shard: dtype must be torch.float32 or torch.float64, got {dtype}")
+    shard, sums = build_synthetic_shard(seed, client_ids, x_dtype,
+                                        **{k: v for k, v in full.items() if k != "name"})
+    return shard, {"num_clients": shard.num_clients, "counts": sums["counts"].tolist(),
+                   "x_sum": sums["x_sum"], "x_abs_sum": sums["x_abs_sum"],
+                   "y_sum": sums["y_sum"]}
+
+
 def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``;
     nothing where the C library lacks it: macOS, musl). A worker builds the whole data set to
-    cut its shard from it; without this, pages freed with the whole set stay in the process
-    (measured, A/B: USS 221.8 → 207.2 MiB for a worker holding 500 of 1,000 Synthetic
-    clients, a 22.6 MiB shard of a 57 MiB set)."""
+    cut its shard from it (where :func:`build_shard` cannot stream it); without this, pages
+    freed with the whole set stay in the process (measured before Synthetic was streamed,
+    A/B: USS 221.8 → 207.2 MiB for a worker holding 500 of 1,000 Synthetic clients, a
+    22.6 MiB shard of a 57 MiB set)."""
     import ctypes
     import ctypes.util
 

@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from fedopt.data.assemble import split_counts
 from fedopt.data.checks import TestFraction, seed_streams
 from fedopt.data.dataset import FederatedDataset
-from fedopt.data.store import (CACHE_DIR_FIELD, STORAGE_FIELD, CacheDir, Destination,
+from fedopt.data.store import (CACHE_DIR_FIELD, STORAGE_FIELD, CacheDir, Column, Destination,
                                MemoryDestination, Storage, as_tensors, build_stored, check_store,
                                disk_free_bytes, store_path, store_request)
 from fedopt.memory import available_memory_bytes
@@ -370,3 +370,152 @@ def synthetic_with_model(seed: int, **keys) -> tuple[FederatedDataset, Synthetic
     model = draw_model(seed_streams(seed, 4)[0], k["num_clients"], k["alpha"], k["beta"],
                        k["iid"], k["num_features"], k["num_classes"])
     return data, model
+
+
+class _HeldRows(Column):
+    """A train column of the whole data set, streamed front to back, of which only the rows
+    ``keep`` (sorted global row indices: the held clients' rows) are stored, in ``array``,
+    while every streamed row is summed in float64: ``total = Σ v``, ``total_abs = Σ |v|``
+    (features) or the exact integer ``Σ v`` (labels). ``array`` has dtype ``kept_dtype``
+    (a wider float keeps the values exactly). ``keep`` is set by the ``offsets`` column
+    (:class:`_ShardDestination`), which the builder writes before any row."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, kept_dtype):
+        super().__init__(shape, dtype)
+        self.kept_dtype = np.dtype(kept_dtype)
+        self.keep: np.ndarray | None = None
+        self.array: np.ndarray | None = None
+        self.total = self.total_abs = 0.0 if self.dtype.kind == "f" else 0
+
+    def place(self, keep: np.ndarray) -> None:
+        self.keep = keep
+        self.array = np.empty((keep.size,) + self.shape[1:], dtype=self.kept_dtype)
+
+    def _write(self, values: np.ndarray) -> None:
+        if self.keep is None:
+            raise ValueError("a shard's train rows came before the data set's offsets")
+        lo = self.rows
+        a, b = np.searchsorted(self.keep, [lo, lo + values.shape[0]])
+        self.array[a:b] = values[self.keep[a:b] - lo]
+        if self.dtype.kind == "f":
+            self.total += float(np.sum(values, dtype=np.float64))
+            self.total_abs += float(np.abs(values).sum(dtype=np.float64))
+        else:
+            self.total += int(values.sum(dtype=np.int64))
+
+
+class _Dropped(Column):
+    """A column nobody keeps (a shard has no test rows)."""
+
+    def _write(self, values: np.ndarray) -> None:
+        pass
+
+
+class _Offsets(Column):
+    """The whole data set's train offsets; on arrival they fix which rows the train columns
+    keep (those of the held clients) and the shard's own offsets."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, dest: "_ShardDestination"):
+        super().__init__(shape, dtype)
+        self.dest = dest
+
+    def _write(self, values: np.ndarray) -> None:
+        self.dest.place(values)
+
+
+class _ShardDestination(Destination):
+    """Where :func:`_stream_synthetic` writes when only the train rows of the clients
+    ``held`` (a bool mask [K]) are wanted: those rows are kept (features as ``x_dtype``),
+    test rows dropped, and the whole set's train counts and sums recorded
+    (:func:`build_synthetic_shard`)."""
+
+    def __init__(self, held: np.ndarray, x_dtype):
+        self.held, self.x_dtype = held, x_dtype
+        self.train: dict[str, _HeldRows] = {}
+        self.offsets: np.ndarray | None = None
+        self.shard_offsets: np.ndarray | None = None
+
+    def column(self, name: str, shape: tuple[int, ...], dtype) -> Column:
+        if name == "offsets":
+            return _Offsets(shape, dtype, self)
+        if name in ("x_train", "y_train"):
+            self.train[name] = _HeldRows(shape, dtype, self.x_dtype if name == "x_train"
+                                         else dtype)
+            return self.train[name]
+        return _Dropped(shape, dtype)
+
+    def place(self, offsets: np.ndarray) -> None:
+        counts = np.diff(offsets)
+        held = np.flatnonzero(self.held)
+        keep = (np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in held])
+                if held.size else np.zeros(0, dtype=np.int64)).astype(np.int64)
+        for col in self.train.values():
+            col.place(keep)
+        self.offsets = offsets.copy()
+        self.shard_offsets = np.concatenate(
+            [[0], np.cumsum(np.where(self.held, counts, 0))]).astype(np.int64)
+
+
+def _check_shard_memory(k: dict, sizes: np.ndarray, held: np.ndarray, x_itemsize: int) -> None:
+    """ConfigError naming ``data.num_clients`` when streaming Synthetic while keeping the train
+    rows of the clients ``held`` does not fit in free memory: :func:`synthetic_nbytes` without
+    the final arrays (as for a store on disk), plus the kept rows (features of ``x_itemsize``
+    bytes, int64 label) and the mask."""
+    n, d = k["num_clients"], k["num_features"]
+    rows = float(sizes.sum(dtype=np.float64))
+    kept = float((sizes - split_counts(sizes, k["test_fraction"]))[held].sum(dtype=np.float64))
+    need = (synthetic_nbytes(n, d, k["num_classes"], k["iid"], rows, "mmap")
+            + kept * (x_itemsize * d + 8) + float(n))
+    free = available_memory_bytes(torch.device("cpu"))
+    if need > free:
+        raise ConfigError(f"data.num_clients: streaming {n} clients ({rows:.4g} rows) to keep "
+                          f"the {kept:.4g} train rows of {int(held.sum())} of them needs about "
+                          f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of "
+                          f"free memory")
+
+
+def build_synthetic_shard(seed: int, client_ids: np.ndarray, x_dtype=np.float32, **keys
+                          ) -> tuple[FederatedDataset, dict]:
+    """The train rows of the clients ``client_ids`` (global ids; repeats ignored) of
+    :func:`build_synthetic`'s data set, built without holding the other clients' rows, and
+    the whole set's train sums.
+
+    The data set is streamed as :func:`build_synthetic` streams it (the same code, the same
+    numbers), but each chunk keeps only its held clients' train rows: memory is the shard plus
+    one chunk, never the whole set. Returns ``(shard, sums)``: ``shard`` equals
+    :func:`fedopt.client.shard.shard_dataset` of the whole set (cast to ``x_dtype``) bit for
+    bit: ``x`` ``[R, d]`` in ``x_dtype`` (float32, or float64 holding the same values exactly,
+    with no float32 copy of the shard beside it), ``y`` int64 ``[R]``, ``offsets``
+    ``[K + 1]`` with zero rows for clients not held, no test rows; ``sums`` over ALL K
+    clients' train rows: ``counts`` (int64 ``[K]``), ``x_sum`` = Σ x and ``x_abs_sum`` =
+    Σ |x| (float64, summed a chunk at a time, so equal to a sum over the whole array up to
+    rounding), ``y_sum`` = Σ y (exact). ``storage`` and
+    ``cache_dir`` are not read (nothing is stored). Raises IndexError for ids outside
+    0..K−1 and ConfigError (naming the key) as :func:`build_synthetic`, or naming
+    ``data.num_clients`` when the shard and one chunk do not fit in free memory; ValueError
+    for an ``x_dtype`` other than float32/float64."""
+    k = check_synthetic(**keys)
+    num = k["num_clients"]
+    ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= num):
+        raise IndexError(f"client ids must lie in 0..{num - 1}, got {ids.min()}..{ids.max()}")
+    held = np.zeros(num, dtype=bool)
+    held[ids] = True
+    sizes = draw_sizes(seed_streams(seed, 4)[1], num, k["min_samples"], k["max_samples"],
+                       k["lognormal_mean"], k["lognormal_sigma"])
+    if np.dtype(x_dtype) not in (np.float32, np.float64):
+        raise ValueError(f"x_dtype must be float32 or float64, got {x_dtype}")
+    _check_shard_memory(k, sizes, held, np.dtype(x_dtype).itemsize)
+    dest = _ShardDestination(held, np.dtype(x_dtype))
+    _stream_synthetic(seed, k, sizes, dest)
+    t = as_tensors({"x": dest.train["x_train"].array, "y": dest.train["y_train"].array,
+                    "offsets": dest.shard_offsets})
+    name = "synthetic_iid" if k["iid"] else f"synthetic({k['alpha']:g},{k['beta']:g})"
+    shard = FederatedDataset(x=t["x"], y=t["y"], offsets=t["offsets"],
+                             x_test=t["x"].new_zeros((0, k["num_features"])),
+                             y_test=t["y"].new_zeros(0), client_test=t["offsets"].new_zeros(0),
+                             num_classes=k["num_classes"], name=name)
+    x_col, y_col = dest.train["x_train"], dest.train["y_train"]
+    sums = {"counts": np.diff(dest.offsets).astype(np.int64), "x_sum": x_col.total,
+            "x_abs_sum": x_col.total_abs, "y_sum": y_col.total}
+    return shard, sums

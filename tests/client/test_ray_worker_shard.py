@@ -15,6 +15,7 @@ from fedopt.engine.executor import VectorizedExecutor
 from fedopt.engine.local import LocalTrainer
 from fedopt.engine.program import SAM, LocalProgram
 from fedopt.simulation import Simulation
+from tests.server.ray_fixtures import ray_session  # noqa: F401 - one Ray test below
 
 CONFIG = {
     "seed": 5,
@@ -206,3 +207,160 @@ def test_fingerprint_in_chunks_equals_the_whole_sums(monkeypatch):
     assert fp["y_sum"] == whole["y_sum"]
     assert fp["x_sum"] == pytest.approx(whole["x_sum"], rel=1e-12)
     assert fp["x_abs_sum"] == pytest.approx(whole["x_abs_sum"], rel=1e-12)
+
+
+# -- shards streamed without the whole set (Synthetic, storage: memory) ------------------------
+
+STREAM_SPECS = [
+    {"name": "synthetic", "alpha": 0.5, "beta": 1.0, "num_clients": 40, "max_samples": 120},
+    {"name": "synthetic", "iid": True, "num_clients": 30, "num_features": 7, "num_classes": 3,
+     "min_samples": 5, "max_samples": 90, "test_fraction": 0.0},
+]
+
+
+def _assert_same_data(a, b):
+    for f in ("x", "y", "offsets", "x_test", "y_test", "client_test"):
+        ta, tb = getattr(a, f), getattr(b, f)
+        assert ta.dtype == tb.dtype and ta.shape == tb.shape and torch.equal(ta, tb), f
+    assert (a.num_classes, a.name) == (b.num_classes, b.name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spec", STREAM_SPECS)
+def test_streamed_shard_equals_the_cut_of_the_whole_set(spec, dtype, monkeypatch):
+    """build_shard keeps exactly shard_dataset's rows of the whole set (cast to the run dtype
+    ``dtype``, float32 → float64 exact), bit for bit, for id
+    sets empty, one client, scattered (unsorted, repeated), all; with chunks of ~100 rows, so
+    chunks end inside the shard and clients of one chunk are split between held and not."""
+    import fedopt.data.synthetic as synthetic
+    from fedopt.client.shard import build_shard
+
+    monkeypatch.setattr(synthetic, "BUILD_CHUNK_ROWS", 100)
+    full = build_dataset(spec, seed=11).to(dtype=dtype)
+    k = full.num_clients
+    for ids in (np.zeros(0, np.int64), np.array([k - 1]), np.array([17, 3, 3, 0, 8, 9]),
+                np.arange(k)):
+        shard, _ = build_shard(spec, 11, ids, dtype)
+        _assert_same_data(shard, shard_dataset(full, ids))
+    with pytest.raises(IndexError):
+        build_shard(spec, 11, np.array([k]), dtype)
+    with pytest.raises(IndexError):
+        build_shard(spec, 11, np.array([-1]), dtype)
+
+
+@pytest.mark.parametrize("spec", STREAM_SPECS)
+def test_streamed_fingerprint_is_the_whole_sets(spec, monkeypatch):
+    """The fingerprint summed while streaming a 2-client shard equals data_fingerprint of the
+    whole set (counts, labels exact; feature sums against exact sums, math.fsum) and
+    fingerprints_match agrees; another seed's stream does not match."""
+    import math
+
+    import fedopt.data.synthetic as synthetic
+    from fedopt.client.shard import build_shard
+
+    monkeypatch.setattr(synthetic, "BUILD_CHUNK_ROWS", 100)
+    full = build_dataset(spec, seed=11)
+    _, fp = build_shard(spec, 11, np.array([1, 4]))
+    ref = data_fingerprint(full)
+    assert {k: fp[k] for k in ("num_clients", "counts", "y_sum")} == \
+        {k: ref[k] for k in ("num_clients", "counts", "y_sum")}
+    x = full.x.double().numpy().ravel()
+    assert fp["x_sum"] == pytest.approx(math.fsum(x), rel=1e-12, abs=1e-9)
+    assert fp["x_abs_sum"] == pytest.approx(math.fsum(np.abs(x)), rel=1e-12)
+    assert fingerprints_match(fp, ref) and fingerprints_match(ref, fp)
+    _, other = build_shard(spec, 12, np.array([1, 4]))
+    assert not fingerprints_match(other, ref)
+
+
+def test_only_streamable_data_sets_are_streamed(tmp_path):
+    """mmap stores and other builders keep the build-whole-then-cut path (None)."""
+    from fedopt.client.shard import build_shard
+
+    mmap = {**STREAM_SPECS[0], "storage": "mmap", "cache_dir": str(tmp_path / "store")}
+    assert build_shard(mmap, 11, np.array([0])) is None
+    assert build_shard({"name": "digits", "num_clients": 4}, 0, np.array([0])) is None
+    assert not (tmp_path / "store").exists()
+
+
+def test_streamed_shard_never_holds_the_other_clients_rows(monkeypatch):
+    """tracemalloc (numpy reports its buffers to it) sees the whole build peak above the
+    whole set's arrays, and the streamed 2-client shard's build peak below a quarter of them:
+    the shard and one chunk (~100 rows), not the other clients' rows."""
+    import tracemalloc
+
+    import fedopt.data.synthetic as synthetic
+    from fedopt.client.shard import build_shard
+
+    monkeypatch.setattr(synthetic, "BUILD_CHUNK_ROWS", 100)
+    spec = {"name": "synthetic", "num_clients": 200, "max_samples": 200}
+    tracemalloc.start()
+    try:
+        full = build_dataset(spec, seed=3)
+        whole_peak = tracemalloc.get_traced_memory()[1]
+        whole = sum(t.numel() * t.element_size() for t in
+                    (full.x, full.y, full.offsets, full.x_test, full.y_test, full.client_test))
+        del full
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        shard, _ = build_shard(spec, 3, np.array([5, 150]))
+        shard_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert whole_peak >= whole
+    assert shard.x.shape[0] > 0 and shard_peak < whole / 4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_worker_shard_equals_the_cut_in_the_run_dtype(sim, dtype):
+    """A worker (streamed shard, then the run dtype) holds the rows shard_dataset cuts from
+    the whole set cast to the run dtype, also after ensure_clients adds clients; its
+    fingerprint matches the coordinator's."""
+    import copy
+
+    cfg = copy.deepcopy(sim.config)
+    cfg["executor"]["dtype"] = dtype
+    t = sim.trainer
+    spec = WorkerSpec(config=cfg, device="cpu", optimizer=t.optimizer, trainer_class=type(t),
+                      program=t.program, trainer_seed=t.seed)
+    full = build_dataset(CONFIG["data"], seed=5).to(dtype=getattr(torch, dtype))
+    w = ShardWorker(spec, slot=0, shard_ids=np.array([2, 9, 11]))
+    _assert_same_data(w.executor.data, shard_dataset(full, np.array([2, 9, 11])))
+    assert fingerprints_match(w.fingerprint, data_fingerprint(full))
+    assert w.ensure_clients(np.array([0, 9, 19])) == 2
+    _assert_same_data(w.executor.data, shard_dataset(full, np.array([0, 2, 9, 11, 19])))
+
+
+def test_ray_worker_start_up_peak_is_far_below_the_whole_set(ray_session, sim):
+    """In a Ray process, a worker of 2 Synthetic clients out of 2,000 (whole set ≈ 110 MiB of
+    float32 rows, twice that in the run's float64) starts with a peak RSS growth below a
+    quarter of the whole set's float32 bytes (building the whole set and cutting it grows it
+    by more than the whole set); its fingerprint matches the coordinator's."""
+    import copy
+
+    def start_up_peak(spec, shard_ids, chunk_rows):
+        """In the Ray process (pickled by value): the growth of its peak RSS (ru_maxrss, KiB
+        on Linux) while a ShardWorker starts, the rows it then holds, its fingerprint."""
+        import resource
+
+        import fedopt.data.synthetic as synthetic
+        from fedopt.client.ray_worker import ShardWorker
+
+        synthetic.BUILD_CHUNK_ROWS = chunk_rows
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        w = ShardWorker(spec, slot=0, shard_ids=shard_ids)
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+        return grown, w.memory()["rows"], w.fingerprint
+
+    from fedopt.data.checks import seed_streams
+    from fedopt.data.synthetic import draw_sizes
+    cfg = copy.deepcopy(sim.config)
+    cfg["data"] = {"name": "synthetic", "num_clients": 2000}
+    t = sim.trainer
+    spec = WorkerSpec(config=cfg, device="cpu", optimizer=t.optimizer, trainer_class=type(t),
+                      program=t.program, trainer_seed=t.seed, num_threads=1)
+    sizes = draw_sizes(seed_streams(5, 4)[1], 2000, 50, 1000)
+    whole = int(sizes.sum()) * (4 * 60 + 16)
+    task = ray_session.remote(num_cpus=0.25)(start_up_peak)
+    grown, rows, fp = ray_session.get(task.remote(spec, np.array([3, 1500]), 4096))
+    assert 0 < rows < 2000 and grown < whole / 4, (grown, whole)
+    assert fingerprints_match(fp, data_fingerprint(build_dataset(cfg["data"], seed=5)))
