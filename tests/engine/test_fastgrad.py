@@ -93,6 +93,7 @@ def test_gradient_is_the_closed_form():
     torch.testing.assert_close(loss, (wn * lse).sum(1))
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_applies_only_to_plain_float_tensors():
     gen = torch.Generator().manual_seed(0)
     y = stack(gen, 3, 4, 5, torch.float32, False)
