@@ -333,6 +333,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
         return super()._get_help_string(action)
 
 
+def add_set_option(p: argparse.ArgumentParser) -> None:
+    """The ``--set KEY=VALUE`` option of every command that loads a config (run, validate,
+    serve)."""
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one config value, as dotted.key=value (value parsed as "
+                        "YAML); repeatable, e.g. --set algorithm.rounds=5 --set "
+                        "client.optimizer.lr=0.1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fedopt`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
@@ -346,9 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
                "run 'fedopt COMMAND --help' for the options of one command.")
     parser.add_argument("--version", action="version", version=f"fedopt {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-
-    set_help = ("override one config value, as dotted.key=value (value parsed as YAML); "
-                "repeatable, e.g. --set algorithm.rounds=5 --set client.optimizer.lr=0.1")
 
     p = sub.add_parser(
         "run", formatter_class=_Formatter, help="run an experiment from a YAML config",
@@ -365,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment config (YAML), or a shipped config's name (fedopt configs)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default: runs/<config-stem>-<YYYYmmdd-HHMMSS>)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=set_help)
+    add_set_option(p)
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
@@ -380,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--set algorithm.clients_per_round=20")
     p.add_argument("config", metavar="CONFIG.yaml",
                    help="experiment config (YAML), or a shipped config's name (fedopt configs)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=set_help)
+    add_set_option(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(

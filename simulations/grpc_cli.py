@@ -135,6 +135,8 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 def register(sub: Any, formatter: type = argparse.HelpFormatter) -> None:
     """Add ``serve`` and ``client`` to the ``fedopt`` subcommands ``sub``."""
+    from fedopt.simulations import cli
+
     p = sub.add_parser(
         "serve", formatter_class=formatter, help="run a gRPC coordinator for a config",
         description="Run the config's experiment with client processes connecting over gRPC "
@@ -143,8 +145,7 @@ def register(sub: Any, formatter: type = argparse.HelpFormatter) -> None:
         epilog="example:\n  fedopt serve deploy.yaml --out runs/deploy")
     p.add_argument("config", metavar="CONFIG.yaml", help="experiment config (YAML)")
     p.add_argument("--out", metavar="DIR", required=True, help="run directory")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="override one config value (dotted.key=value), repeatable")
+    cli.add_set_option(p)
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     p.set_defaults(func=cmd_serve)
 
