@@ -110,9 +110,12 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
     if np.any(n <= 0):
         raise ValueError(f"clients without training rows: {client_ids[n <= 0].tolist()[:10]}")
     C, B = len(client_ids), int(batch_size)
+    steps = np.asarray(steps).astype(np.int64)
+    first_row = offsets[client_ids].astype(np.int64)
     K = int(steps.max()) if C else 0
     need = plan_bytes(K, C, B)
-    if need > _free_memory(torch.device(device)):
+    device = torch.device(device)
+    if need > _free_memory(device):
         raise ValueError(f"client.batch_size: a minibatch plan of {K} local steps x {C} clients "
                          f"x batch {B} needs {need / 2**30:.1f} GiB, more than the free memory; "
                          f"lower client.batch_size (above the largest client's rows it only "
@@ -121,16 +124,15 @@ def plan_batches(seed: int, round_idx: int | np.ndarray, client_ids: np.ndarray,
     epochs = np.maximum(-(-steps // per_epoch), 1)             # epochs each client starts
     # on CUDA the plan is made where it is used; elsewhere (CPU, and devices such as MPS that
     # lack float64 or where the torch path is not checked) by numpy on the host, then copied
-    make = _plan_torch if torch.device(device).type == "cuda" else _plan_numpy
+    make = _plan_torch if device.type == "cuda" else _plan_numpy
     rows, weight, active = make(seed, round_idx if per_client_key else int(round_idx),
-                                client_ids, offsets[client_ids].astype(np.int64), n, per_epoch,
-                                epochs, steps.astype(np.int64), K, B, torch.device(device))
+                                client_ids, first_row, n, per_epoch, epochs, steps, K, B,
+                                device)
     return BatchPlan(
         rows=rows, weight=weight.to(device=device, dtype=dtype), active=active,
-        steps=torch.from_numpy(steps.astype(np.int64)).to(device),
+        steps=torch.from_numpy(steps).to(device),
         source=PlanSource(seed=int(seed), keys=round_idx, client_ids=client_ids,
-                          first_row=offsets[client_ids].astype(np.int64), counts=n,
-                          batch_size=B, steps=steps.astype(np.int64)),
+                          first_row=first_row, counts=n, batch_size=B, steps=steps),
     )
 
 
